@@ -1,0 +1,168 @@
+//! Time as an input.
+//!
+//! Domain code takes a [`Timestamp`] argument and never asks the system for the time. The
+//! server reads [`SystemClock`] at the edge of each request; tests drive a [`ManualClock`].
+//! This module is the only one allowed to call `SystemTime::now` (see `clippy.toml`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Milliseconds since the Unix epoch, UTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub const fn from_millis(ms: i64) -> Self {
+        Timestamp(ms)
+    }
+
+    pub const fn as_millis(self) -> i64 {
+        self.0
+    }
+
+    /// `self + d`, saturating at the end of time.
+    pub fn plus(self, d: Duration) -> Timestamp {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_add(ms))
+    }
+
+    /// `self - d`, saturating at the start of time.
+    pub fn minus(self, d: Duration) -> Timestamp {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_sub(ms))
+    }
+
+    /// How long from `earlier` to `self`; zero when `earlier` is later.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
+    }
+
+    /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-21T10:00:00.000Z`.
+    pub fn to_rfc3339(self) -> String {
+        let nanos = i128::from(self.0) * 1_000_000;
+        match OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+            Ok(t) => {
+                let (y, mo, d) = (t.year(), u8::from(t.month()), t.day());
+                let (h, mi, s, ms) = (t.hour(), t.minute(), t.second(), t.millisecond());
+                format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+            }
+            Err(_) => String::from("9999-12-31T23:59:59.999Z"),
+        }
+    }
+
+    /// Parses RFC 3339 (any offset) into a timestamp.
+    pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+        let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+        let ms = t.unix_timestamp_nanos() / 1_000_000;
+        i64::try_from(ms).ok().map(Timestamp)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+/// A source of the current time.
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    fn now(&self) -> Timestamp;
+}
+
+/// The wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[allow(clippy::disallowed_methods)] // the one sanctioned read of the wall clock
+    fn now(&self) -> Timestamp {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+/// A clock that moves only when told to; clones share the same time.
+#[derive(Clone, Debug)]
+pub struct ManualClock {
+    // Shared so a test can hold one handle and give another to the code under test.
+    ms: Arc<AtomicI64>,
+}
+
+impl ManualClock {
+    pub fn new(start: Timestamp) -> Self {
+        ManualClock {
+            ms: Arc::new(AtomicI64::new(start.0)),
+        }
+    }
+
+    pub fn advance(&self, d: Duration) {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        self.ms.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    pub fn set(&self, t: Timestamp) {
+        self.ms.store(t.0, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.ms.load(Ordering::SeqCst))
+    }
+}
+
+/// Parses a duration written like `"30m"`, `"12h"`, `"2s"` or `"1h 30m"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration ({e})"))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trips_with_millis() {
+        let t = Timestamp(1_795_000_000_123);
+        let s = t.to_rfc3339();
+        assert_eq!(s, "2026-11-18T11:06:40.123Z");
+        assert_eq!(Timestamp::parse_rfc3339(&s), Some(t));
+        assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let c = ManualClock::new(Timestamp(1000));
+        let other = c.clone();
+        assert_eq!(c.now(), Timestamp(1000));
+        other.advance(Duration::from_secs(2));
+        assert_eq!(c.now(), Timestamp(3000));
+    }
+
+    #[test]
+    fn durations_parse_like_the_contract_writes_them() {
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(43200));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(format_duration(Duration::from_secs(1800)), "30m");
+    }
+
+    #[test]
+    fn arithmetic_saturates() {
+        assert_eq!(Timestamp(i64::MAX).plus(Duration::from_secs(1)), Timestamp(i64::MAX));
+        assert_eq!(Timestamp(5).since(Timestamp(10)), Duration::ZERO);
+    }
+}

@@ -1,0 +1,330 @@
+//! Bearer tokens: minted with a MAC under a keyed id, verified before any store lookup.
+//!
+//! A token reads `<key id>.<body>.<mac>`, where `body` is base64url of the 16-byte session
+//! id followed by 32 bytes from the OS random generator, and `mac` is base64url of
+//! HMAC-SHA-256 under the named key over `"sessiond-token-v1" | key id | body`.
+//!
+//! - A garbled or forged token fails [`TokenKeys::verify`] with no store lookup.
+//! - The store never sees the secret, only its SHA-256 ([`Verifier`]), compared in constant
+//!   time.
+//! - The first key signs; every key verifies, so keys rotate without logging anyone out.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::SessionId;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const DOMAIN: &[u8] = b"sessiond-token-v1";
+const SECRET_LEN: usize = 32;
+const BODY_LEN: usize = 16 + SECRET_LEN;
+const BODY_B64_LEN: usize = 64;
+const MAC_B64_LEN: usize = 43;
+/// Longer inputs are refused before any decoding.
+pub const MAX_TOKEN_LEN: usize = 128;
+/// Shortest secret accepted for a token key.
+pub const MIN_KEY_LEN: usize = 32;
+
+/// Why a token was refused. Callers answer `invalid_token` for every one of them; the
+/// variants exist for tests and debug logs (which never print the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is not of the form key.body.mac")]
+    Malformed,
+    #[error("token names an unknown key")]
+    UnknownKey,
+    #[error("token MAC does not verify")]
+    BadMac,
+}
+
+/// Problems with configured key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("token key id `{0}` must be 1 to 32 characters of A-Z a-z 0-9 _ -")]
+    BadId(String),
+    #[error("token key `{0}` is shorter than {MIN_KEY_LEN} bytes")]
+    TooShort(String),
+    #[error("token key id `{0}` is listed twice")]
+    Duplicate(String),
+    #[error("at least one token key is needed")]
+    None,
+    #[error("the OS random generator failed: {0}")]
+    Random(String),
+}
+
+/// SHA-256 of a token's secret: what the store keeps instead of the token.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Verifier(pub [u8; 32]);
+
+impl Verifier {
+    /// Constant-time equality, for comparing a presented token against the stored hash.
+    pub fn matches(&self, other: &Verifier) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Verifier(..)")
+    }
+}
+
+/// One named MAC key.
+#[derive(Clone)]
+pub struct TokenKey {
+    id: String,
+    // Prepared once: cloning it skips re-deriving the HMAC pads on every verify.
+    mac: HmacSha256,
+}
+
+impl TokenKey {
+    pub fn new(id: &str, secret: &[u8]) -> Result<TokenKey, KeyError> {
+        let id_ok = !id.is_empty()
+            && id.len() <= 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !id_ok {
+            return Err(KeyError::BadId(id.to_owned()));
+        }
+        if secret.len() < MIN_KEY_LEN {
+            return Err(KeyError::TooShort(id.to_owned()));
+        }
+        let mac = HmacSha256::new_from_slice(secret).map_err(|_| KeyError::TooShort(id.into()))?;
+        Ok(TokenKey {
+            id: id.to_owned(),
+            mac,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn tag(&self, body: &[u8]) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(DOMAIN);
+        mac.update(self.id.as_bytes());
+        mac.update(body);
+        mac
+    }
+}
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key ring: the first key signs, all verify.
+#[derive(Clone, Debug)]
+pub struct TokenKeys {
+    keys: Vec<TokenKey>,
+}
+
+/// A freshly minted token and what the store keeps of it.
+pub struct Minted {
+    /// The bearer string, handed to the agent once and never stored or logged.
+    pub token: String,
+    pub verifier: Verifier,
+}
+
+impl fmt::Debug for Minted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Minted(..)")
+    }
+}
+
+impl TokenKeys {
+    pub fn new(keys: Vec<TokenKey>) -> Result<TokenKeys, KeyError> {
+        if keys.is_empty() {
+            return Err(KeyError::None);
+        }
+        for (i, k) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|o| o.id == k.id) {
+                return Err(KeyError::Duplicate(k.id.clone()));
+            }
+        }
+        Ok(TokenKeys { keys })
+    }
+
+    /// The id of the key that signs new tokens.
+    pub fn signing_key_id(&self) -> &str {
+        &self.keys[0].id
+    }
+
+    /// Mints a token for session `id` under the signing key.
+    pub fn mint(&self, id: SessionId) -> Result<Minted, KeyError> {
+        let mut body = [0u8; BODY_LEN];
+        body[..16].copy_from_slice(id.as_bytes());
+        getrandom::fill(&mut body[16..]).map_err(|e| KeyError::Random(e.to_string()))?;
+        let key = &self.keys[0];
+        let tag = key.tag(&body).finalize().into_bytes();
+        let token = format!("{}.{}.{}", key.id, B64.encode(body), B64.encode(tag));
+        let verifier = verifier_of(&body[16..]);
+        Ok(Minted { token, verifier })
+    }
+
+    /// Checks a presented token's shape and MAC, and returns the session id it names and
+    /// the verifier to compare with the store's. No store is consulted.
+    pub fn verify(&self, token: &str) -> Result<(SessionId, Verifier), TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(kid), Some(body_b64), Some(mac_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        if body_b64.len() != BODY_B64_LEN || mac_b64.len() != MAC_B64_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == kid)
+            .ok_or(TokenError::UnknownKey)?;
+        let mut body = [0u8; BODY_LEN];
+        let mut tag = [0u8; 32];
+        decode_exact(body_b64, &mut body)?;
+        decode_exact(mac_b64, &mut tag)?;
+        key.tag(&body)
+            .verify_slice(&tag)
+            .map_err(|_| TokenError::BadMac)?;
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&body[..16]);
+        Ok((SessionId(id), verifier_of(&body[16..])))
+    }
+}
+
+fn decode_exact(b64: &str, out: &mut [u8]) -> Result<(), TokenError> {
+    match B64.decode_slice(b64, out) {
+        Ok(n) if n == out.len() => Ok(()),
+        _ => Err(TokenError::Malformed),
+    }
+}
+
+fn verifier_of(secret: &[u8]) -> Verifier {
+    Verifier(Sha256::digest(secret).into())
+}
+
+/// Generates `n` bytes of secret material from the OS, base64url-encoded (for generated
+/// keys and credentials).
+pub fn random_secret(n: usize) -> Result<String, KeyError> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).map_err(|e| KeyError::Random(e.to_string()))?;
+    Ok(B64.encode(b))
+}
+
+/// SHA-256 of a credential, as lowercase hex (for `key_sha256` and `token_sha256`).
+pub fn sha256_hex(secret: &[u8]) -> String {
+    Sha256::digest(secret)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// SHA-256 of a credential.
+pub fn sha256(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(ids: &[&str]) -> TokenKeys {
+        TokenKeys::new(
+            ids.iter()
+                .map(|id| TokenKey::new(id, format!("{id}-secret-material-of-32-bytes!!").as_bytes()).unwrap())
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_minted_token_verifies_to_its_id_and_verifier() {
+        let keys = ring(&["k1"]);
+        let id = SessionId::random().unwrap();
+        let m = keys.mint(id).unwrap();
+        assert!(m.token.starts_with("k1."));
+        assert!(m.token.len() <= MAX_TOKEN_LEN);
+        let (got, v) = keys.verify(&m.token).unwrap();
+        assert_eq!(got, id);
+        assert!(v.matches(&m.verifier));
+    }
+
+    #[test]
+    fn tokens_carry_256_random_bits() {
+        let keys = ring(&["k1"]);
+        let id = SessionId::random().unwrap();
+        let a = keys.mint(id).unwrap();
+        let b = keys.mint(id).unwrap();
+        assert_ne!(a.token, b.token);
+        assert!(!a.verifier.matches(&b.verifier));
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused() {
+        let keys = ring(&["k1"]);
+        let m = keys.mint(SessionId::random().unwrap()).unwrap();
+        let bytes = m.token.as_bytes();
+        for i in 0..bytes.len() {
+            for flip in [0x01u8, 0x20, 0x80] {
+                let mut b = bytes.to_vec();
+                b[i] ^= flip;
+                let Ok(s) = String::from_utf8(b) else { continue };
+                assert!(keys.verify(&s).is_err(), "byte {i} flipped by {flip:#x} verified");
+            }
+        }
+    }
+
+    #[test]
+    fn rotation_old_keys_verify_new_key_signs() {
+        let old = ring(&["k1"]);
+        let rotated = ring(&["k2", "k1"]);
+        let t_old = old.mint(SessionId::random().unwrap()).unwrap().token;
+        assert!(rotated.verify(&t_old).is_ok());
+        let t_new = rotated.mint(SessionId::random().unwrap()).unwrap().token;
+        assert!(t_new.starts_with("k2."));
+        assert_eq!(old.verify(&t_new), Err(TokenError::UnknownKey));
+        let removed = ring(&["k2"]);
+        assert_eq!(removed.verify(&t_old), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn same_id_other_secret_key_is_a_bad_mac() {
+        let a = TokenKeys::new(vec![TokenKey::new("k", &[1u8; 32]).unwrap()]).unwrap();
+        let b = TokenKeys::new(vec![TokenKey::new("k", &[2u8; 32]).unwrap()]).unwrap();
+        let t = a.mint(SessionId::random().unwrap()).unwrap().token;
+        assert_eq!(b.verify(&t), Err(TokenError::BadMac));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let keys = ring(&["k1"]);
+        for bad in ["", ".", "k1..", "k1.a.b", "a.b.c.d", &"x".repeat(10_000)] {
+            assert!(keys.verify(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn key_material_is_checked() {
+        assert!(matches!(TokenKey::new("", &[0; 32]), Err(KeyError::BadId(_))));
+        assert!(matches!(TokenKey::new("a.b", &[0; 32]), Err(KeyError::BadId(_))));
+        assert!(matches!(TokenKey::new("k", &[0; 31]), Err(KeyError::TooShort(_))));
+        let k = TokenKey::new("k", &[0; 32]).unwrap();
+        assert!(matches!(TokenKeys::new(vec![k.clone(), k]), Err(KeyError::Duplicate(_))));
+        assert!(matches!(TokenKeys::new(vec![]), Err(KeyError::None)));
+    }
+}
