@@ -1,0 +1,150 @@
+//! Storage for sessiond: one [`SessionStore`] trait and its backends.
+//!
+//! - [`SessionStore`]: every operation the server needs, each given `now`. A backend is
+//!   chosen once at start-up and used through `Arc<dyn SessionStore>`.
+//! - [`local`]: the in-process backends. [`LocalStore::memory`] keeps everything in memory
+//!   (tests, throwaway nodes); [`LocalStore::open_embedded`] adds a durable journal in a
+//!   redb file, group-committed, and loads it back on restart.
+//! - [`conformance`] (feature `conformance`): the one suite every backend must pass.
+//!
+//! Architecture invariants:
+//! - Validate is answered from memory. It never waits on a disk write or a network round
+//!   trip; touches are only marked dirty, then flushed in batches by [`SessionStore::flush_touches`].
+//! - A mutation is acknowledged (its future resolves `Ok`) only once it is durable.
+//! - Expiry work is proportional to what expires: deadlines sit in an ordered index.
+//! - An ended session never comes back: its row is deleted and its tombstone written in the
+//!   same transaction.
+
+pub mod local;
+mod outcome;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sessiond_core::policy::UserLimit;
+use sessiond_core::{EndReason, Session, SessionId, Timestamp, Verifier};
+
+pub use local::LocalStore;
+pub use outcome::{Created, Ended, Lookup, Page, StoreStats, SweepReport, Updated};
+
+/// Failures of the store itself (not of the request): all are `store_unavailable` to clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The backing store cannot be reached or written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be decoded.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Settings every backend shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// How long a tombstone answers "why did it end".
+    pub ended_retention: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            ended_retention: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// Attribute changes of an update, applied together or not at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttributeChange {
+    pub set: std::collections::BTreeMap<String, String>,
+    pub remove: Vec<String>,
+}
+
+/// The session store. Every method takes `now` from the caller; none reads a clock.
+///
+/// Lookups by token take the session id and the token's [`Verifier`] (already MAC-checked
+/// by the caller) and compare the verifier in constant time; a mismatch is `NotFound`.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// `memory`, `embedded` or `redis`: for stats and logs.
+    fn kind(&self) -> &'static str;
+
+    /// Inserts `session`, first applying `limit` to the user's live sessions, atomically:
+    /// concurrent creates for one user never leave more than the limit.
+    async fn create(
+        &self,
+        session: Session,
+        limit: UserLimit,
+        now: Timestamp,
+    ) -> Result<Created, StoreError>;
+
+    /// The session a token names, sliding its idle timer when `touch` is set. Served from
+    /// memory; the touch is persisted lazily by [`SessionStore::flush_touches`].
+    async fn validate(
+        &self,
+        id: SessionId,
+        verifier: &Verifier,
+        touch: bool,
+        now: Timestamp,
+    ) -> Result<Lookup, StoreError>;
+
+    /// The session or tombstone with this id (admin view; no token needed).
+    async fn get(&self, id: SessionId, now: Timestamp) -> Result<Lookup, StoreError>;
+
+    /// Sets and removes attributes, optionally only at `expected_version`. Counts as activity.
+    async fn update(
+        &self,
+        id: SessionId,
+        verifier: &Verifier,
+        change: &AttributeChange,
+        expected_version: Option<u64>,
+        now: Timestamp,
+    ) -> Result<Updated, StoreError>;
+
+    /// Ends one session for `reason`. With a verifier (logout), the token must match.
+    async fn end(
+        &self,
+        id: SessionId,
+        verifier: Option<&Verifier>,
+        reason: EndReason,
+        now: Timestamp,
+    ) -> Result<Ended, StoreError>;
+
+    /// Ends every live session of `user` for `reason`; returns how many were live.
+    async fn end_user(
+        &self,
+        user: &str,
+        reason: EndReason,
+        now: Timestamp,
+    ) -> Result<u64, StoreError>;
+
+    /// Live sessions ordered by id, after `cursor`, at most `limit`, optionally of one user.
+    /// A user's listing reads only that user's sessions.
+    async fn list(
+        &self,
+        user: Option<&str>,
+        cursor: Option<SessionId>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Page, StoreError>;
+
+    /// Ends sessions whose deadline has passed (tombstones carry the deadline as `ended_at`)
+    /// and drops tombstones past retention. Its cost follows what is due, not the total.
+    async fn sweep(&self, now: Timestamp) -> Result<SweepReport, StoreError>;
+
+    /// Makes the touches seen so far durable, in one batch.
+    async fn flush_touches(&self) -> Result<u64, StoreError>;
+
+    /// Counters for `/v1/admin/stats`. Call [`SessionStore::sweep`] first for exact counts.
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Whether the store can serve (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Flushes touches, makes everything acknowledged durable and stops background writers.
+    /// Later calls fail with [`StoreError::Unavailable`].
+    async fn close(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,266 @@
+//! The durable journal of the embedded store: a redb file, written by one thread that
+//! group-commits.
+//!
+//! Callers [`Journal::append`] changes (in memory order, under the session's shard lock)
+//! and await the returned [`Pending`]. The writer thread takes every batch waiting in its
+//! channel, applies them all in one write transaction, commits it with
+//! `Durability::Immediate` (an fsync), and only then resolves their tickets. Many concurrent
+//! creates therefore share one sync.
+//!
+//! On-disk format (see `docs/storage.md`): table `sessions` maps a 16-byte id to a
+//! record, table `tombstones` maps a 16-byte id to a tombstone. Each value is one format
+//! byte ([`FORMAT`]) followed by the postcard encoding of the core type.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+use redb::{Database, ReadableDatabase, TableDefinition};
+use sessiond_core::{Session, SessionId, Tombstone};
+use tokio::sync::oneshot;
+
+use crate::StoreError;
+
+const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
+const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
+/// The format byte in front of every stored value.
+const FORMAT: u8 = 1;
+/// Most batches folded into one transaction.
+const MAX_BATCHES_PER_COMMIT: usize = 8192;
+
+/// One durable change.
+#[derive(Debug)]
+pub(super) enum Change {
+    /// Insert or replace a live session.
+    Put(Session),
+    /// Delete the session and write its tombstone, in one transaction.
+    End(Tombstone),
+    /// Delete a tombstone past retention.
+    Purge(SessionId),
+}
+
+/// Resolves when the appended changes are durable.
+#[must_use = "a change is acknowledged only once durable"]
+pub(super) struct Pending(Option<oneshot::Receiver<Result<(), StoreError>>>);
+
+impl Pending {
+    pub(super) async fn durable(self) -> Result<(), StoreError> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => rx
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("journal writer stopped".into()))),
+        }
+    }
+}
+
+/// Where changes go: nowhere (memory store) or to the redb writer.
+pub(super) enum Journal {
+    None,
+    Redb(Writer),
+}
+
+pub(super) struct Writer {
+    // Taken on close, which ends the writer thread once it has drained the channel.
+    tx: Mutex<Option<mpsc::Sender<Batch>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    // Set by the writer when a commit fails: from then on the store refuses to serve,
+    // because memory may hold changes the disk does not.
+    failed: Arc<AtomicBool>,
+}
+
+struct Batch {
+    changes: Vec<Change>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// What was on disk at open.
+#[derive(Default)]
+pub(super) struct Loaded {
+    pub sessions: Vec<Session>,
+    pub tombstones: Vec<Tombstone>,
+}
+
+impl Journal {
+    pub(super) fn is_durable(&self) -> bool {
+        matches!(self, Journal::Redb(_))
+    }
+
+    /// Queues `changes`; they are durable when the returned ticket resolves `Ok`.
+    pub(super) fn append(&self, changes: Vec<Change>) -> Pending {
+        let Journal::Redb(w) = self else {
+            return Pending(None);
+        };
+        let (done, rx) = oneshot::channel();
+        if let Some(tx) = w.tx.lock().as_ref() {
+            // A send fails only if the writer is gone; the dropped `done` then reports it.
+            let _ = tx.send(Batch { changes, done });
+        }
+        Pending(Some(rx))
+    }
+
+    /// Fails when the store can no longer serve: closed, or a commit failed.
+    pub(super) fn check(&self) -> Result<(), StoreError> {
+        match self {
+            Journal::None => Ok(()),
+            Journal::Redb(w) if w.failed.load(Ordering::Acquire) => Err(StoreError::Unavailable(
+                "a write to the data file failed; restart sessiond".into(),
+            )),
+            Journal::Redb(w) if w.tx.lock().is_none() => {
+                Err(StoreError::Unavailable("the store is closed".into()))
+            }
+            Journal::Redb(_) => Ok(()),
+        }
+    }
+
+    /// Stops the writer after it has made everything queued durable.
+    pub(super) async fn close(&self) -> Result<(), StoreError> {
+        let Journal::Redb(w) = self else {
+            return Ok(());
+        };
+        drop(w.tx.lock().take());
+        let thread = w.thread.lock().take();
+        if let Some(t) = thread {
+            tokio::task::spawn_blocking(move || t.join())
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("joining the writer: {e}")))?
+                .map_err(|_| StoreError::Unavailable("the journal writer panicked".into()))?;
+        }
+        if w.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "a write to the data file failed".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Opens (or creates) the data file, reads everything back, and starts the writer.
+pub(super) fn open(path: &Path) -> Result<(Journal, Loaded), StoreError> {
+    let db = Database::create(path).map_err(unavailable)?;
+    {
+        // Create both tables, so a fresh file reads back as empty.
+        let txn = db.begin_write().map_err(unavailable)?;
+        txn.open_table(SESSIONS).map_err(unavailable)?;
+        txn.open_table(TOMBSTONES).map_err(unavailable)?;
+        txn.commit().map_err(unavailable)?;
+    }
+    let loaded = load(&db)?;
+    let (tx, rx) = mpsc::channel();
+    let failed = Arc::new(AtomicBool::new(false));
+    let thread = std::thread::Builder::new()
+        .name("sessiond-journal".into())
+        .spawn({
+            let failed = failed.clone();
+            move || write_loop(db, rx, failed)
+        })
+        .map_err(unavailable)?;
+    let writer = Writer {
+        tx: Mutex::new(Some(tx)),
+        thread: Mutex::new(Some(thread)),
+        failed,
+    };
+    Ok((Journal::Redb(writer), loaded))
+}
+
+fn load(db: &Database) -> Result<Loaded, StoreError> {
+    use redb::ReadableTable;
+    let txn = db.begin_read().map_err(unavailable)?;
+    let mut loaded = Loaded::default();
+    for row in txn
+        .open_table(SESSIONS)
+        .map_err(unavailable)?
+        .iter()
+        .map_err(unavailable)?
+    {
+        let (_, v) = row.map_err(unavailable)?;
+        loaded.sessions.push(decode(v.value())?);
+    }
+    for row in txn
+        .open_table(TOMBSTONES)
+        .map_err(unavailable)?
+        .iter()
+        .map_err(unavailable)?
+    {
+        let (_, v) = row.map_err(unavailable)?;
+        loaded.tombstones.push(decode(v.value())?);
+    }
+    Ok(loaded)
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![FORMAT];
+    postcard::to_io(value, &mut out).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(out)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| StoreError::Corrupt(e.to_string()))
+        }
+        _ => Err(StoreError::Corrupt("unknown record format".into())),
+    }
+}
+
+fn write_loop(db: Database, rx: mpsc::Receiver<Batch>, failed: Arc<AtomicBool>) {
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        while batches.len() < MAX_BATCHES_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(b) => batches.push(b),
+                Err(_) => break,
+            }
+        }
+        let result = if failed.load(Ordering::Acquire) {
+            Err(StoreError::Unavailable("an earlier write failed".into()))
+        } else {
+            commit(&db, &batches)
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "journal commit failed; refusing further writes");
+            failed.store(true, Ordering::Release);
+        }
+        for b in batches {
+            let _ = b.done.send(result.clone());
+        }
+    }
+}
+
+fn commit(db: &Database, batches: &[Batch]) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    {
+        let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
+        let mut tombstones = txn.open_table(TOMBSTONES).map_err(unavailable)?;
+        for change in batches.iter().flat_map(|b| &b.changes) {
+            match change {
+                Change::Put(s) => {
+                    sessions
+                        .insert(s.id.as_bytes().as_slice(), encode(s)?.as_slice())
+                        .map_err(unavailable)?;
+                }
+                Change::End(t) => {
+                    sessions
+                        .remove(t.id.as_bytes().as_slice())
+                        .map_err(unavailable)?;
+                    tombstones
+                        .insert(t.id.as_bytes().as_slice(), encode(t)?.as_slice())
+                        .map_err(unavailable)?;
+                }
+                Change::Purge(id) => {
+                    tombstones
+                        .remove(id.as_bytes().as_slice())
+                        .map_err(unavailable)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(unavailable)
+}

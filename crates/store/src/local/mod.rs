@@ -1,0 +1,687 @@
+//! The in-process store: every session in memory, optionally journaled to disk.
+//!
+//! Memory layout:
+//! - `shards`: 64 ordered maps, each owning a contiguous range of the id space (by the top
+//!   six bits of the id), so a listing of all sessions pages through them in id order.
+//!   Each shard holds live sessions and tombstones.
+//! - `members`: per-user sets of live ids plus the counters behind stats. Every change of
+//!   membership (create, end) happens under this one lock, which makes the per-user limit
+//!   check and the insert one atomic step.
+//! - `expiry` and `purges`: deadlines and tombstone purge times in ordered sets, so a sweep
+//!   touches only what is due.
+//! - `dirty`: ids touched since the last flush, each listed once.
+//!
+//! Lock order: `members`, then one shard, then the leaf locks (`expiry`, `purges`, `dirty`).
+//! Every journal append for a session happens while its shard lock is held, so the journal
+//! sees changes to one session in the order memory saw them.
+
+mod journal;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use sessiond_core::input::apply_attributes;
+use sessiond_core::policy::UserLimit;
+use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Tombstone, Verifier};
+
+use self::journal::{Change, Journal, Pending};
+use crate::{
+    AttributeChange, Created, Ended, Lookup, Page, SessionStore, StoreError, StoreOptions,
+    StoreStats, SweepReport, Updated,
+};
+
+const SHARDS: usize = 64;
+/// Due entries taken from an ordered index per lock acquisition during a sweep.
+const SWEEP_BATCH: usize = 1024;
+
+/// Sessions in memory, with an optional durable journal. See the module docs.
+pub struct LocalStore {
+    shards: Box<[RwLock<Shard>]>,
+    members: Mutex<Members>,
+    /// `(deadline, id)` of every live session, as last scheduled.
+    expiry: Mutex<BTreeSet<(Timestamp, SessionId)>>,
+    /// `(purge_at, id)` of every tombstone.
+    purges: Mutex<BTreeSet<(Timestamp, SessionId)>>,
+    /// Ids touched since the last flush (only kept when there is a journal).
+    dirty: Mutex<Vec<SessionId>>,
+    journal: Journal,
+    options: StoreOptions,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("kind", &self.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    live: BTreeMap<SessionId, Entry>,
+    ended: HashMap<SessionId, Tombstone>,
+}
+
+struct Entry {
+    session: Session,
+    /// The deadline under which this session sits in `expiry`.
+    scheduled: Timestamp,
+    /// Touched since the last flush, and listed in `dirty`.
+    dirty: bool,
+}
+
+#[derive(Default)]
+struct Members {
+    by_user: HashMap<String, BTreeSet<SessionId>>,
+    per_policy: HashMap<String, u64>,
+    live: u64,
+    ended_by_reason: BTreeMap<EndReason, u64>,
+}
+
+impl LocalStore {
+    /// A store that lives and dies with the process.
+    pub fn memory(options: StoreOptions) -> LocalStore {
+        LocalStore::with_journal(Journal::None, options)
+    }
+
+    /// The embedded durable store in `path` (a redb file), loaded back into memory. Runs
+    /// blocking I/O: call it from a blocking context.
+    pub fn open_embedded(path: &Path, options: StoreOptions) -> Result<LocalStore, StoreError> {
+        let (journal, loaded) = journal::open(path)?;
+        let store = LocalStore::with_journal(journal, options);
+        for session in loaded.sessions {
+            store.insert_loaded(session);
+        }
+        for tomb in loaded.tombstones {
+            store.insert_tombstone(tomb);
+        }
+        Ok(store)
+    }
+
+    fn with_journal(journal: Journal, options: StoreOptions) -> LocalStore {
+        LocalStore {
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            members: Mutex::new(Members::default()),
+            expiry: Mutex::new(BTreeSet::new()),
+            purges: Mutex::new(BTreeSet::new()),
+            dirty: Mutex::new(Vec::new()),
+            journal,
+            options,
+        }
+    }
+
+    fn shard_index(id: &SessionId) -> usize {
+        usize::from(id.0[0] >> 2)
+    }
+
+    fn shard(&self, id: &SessionId) -> &RwLock<Shard> {
+        &self.shards[Self::shard_index(id)]
+    }
+
+    fn insert_loaded(&self, session: Session) {
+        let mut m = self.members.lock();
+        let mut shard = self.shard(&session.id).write();
+        self.insert_live(&mut m, &mut shard, session);
+    }
+
+    fn insert_live(&self, m: &mut Members, shard: &mut Shard, session: Session) {
+        let (deadline, _) = session.deadline();
+        let id = session.id;
+        m.by_user
+            .entry(session.user.clone())
+            .or_default()
+            .insert(id);
+        *m.per_policy.entry(session.policy.clone()).or_default() += 1;
+        m.live += 1;
+        self.expiry.lock().insert((deadline, id));
+        shard.live.insert(
+            id,
+            Entry {
+                session,
+                scheduled: deadline,
+                dirty: false,
+            },
+        );
+    }
+
+    fn insert_tombstone(&self, tomb: Tombstone) {
+        let mut m = self.members.lock();
+        *m.ended_by_reason.entry(tomb.reason).or_default() += 1;
+        self.purges.lock().insert((tomb.purge_at, tomb.id));
+        self.shard(&tomb.id).write().ended.insert(tomb.id, tomb);
+    }
+
+    /// Ends the live session `id` in memory and journals it; `reason` applies unless the
+    /// session had already passed its deadline, whose own reason and instant then stand.
+    /// Returns the tombstone, whether it was live until now, and the durability ticket.
+    fn end_locked(
+        &self,
+        m: &mut Members,
+        shard: &mut Shard,
+        id: SessionId,
+        reason: EndReason,
+        now: Timestamp,
+    ) -> Option<(Tombstone, bool, Pending)> {
+        let entry = shard.live.remove(&id)?;
+        let session = entry.session;
+        let (tomb, was_live) = match session.status(now) {
+            SessionStatus::Live => (session.end(reason, now, self.options.ended_retention), true),
+            SessionStatus::Expired { reason, at } => {
+                (session.end(reason, at, self.options.ended_retention), false)
+            }
+        };
+        if let Some(ids) = m.by_user.get_mut(&session.user) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                m.by_user.remove(&session.user);
+            }
+        }
+        if let Some(n) = m.per_policy.get_mut(&session.policy) {
+            *n -= 1;
+            if *n == 0 {
+                m.per_policy.remove(&session.policy);
+            }
+        }
+        m.live -= 1;
+        *m.ended_by_reason.entry(tomb.reason).or_default() += 1;
+        self.expiry.lock().remove(&(entry.scheduled, id));
+        self.purges.lock().insert((tomb.purge_at, id));
+        shard.ended.insert(id, tomb.clone());
+        let pending = self.journal.append(vec![Change::End(tomb.clone())]);
+        Some((tomb, was_live, pending))
+    }
+
+    /// A retained tombstone for `id`, if `verifier` (when given) matches it.
+    fn tombstone(
+        shard: &Shard,
+        id: &SessionId,
+        verifier: Option<&Verifier>,
+        now: Timestamp,
+    ) -> Lookup {
+        match shard.ended.get(id) {
+            Some(t) if now < t.purge_at && verifier.is_none_or(|v| t.verifier.matches(v)) => {
+                Lookup::Ended(t.clone())
+            }
+            _ => Lookup::NotFound,
+        }
+    }
+
+    fn mark_dirty(&self, entry: &mut Entry) {
+        if self.journal.is_durable() && !entry.dirty {
+            entry.dirty = true;
+            self.dirty.lock().push(entry.session.id);
+        }
+    }
+
+    /// Takes up to [`SWEEP_BATCH`] entries due at `now` from an ordered index.
+    fn take_due(
+        index: &Mutex<BTreeSet<(Timestamp, SessionId)>>,
+        now: Timestamp,
+    ) -> Vec<(Timestamp, SessionId)> {
+        let mut set = index.lock();
+        let mut due = Vec::new();
+        while due.len() < SWEEP_BATCH {
+            match set.first() {
+                Some(&(t, id)) if t <= now => {
+                    set.pop_first();
+                    due.push((t, id));
+                }
+                _ => break,
+            }
+        }
+        due
+    }
+
+    fn sweep_expired(&self, now: Timestamp, report: &mut SweepReport) -> Vec<Pending> {
+        let mut pendings = Vec::new();
+        loop {
+            let due = Self::take_due(&self.expiry, now);
+            if due.is_empty() {
+                break;
+            }
+            let mut m = self.members.lock();
+            for (scheduled, id) in due {
+                let mut shard = self.shard(&id).write();
+                let Some(entry) = shard.live.get_mut(&id) else {
+                    continue;
+                };
+                if entry.scheduled != scheduled {
+                    continue; // rescheduled meanwhile; its newer entry is in the index
+                }
+                match entry.session.status(now) {
+                    SessionStatus::Live => {
+                        let (deadline, _) = entry.session.deadline();
+                        entry.scheduled = deadline;
+                        self.expiry.lock().insert((deadline, id));
+                        report.rescheduled += 1;
+                    }
+                    SessionStatus::Expired { reason, .. } => {
+                        // The entry was already taken out of `expiry`; end_locked's removal
+                        // of it is then a no-op.
+                        if let Some((_, _, p)) =
+                            self.end_locked(&mut m, &mut shard, id, reason, now)
+                        {
+                            pendings.push(p);
+                            report.expired += 1;
+                        }
+                    }
+                }
+            }
+        }
+        pendings
+    }
+
+    fn sweep_tombstones(&self, now: Timestamp, report: &mut SweepReport) -> Vec<Pending> {
+        let mut pendings = Vec::new();
+        loop {
+            let due = Self::take_due(&self.purges, now);
+            if due.is_empty() {
+                break;
+            }
+            let mut m = self.members.lock();
+            for (purge_at, id) in due {
+                let mut shard = self.shard(&id).write();
+                if shard.ended.get(&id).map(|t| t.purge_at) != Some(purge_at) {
+                    continue;
+                }
+                if let Some(t) = shard.ended.remove(&id) {
+                    if let Some(n) = m.ended_by_reason.get_mut(&t.reason) {
+                        *n = n.saturating_sub(1);
+                    }
+                    pendings.push(self.journal.append(vec![Change::Purge(id)]));
+                    report.purged += 1;
+                }
+            }
+        }
+        pendings
+    }
+
+    fn list_user(
+        &self,
+        user: &str,
+        cursor: Option<SessionId>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Page {
+        let m = self.members.lock();
+        let Some(ids) = m.by_user.get(user) else {
+            return Page::default();
+        };
+        let lower = cursor.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = Page::default();
+        for id in ids.range((lower, Bound::Unbounded)) {
+            let shard = self.shard(id).read();
+            if let Some(e) = shard
+                .live
+                .get(id)
+                .filter(|e| e.session.status(now) == SessionStatus::Live)
+            {
+                if page.sessions.len() == limit {
+                    page.next_cursor = page.sessions.last().map(|s| s.id);
+                    break;
+                }
+                page.sessions.push(e.session.clone());
+            }
+        }
+        page
+    }
+
+    fn list_all(&self, cursor: Option<SessionId>, limit: usize, now: Timestamp) -> Page {
+        let first = cursor.as_ref().map_or(0, Self::shard_index);
+        let lower = cursor.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = Page::default();
+        for shard in &self.shards[first..] {
+            let shard = shard.read();
+            for (_, e) in shard.live.range((lower, Bound::Unbounded)) {
+                if e.session.status(now) != SessionStatus::Live {
+                    continue;
+                }
+                if page.sessions.len() == limit {
+                    page.next_cursor = page.sessions.last().map(|s| s.id);
+                    return page;
+                }
+                page.sessions.push(e.session.clone());
+            }
+        }
+        page
+    }
+}
+
+/// Waits for every ticket; the first failure wins.
+async fn all_durable(pendings: Vec<Pending>) -> Result<(), StoreError> {
+    let mut result = Ok(());
+    for p in pendings {
+        if let Err(e) = p.durable().await {
+            result = result.and(Err(e));
+        }
+    }
+    result
+}
+
+#[async_trait]
+impl SessionStore for LocalStore {
+    fn kind(&self) -> &'static str {
+        if self.journal.is_durable() {
+            "embedded"
+        } else {
+            "memory"
+        }
+    }
+
+    async fn create(
+        &self,
+        session: Session,
+        limit: UserLimit,
+        now: Timestamp,
+    ) -> Result<Created, StoreError> {
+        self.journal.check()?;
+        let mut pendings = Vec::new();
+        let mut displaced = Vec::new();
+        let denied = 'locked: {
+            let mut m = self.members.lock();
+            // The user's live sessions, oldest first; any past their deadline end here.
+            let mut live: Vec<(Timestamp, SessionId)> = Vec::new();
+            let ids: Vec<SessionId> = m
+                .by_user
+                .get(&session.user)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default();
+            for id in ids {
+                let mut shard = self.shard(&id).write();
+                let Some(e) = shard.live.get(&id) else {
+                    continue;
+                };
+                match e.session.status(now) {
+                    SessionStatus::Live => live.push((e.session.created_at, id)),
+                    SessionStatus::Expired { reason, .. } => {
+                        if let Some((_, _, p)) =
+                            self.end_locked(&mut m, &mut shard, id, reason, now)
+                        {
+                            pendings.push(p);
+                        }
+                    }
+                }
+            }
+            let Some(n) = limit.to_displace(live.len()) else {
+                break 'locked true;
+            };
+            live.sort_unstable();
+            for &(_, id) in live.iter().take(n) {
+                let mut shard = self.shard(&id).write();
+                if let Some((_, _, p)) =
+                    self.end_locked(&mut m, &mut shard, id, EndReason::Displaced, now)
+                {
+                    pendings.push(p);
+                    displaced.push(id);
+                }
+            }
+            let mut shard = self.shard(&session.id).write();
+            if shard.live.contains_key(&session.id) || shard.ended.contains_key(&session.id) {
+                return Err(StoreError::Corrupt("session id collision".into()));
+            }
+            pendings.push(self.journal.append(vec![Change::Put(session.clone())]));
+            self.insert_live(&mut m, &mut shard, session.clone());
+            false
+        };
+        all_durable(pendings).await?;
+        if denied {
+            return Ok(Created::LimitReached { limit: limit.max });
+        }
+        Ok(Created::Created { session, displaced })
+    }
+
+    async fn validate(
+        &self,
+        id: SessionId,
+        verifier: &Verifier,
+        touch: bool,
+        now: Timestamp,
+    ) -> Result<Lookup, StoreError> {
+        self.journal.check()?;
+        if !touch {
+            let shard = self.shard(&id).read();
+            return Ok(match shard.live.get(&id) {
+                Some(e) if e.session.verifier.matches(verifier) => {
+                    match e
+                        .session
+                        .expired_tombstone(now, self.options.ended_retention)
+                    {
+                        None => Lookup::Live(e.session.clone()),
+                        Some(t) => Lookup::Ended(t),
+                    }
+                }
+                Some(_) => Lookup::NotFound,
+                None => Self::tombstone(&shard, &id, Some(verifier), now),
+            });
+        }
+        let mut shard = self.shard(&id).write();
+        let Some(entry) = shard.live.get_mut(&id) else {
+            return Ok(Self::tombstone(&shard, &id, Some(verifier), now));
+        };
+        if !entry.session.verifier.matches(verifier) {
+            return Ok(Lookup::NotFound);
+        }
+        if let Some(t) = entry
+            .session
+            .expired_tombstone(now, self.options.ended_retention)
+        {
+            return Ok(Lookup::Ended(t));
+        }
+        if entry.session.touch(now) {
+            self.mark_dirty(entry);
+        }
+        Ok(Lookup::Live(entry.session.clone()))
+    }
+
+    async fn get(&self, id: SessionId, now: Timestamp) -> Result<Lookup, StoreError> {
+        self.journal.check()?;
+        let shard = self.shard(&id).read();
+        Ok(match shard.live.get(&id) {
+            Some(e) => match e
+                .session
+                .expired_tombstone(now, self.options.ended_retention)
+            {
+                None => Lookup::Live(e.session.clone()),
+                Some(t) => Lookup::Ended(t),
+            },
+            None => Self::tombstone(&shard, &id, None, now),
+        })
+    }
+
+    async fn update(
+        &self,
+        id: SessionId,
+        verifier: &Verifier,
+        change: &AttributeChange,
+        expected_version: Option<u64>,
+        now: Timestamp,
+    ) -> Result<Updated, StoreError> {
+        self.journal.check()?;
+        let (session, pending) = {
+            let mut shard = self.shard(&id).write();
+            let Some(entry) = shard.live.get_mut(&id) else {
+                return Ok(match Self::tombstone(&shard, &id, Some(verifier), now) {
+                    Lookup::Ended(t) => Updated::Ended(t),
+                    _ => Updated::NotFound,
+                });
+            };
+            if !entry.session.verifier.matches(verifier) {
+                return Ok(Updated::NotFound);
+            }
+            if let Some(t) = entry
+                .session
+                .expired_tombstone(now, self.options.ended_retention)
+            {
+                return Ok(Updated::Ended(t));
+            }
+            if let Some(v) = expected_version.filter(|v| *v != entry.session.version) {
+                let _ = v;
+                return Ok(Updated::VersionConflict {
+                    current: entry.session.version,
+                });
+            }
+            let attributes =
+                match apply_attributes(&entry.session.attributes, &change.set, &change.remove) {
+                    Ok(a) => a,
+                    Err(e) => return Ok(Updated::Invalid(e)),
+                };
+            let mut next = entry.session.clone();
+            next.attributes = attributes;
+            next.touch(now);
+            next.version += 1;
+            let pending = self.journal.append(vec![Change::Put(next.clone())]);
+            entry.session = next.clone();
+            (next, pending)
+        };
+        pending.durable().await?;
+        Ok(Updated::Updated(session))
+    }
+
+    async fn end(
+        &self,
+        id: SessionId,
+        verifier: Option<&Verifier>,
+        reason: EndReason,
+        now: Timestamp,
+    ) -> Result<Ended, StoreError> {
+        self.journal.check()?;
+        let (tomb, was_live, pending) = {
+            let mut m = self.members.lock();
+            let mut shard = self.shard(&id).write();
+            match shard.live.get(&id) {
+                Some(e) if verifier.is_none_or(|v| e.session.verifier.matches(v)) => {}
+                Some(_) => return Ok(Ended::NotFound),
+                None => {
+                    return Ok(match Self::tombstone(&shard, &id, verifier, now) {
+                        Lookup::Ended(t) => Ended::AlreadyEnded(t),
+                        _ => Ended::NotFound,
+                    });
+                }
+            }
+            match self.end_locked(&mut m, &mut shard, id, reason, now) {
+                Some(ended) => ended,
+                None => return Ok(Ended::NotFound),
+            }
+        };
+        pending.durable().await?;
+        Ok(if was_live {
+            Ended::Ended(tomb)
+        } else {
+            Ended::AlreadyEnded(tomb)
+        })
+    }
+
+    async fn end_user(
+        &self,
+        user: &str,
+        reason: EndReason,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.journal.check()?;
+        let mut pendings = Vec::new();
+        let mut count = 0;
+        {
+            let mut m = self.members.lock();
+            let ids: Vec<SessionId> = m
+                .by_user
+                .get(user)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default();
+            for id in ids {
+                let mut shard = self.shard(&id).write();
+                if let Some((_, was_live, p)) = self.end_locked(&mut m, &mut shard, id, reason, now)
+                {
+                    pendings.push(p);
+                    count += u64::from(was_live);
+                }
+            }
+        }
+        all_durable(pendings).await?;
+        Ok(count)
+    }
+
+    async fn list(
+        &self,
+        user: Option<&str>,
+        cursor: Option<SessionId>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Page, StoreError> {
+        self.journal.check()?;
+        let limit = limit.max(1);
+        Ok(match user {
+            Some(u) => self.list_user(u, cursor, limit, now),
+            None => self.list_all(cursor, limit, now),
+        })
+    }
+
+    async fn sweep(&self, now: Timestamp) -> Result<SweepReport, StoreError> {
+        self.journal.check()?;
+        let mut report = SweepReport::default();
+        let mut pendings = self.sweep_expired(now, &mut report);
+        pendings.extend(self.sweep_tombstones(now, &mut report));
+        all_durable(pendings).await?;
+        Ok(report)
+    }
+
+    async fn flush_touches(&self) -> Result<u64, StoreError> {
+        self.journal.check()?;
+        let ids = std::mem::take(&mut *self.dirty.lock());
+        let mut pendings = Vec::new();
+        for id in &ids {
+            let mut shard = self.shard(id).write();
+            if let Some(entry) = shard.live.get_mut(id).filter(|e| e.dirty) {
+                entry.dirty = false;
+                pendings.push(
+                    self.journal
+                        .append(vec![Change::Put(entry.session.clone())]),
+                );
+            }
+        }
+        let n = pendings.len() as u64;
+        all_durable(pendings).await?;
+        Ok(n)
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.journal.check()?;
+        let m = self.members.lock();
+        Ok(StoreStats {
+            live: m.live,
+            per_policy: m.per_policy.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            ended_by_reason: m
+                .ended_by_reason
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            users: m.by_user.len() as u64,
+            nodes: 1,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.journal.check()
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        if self.journal.check().is_ok() {
+            self.flush_touches().await?;
+        }
+        self.journal.close().await
+    }
+}
+
+/// How long touches may wait in memory before [`SessionStore::flush_touches`] must run,
+/// given the shortest idle timeout among the policies in use.
+pub fn flush_window(shortest_idle: Duration) -> Duration {
+    sessiond_core::Policy {
+        idle_timeout: shortest_idle,
+        ..sessiond_core::Policy::default()
+    }
+    .touch_flush_window()
+}

@@ -1,0 +1,78 @@
+//! What store operations answer, besides failing.
+
+use std::collections::BTreeMap;
+
+use sessiond_core::input::InputError;
+use sessiond_core::{EndReason, Session, SessionId, Tombstone};
+
+/// A session looked up by token or id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Live(Session),
+    /// Ended (or past its deadline), and its tombstone is still retained.
+    Ended(Tombstone),
+    NotFound,
+}
+
+/// The answer to a create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// Inserted; `displaced` lists sessions ended with reason `displaced` to make room.
+    Created {
+        session: Session,
+        displaced: Vec<SessionId>,
+    },
+    /// The user is at the policy's `max_per_user` and the policy says `deny`.
+    LimitReached { limit: u32 },
+}
+
+/// The answer to an update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Updated {
+    Updated(Session),
+    NotFound,
+    Ended(Tombstone),
+    VersionConflict { current: u64 },
+    Invalid(InputError),
+}
+
+/// The answer to an end (logout, terminate).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// This call ended it.
+    Ended(Tombstone),
+    /// It had already ended, for the tombstone's reason.
+    AlreadyEnded(Tombstone),
+    NotFound,
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Page {
+    pub sessions: Vec<Session>,
+    /// The cursor for the next page; `None` on the last.
+    pub next_cursor: Option<SessionId>,
+}
+
+/// What one sweep did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SweepReport {
+    /// Sessions ended by their deadline.
+    pub expired: u64,
+    /// Sessions looked at whose deadline had moved (touched), scheduled again.
+    pub rescheduled: u64,
+    /// Tombstones dropped after retention.
+    pub purged: u64,
+}
+
+/// Counters for the admin stats.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    pub live: u64,
+    pub per_policy: BTreeMap<String, u64>,
+    /// Tombstones held, by reason.
+    pub ended_by_reason: BTreeMap<EndReason, u64>,
+    pub users: u64,
+    /// Nodes sharing this store.
+    pub nodes: u64,
+}
