@@ -68,7 +68,7 @@ pub struct AttributeChange {
 /// Lookups by token take the session id and the token's [`Verifier`] (already MAC-checked
 /// by the caller) and compare the verifier in constant time; a mismatch is `NotFound`.
 #[async_trait]
-pub trait SessionStore: Send + Sync + 'static {
+pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// `memory`, `embedded` or `redis`: for stats and logs.
     fn kind(&self) -> &'static str;
 

@@ -1,0 +1,596 @@
+//! Configuration: a TOML file, then `SESSIOND_*` environment variables, then flags.
+//!
+//! All three are merged into one TOML table (later sources win), which is then read into
+//! [`FileConfig`] with unknown keys refused, and checked into [`Settings`], the resolved
+//! configuration the server runs on. Every refusal names the key at fault.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sessiond_core::clock::parse_duration;
+use sessiond_core::token::MIN_KEY_LEN;
+use sessiond_core::{OnLimit, Policy};
+
+/// The environment variables `serve` reads, and the config key each one sets.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("SESSIOND_LISTEN", "listen"),
+    ("SESSIOND_DATA_DIR", "data_dir"),
+    ("SESSIOND_SESSION_IDLE_TIMEOUT", "session.idle_timeout"),
+    ("SESSIOND_SESSION_MAX_LIFETIME", "session.max_lifetime"),
+    ("SESSIOND_SESSION_MAX_PER_USER", "session.max_per_user"),
+    ("SESSIOND_SESSION_ON_LIMIT", "session.on_limit"),
+    (
+        "SESSIOND_SESSION_ENDED_RETENTION",
+        "session.ended_retention",
+    ),
+    ("SESSIOND_ADMIN_TOKEN", "admin.token"),
+    ("SESSIOND_ADMIN_TOKEN_SHA256", "admin.token_sha256"),
+    ("SESSIOND_STORE_KIND", "store.kind"),
+    ("SESSIOND_STORE_REDIS_URL", "store.redis.url"),
+    ("SESSIOND_STORE_REDIS_KEY_PREFIX", "store.redis.key_prefix"),
+];
+
+/// `SESSIOND_*` variables that are not configuration keys (read by the CLI or logging).
+const ENV_OTHER: &[&str] = &["SESSIOND_CONFIG", "SESSIOND_SERVER", "SESSIOND_LOG"];
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
+pub const DEFAULT_DATA_DIR: &str = "sessiond-data";
+
+/// A configuration that cannot be used, with the key at fault in the message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+/// The config file's shape. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub session: SessionSection,
+    #[serde(default)]
+    pub policies: BTreeMap<String, PolicySection>,
+    #[serde(default)]
+    pub agents: Vec<AgentSection>,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub token: TokenSection,
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// `[session]`: the default policy, plus the global `ended_retention`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSection {
+    #[serde(flatten)]
+    pub policy: PolicySection,
+    pub ended_retention: Option<String>,
+}
+
+/// The policy keys, each optional (named policies inherit from `[session]`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    pub idle_timeout: Option<String>,
+    pub max_lifetime: Option<String>,
+    pub max_per_user: Option<u32>,
+    pub on_limit: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    pub name: String,
+    pub key: Option<String>,
+    pub key_sha256: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub token: Option<String>,
+    pub token_sha256: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    #[serde(default)]
+    pub keys: Vec<KeySection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySection {
+    pub id: String,
+    pub secret: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub kind: Option<String>,
+    pub redis: Option<RedisSection>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    pub url: Option<String>,
+    pub cluster: Option<Vec<String>>,
+    pub sentinel_master: Option<String>,
+    pub sentinels: Option<Vec<String>>,
+    pub key_prefix: Option<String>,
+}
+
+/// Flags given to `sessiond serve`; they win over everything.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A credential as the server keeps it: the SHA-256 of the secret, never the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentCredential {
+    pub name: String,
+    pub sha256: [u8; 32],
+}
+
+/// Which store backs the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Embedded,
+    Redis(RedisSettings),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub url: Option<String>,
+    pub cluster: Vec<String>,
+    pub sentinel_master: Option<String>,
+    pub sentinels: Vec<String>,
+    pub key_prefix: String,
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub default_policy: Policy,
+    /// Named policies (`default` is the `[session]` one and is not listed here).
+    pub policies: BTreeMap<String, Policy>,
+    pub ended_retention: Duration,
+    /// Empty: a key is generated into the data dir on first start.
+    pub agents: Vec<AgentCredential>,
+    /// `None`: an admin token is generated into the data dir on first start.
+    pub admin_sha256: Option<[u8; 32]>,
+    /// `(id, secret)`; empty: a key is generated into the data dir on first start.
+    pub token_keys: Vec<(String, Vec<u8>)>,
+    pub store: StoreKind,
+}
+
+impl Settings {
+    /// Reads the file (if any), the environment `env`, and the flags, in that order.
+    pub fn load(
+        file: Option<&Path>,
+        env: &[(String, String)],
+        flags: &Overrides,
+    ) -> Result<Settings, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| invalid(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env.iter().filter(|(n, _)| n.starts_with("SESSIOND_")) {
+            if ENV_OTHER.contains(&name.as_str()) {
+                continue;
+            }
+            let Some((_, key)) = ENV_KEYS.iter().find(|(n, _)| n == name) else {
+                let known: Vec<&str> = ENV_KEYS.iter().map(|(n, _)| *n).collect();
+                return Err(invalid(format!(
+                    "unknown environment variable `{name}` (known: {})",
+                    known.join(", ")
+                )));
+            };
+            set_path(&mut table, key, env_value(key, value));
+        }
+        if let Some(listen) = &flags.listen {
+            set_path(&mut table, "listen", toml::Value::String(listen.clone()));
+        }
+        if let Some(dir) = &flags.data_dir {
+            let dir = dir.to_string_lossy().into_owned();
+            set_path(&mut table, "data_dir", toml::Value::String(dir));
+        }
+        Settings::from_table(table)
+    }
+
+    /// Checks a merged table.
+    pub fn from_table(table: toml::Table) -> Result<Settings, ConfigError> {
+        let file: FileConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.message().to_owned()))?;
+        file.resolve()
+    }
+}
+
+/// Numbers from the environment go in as integers where the key takes one.
+fn env_value(key: &str, value: &str) -> toml::Value {
+    match value.parse::<i64>() {
+        Ok(n) if key.ends_with("max_per_user") => toml::Value::Integer(n),
+        _ => toml::Value::String(value.to_owned()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, dotted: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = dotted.split('.').collect();
+    let Some(last) = parts.pop() else { return };
+    let mut t = table;
+    for p in parts {
+        let entry = t
+            .entry(p.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
+        t = next;
+    }
+    t.insert(last.to_owned(), value);
+}
+
+fn duration(key: &str, value: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(s) => {
+            let d = parse_duration(s).map_err(|e| invalid(format!("{key}: {e}")))?;
+            if d.is_zero() {
+                return Err(invalid(format!("{key}: must be longer than zero")));
+            }
+            Ok(d)
+        }
+    }
+}
+
+fn policy(key: &str, section: &PolicySection, base: &Policy) -> Result<Policy, ConfigError> {
+    let on_limit = match section.on_limit.as_deref() {
+        None => base.on_limit,
+        Some("deny") => OnLimit::Deny,
+        Some("displace_oldest") => OnLimit::DisplaceOldest,
+        Some(other) => {
+            return Err(invalid(format!(
+                "{key}.on_limit: `{other}` is not one of `deny`, `displace_oldest`"
+            )));
+        }
+    };
+    Ok(Policy {
+        idle_timeout: duration(
+            &format!("{key}.idle_timeout"),
+            &section.idle_timeout,
+            base.idle_timeout,
+        )?,
+        max_lifetime: duration(
+            &format!("{key}.max_lifetime"),
+            &section.max_lifetime,
+            base.max_lifetime,
+        )?,
+        max_per_user: section.max_per_user.unwrap_or(base.max_per_user),
+        on_limit,
+    })
+}
+
+fn sha256_hex(key: &str, hex: &str) -> Result<[u8; 32], ConfigError> {
+    let bytes = hex.as_bytes();
+    let digit = |c: u8| char::from(c).to_digit(16);
+    if bytes.len() != 64 {
+        return Err(invalid(format!("{key}: expected 64 hex digits")));
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let (Some(hi), Some(lo)) = (digit(pair[0]), digit(pair[1])) else {
+            return Err(invalid(format!("{key}: expected 64 hex digits")));
+        };
+        out[i] = u8::try_from(hi * 16 + lo).unwrap_or(0);
+    }
+    Ok(out)
+}
+
+/// One credential from either a plaintext secret or its SHA-256.
+fn credential(
+    key: &str,
+    secret: &Option<String>,
+    hash: &Option<String>,
+) -> Result<Option<[u8; 32]>, ConfigError> {
+    match (secret, hash) {
+        (Some(_), Some(_)) => Err(invalid(format!(
+            "{key}: give the secret or its sha256, not both"
+        ))),
+        (Some(s), None) if s.len() < 16 => {
+            Err(invalid(format!("{key}: shorter than 16 characters")))
+        }
+        (Some(s), None) => Ok(Some(sessiond_core::token::sha256(s.as_bytes()))),
+        (None, Some(h)) => sha256_hex(&format!("{key}_sha256"), h).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+impl FileConfig {
+    fn resolve(self) -> Result<Settings, ConfigError> {
+        let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text.parse().map_err(|_| {
+            invalid(format!(
+                "listen: `{listen_text}` is not an address like 127.0.0.1:7480"
+            ))
+        })?;
+        let default_policy = policy("session", &self.session.policy, &Policy::default())?;
+        let mut policies = BTreeMap::new();
+        for (name, section) in &self.policies {
+            if name == "default" {
+                return Err(invalid(
+                    "policies.default: the default policy is `[session]`",
+                ));
+            }
+            policies.insert(
+                name.clone(),
+                policy(&format!("policies.{name}"), section, &default_policy)?,
+            );
+        }
+        let ended_retention = duration(
+            "session.ended_retention",
+            &self.session.ended_retention,
+            Duration::from_secs(24 * 3600),
+        )?;
+        let mut agents = Vec::new();
+        for (i, a) in self.agents.iter().enumerate() {
+            let key = format!("agents[{i}] ({})", a.name);
+            if a.name.is_empty() || agents.iter().any(|x: &AgentCredential| x.name == a.name) {
+                return Err(invalid(format!("{key}.name: must be present and unique")));
+            }
+            let sha256 = credential(&format!("{key}.key"), &a.key, &a.key_sha256)?
+                .ok_or_else(|| invalid(format!("{key}: needs `key` or `key_sha256`")))?;
+            agents.push(AgentCredential {
+                name: a.name.clone(),
+                sha256,
+            });
+        }
+        let admin_sha256 = credential("admin.token", &self.admin.token, &self.admin.token_sha256)?;
+        let mut token_keys = Vec::new();
+        for (i, k) in self.token.keys.iter().enumerate() {
+            sessiond_core::TokenKey::new(&k.id, k.secret.as_bytes()).map_err(|e| {
+                invalid(format!(
+                    "token.keys[{i}]: {e} (at least {MIN_KEY_LEN} bytes)"
+                ))
+            })?;
+            token_keys.push((k.id.clone(), k.secret.clone().into_bytes()));
+        }
+        let store = match self.store.kind.as_deref() {
+            None | Some("embedded") => StoreKind::Embedded,
+            Some("redis") => {
+                let r = self.store.redis.clone().unwrap_or_default();
+                let targets = [r.url.is_some(), r.cluster.is_some(), r.sentinels.is_some()];
+                if targets.iter().filter(|t| **t).count() != 1 {
+                    return Err(invalid(
+                        "store.redis: give exactly one of `url`, `cluster`, `sentinels`",
+                    ));
+                }
+                if token_keys.is_empty() {
+                    return Err(invalid(
+                        "token.keys: nodes that share a Redis store must share their token keys; list them in [[token.keys]]",
+                    ));
+                }
+                StoreKind::Redis(RedisSettings {
+                    url: r.url,
+                    cluster: r.cluster.unwrap_or_default(),
+                    sentinel_master: r.sentinel_master,
+                    sentinels: r.sentinels.unwrap_or_default(),
+                    key_prefix: r.key_prefix.unwrap_or_else(|| "sessiond:".into()),
+                })
+            }
+            Some(other) => {
+                return Err(invalid(format!(
+                    "store.kind: `{other}` is not one of `embedded`, `redis`"
+                )));
+            }
+        };
+        Ok(Settings {
+            listen,
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            default_policy,
+            policies,
+            ended_retention,
+            agents,
+            admin_sha256,
+            token_keys,
+            store,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)], flags: Overrides) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessiond.toml");
+        std::fs::write(&path, text).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load(Some(&path), &env, &flags)
+    }
+
+    fn err(r: Result<Settings, ConfigError>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn no_config_at_all_gives_the_defaults() {
+        let s = Settings::load(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(s.default_policy, Policy::default());
+        assert_eq!(s.ended_retention, Duration::from_secs(86400));
+        assert_eq!(s.store, StoreKind::Embedded);
+        assert!(s.agents.is_empty() && s.admin_sha256.is_none() && s.token_keys.is_empty());
+    }
+
+    #[test]
+    fn the_contracts_example_file_loads() {
+        let text = r#"
+listen = "127.0.0.1:7480"
+data_dir = "sessiond-data"
+[session]
+idle_timeout = "30m"
+max_lifetime = "12h"
+max_per_user = 0
+on_limit = "deny"
+ended_retention = "24h"
+[policies.admin-console]
+idle_timeout = "5m"
+[[agents]]
+name = "web1"
+key = "a-long-random-secret"
+[admin]
+token = "another-long-secret"
+[[token.keys]]
+id = "k2"
+secret = "at-least-32-bytes-of-secret-material"
+[[token.keys]]
+id = "k1"
+secret = "the-previous-key-kept-while-old-tokens-live"
+[store]
+kind = "embedded"
+"#;
+        let s = load(text, &[], Overrides::default()).unwrap();
+        let admin = &s.policies["admin-console"];
+        assert_eq!(admin.idle_timeout, Duration::from_secs(300));
+        assert_eq!(
+            admin.max_lifetime,
+            Duration::from_secs(12 * 3600),
+            "inherited from [session]"
+        );
+        assert_eq!(s.agents[0].name, "web1");
+        assert_eq!(s.token_keys.len(), 2);
+        assert_eq!(s.token_keys[0].0, "k2");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        assert!(err(load("lisen = \"x\"", &[], Overrides::default())).contains("lisen"));
+        assert!(err(load("[session]\nidle = \"5m\"", &[], Overrides::default())).contains("idle"));
+        assert!(
+            err(load(
+                "[policies.x]\nended_retention = \"5m\"",
+                &[],
+                Overrides::default()
+            ))
+            .contains("ended_retention")
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert!(
+            err(load(
+                "[session]\nidle_timeout = \"soon\"",
+                &[],
+                Overrides::default()
+            ))
+            .contains("session.idle_timeout")
+        );
+        assert!(
+            err(load(
+                "[session]\non_limit = \"kick\"",
+                &[],
+                Overrides::default()
+            ))
+            .contains("session.on_limit")
+        );
+        assert!(err(load("listen = \"nowhere\"", &[], Overrides::default())).contains("listen"));
+        assert!(
+            err(load(
+                "[[token.keys]]\nid = \"k\"\nsecret = \"short\"",
+                &[],
+                Overrides::default()
+            ))
+            .contains("token.keys[0]")
+        );
+        assert!(
+            err(load(
+                "[store]\nkind = \"redis\"\n[store.redis]\nurl = \"redis://127.0.0.1\"",
+                &[],
+                Overrides::default()
+            ))
+            .contains("token.keys")
+        );
+        assert!(
+            err(load("[[agents]]\nname = \"a\"", &[], Overrides::default())).contains("agents[0]")
+        );
+    }
+
+    #[test]
+    fn env_beats_file_and_flags_beat_env() {
+        let text = "listen = \"127.0.0.1:1000\"\n[session]\nidle_timeout = \"5m\"";
+        let env = [
+            ("SESSIOND_LISTEN", "127.0.0.1:2000"),
+            ("SESSIOND_SESSION_MAX_PER_USER", "3"),
+        ];
+        let s = load(text, &env, Overrides::default()).unwrap();
+        assert_eq!(s.listen.port(), 2000);
+        assert_eq!(s.default_policy.max_per_user, 3);
+        assert_eq!(s.default_policy.idle_timeout, Duration::from_secs(300));
+        let flags = Overrides {
+            listen: Some("127.0.0.1:3000".into()),
+            data_dir: Some("/tmp/x".into()),
+        };
+        let s = load(text, &env, flags).unwrap();
+        assert_eq!(s.listen.port(), 3000);
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_named() {
+        assert!(
+            err(load("", &[("SESSIOND_LISTN", "x")], Overrides::default()))
+                .contains("SESSIOND_LISTN")
+        );
+        assert!(
+            load(
+                "",
+                &[("SESSIOND_SERVER", "x"), ("PATH", "/bin")],
+                Overrides::default()
+            )
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,51 @@
+//! The agent API: create, validate, update and log out sessions.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use sessiond_proto::v1;
+
+use super::AppState;
+use super::extract::{Agent, Body};
+use crate::error::ApiError;
+use crate::service::view;
+
+pub(super) async fn create(
+    _: Agent,
+    State(state): State<AppState>,
+    Body(req): Body<v1::CreateSessionRequest>,
+) -> Result<(StatusCode, Json<v1::CreatedSession>), ApiError> {
+    let created = state.service.create(req).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+pub(super) async fn validate(
+    _: Agent,
+    State(state): State<AppState>,
+    Body(req): Body<v1::ValidateRequest>,
+) -> Result<Json<v1::SessionEnvelope>, ApiError> {
+    let session = state.service.validate(&req.token, req.touch).await?;
+    Ok(Json(v1::SessionEnvelope {
+        session: view(&session),
+    }))
+}
+
+pub(super) async fn update(
+    _: Agent,
+    State(state): State<AppState>,
+    Body(req): Body<v1::UpdateRequest>,
+) -> Result<Json<v1::SessionEnvelope>, ApiError> {
+    let session = state.service.update(req).await?;
+    Ok(Json(v1::SessionEnvelope {
+        session: view(&session),
+    }))
+}
+
+pub(super) async fn logout(
+    _: Agent,
+    State(state): State<AppState>,
+    Body(req): Body<v1::LogoutRequest>,
+) -> Result<StatusCode, ApiError> {
+    state.service.logout(&req.token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

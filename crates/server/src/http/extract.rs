@@ -1,0 +1,151 @@
+//! Extractors: credentials and bodies are parsed here, once, into types.
+//!
+//! Handlers never read raw headers. A credential is checked by hashing what was presented
+//! and comparing the hash with every configured one in constant time.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use crate::error::ApiError;
+
+/// Longest `Authorization` header looked at.
+const MAX_AUTHORIZATION_LEN: usize = 1024;
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?;
+    if value.len() > MAX_AUTHORIZATION_LEN {
+        return None;
+    }
+    let text = value.to_str().ok()?;
+    let (scheme, credential) = text.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
+        .filter(|c| !c.is_empty())
+}
+
+/// Constant-time membership: every candidate is compared, whatever matched.
+fn matches_any<'a>(presented: &[u8; 32], candidates: impl Iterator<Item = &'a [u8; 32]>) -> bool {
+    let mut found = subtle::Choice::from(0);
+    for c in candidates {
+        found |= presented.ct_eq(c);
+    }
+    found.into()
+}
+
+/// The request carries a configured agent key.
+#[derive(Debug)]
+pub struct Agent;
+
+impl FromRequestParts<AppState> for Agent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let hash = sessiond_core::token::sha256(presented.as_bytes());
+        if matches_any(&hash, state.agents.iter().map(|a| &a.sha256)) {
+            Ok(Agent)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// The request carries the admin token.
+#[derive(Debug)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let hash = sessiond_core::token::sha256(presented.as_bytes());
+        if matches_any(&hash, std::iter::once(&state.admin_sha256)) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// A JSON body whose every failure is a contract error.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<T, S> FromRequest<S> for Body<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Body(v)),
+            Err(r) => Err(json_rejection(r)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge(format!(
+            "the body is larger than {} bytes",
+            super::MAX_BODY_BYTES
+        ));
+    }
+    match r {
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::invalid("send the body as JSON with `Content-Type: application/json`")
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::invalid(format!("malformed JSON: {}", e.body_text()))
+        }
+        JsonRejection::JsonDataError(e) => {
+            ApiError::invalid(format!("invalid body: {}", e.body_text()))
+        }
+        other => ApiError::invalid(other.body_text()),
+    }
+}
+
+/// Query parameters whose every failure is `invalid_request`.
+#[derive(Debug)]
+pub struct Params<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Params<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Params(v)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::invalid(
+                format!("invalid query: {}", e.body_text()),
+            )),
+            Err(other) => Err(ApiError::invalid(other.body_text())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn membership_is_exact() {
+        let a = [1u8; 32];
+        let b = [2u8; 32];
+        assert!(matches_any(&a, [&b, &a].into_iter()));
+        assert!(!matches_any(&a, [&b].into_iter()));
+        assert!(!matches_any(&a, std::iter::empty()));
+    }
+}

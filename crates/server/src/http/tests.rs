@@ -1,0 +1,343 @@
+//! The router driven in-process with a manual clock: timeouts are exact, nothing sleeps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sessiond_core::{ManualClock, Policy, Timestamp, TokenKey, TokenKeys};
+use sessiond_store::{LocalStore, StoreOptions};
+use tower::ServiceExt;
+
+use super::{AppState, MAX_BODY_BYTES, app};
+use crate::config::AgentCredential;
+use crate::service::Service;
+
+const AGENT_KEY: &str = "agent-key-for-tests-0123456789";
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+const T0: Timestamp = Timestamp(1_800_000_000_000);
+const MIN: Duration = Duration::from_secs(60);
+
+struct Harness {
+    state: AppState,
+    clock: ManualClock,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let clock = ManualClock::new(T0);
+        let short = Policy {
+            idle_timeout: 5 * MIN,
+            max_lifetime: 60 * MIN,
+            max_per_user: 2,
+            on_limit: sessiond_core::OnLimit::Deny,
+        };
+        let service = Service {
+            store: Arc::new(LocalStore::memory(StoreOptions::default())),
+            keys: TokenKeys::new(vec![TokenKey::new("k1", &[7u8; 32]).unwrap()]).unwrap(),
+            default_policy: Policy::default(),
+            policies: [("admin-console".to_string(), short)].into(),
+            ended_retention: Duration::from_secs(86400),
+            clock: Arc::new(clock.clone()),
+        };
+        let state = AppState {
+            service: Arc::new(service),
+            agents: vec![AgentCredential {
+                name: "web1".into(),
+                sha256: sessiond_core::token::sha256(AGENT_KEY.as_bytes()),
+            }]
+            .into(),
+            admin_sha256: sessiond_core::token::sha256(ADMIN_TOKEN.as_bytes()),
+        };
+        Harness { state, clock }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        cred: Option<&str>,
+        body: Option<String>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(c) = cred {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {c}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b))
+                .unwrap(),
+            None => req.body(Body::empty()).unwrap(),
+        };
+        let resp = app(self.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, value)
+    }
+
+    async fn agent(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+        self.call("POST", uri, Some(AGENT_KEY), Some(body.to_string()))
+            .await
+    }
+
+    async fn admin(&self, method: &str, uri: &str) -> (StatusCode, Value) {
+        self.call(method, uri, Some(ADMIN_TOKEN), None).await
+    }
+
+    async fn login(&self, user: &str, policy: Option<&str>) -> (String, String) {
+        let mut body = json!({"user": user});
+        if let Some(p) = policy {
+            body["policy"] = json!(p);
+        }
+        let (status, v) = self.agent("/v1/sessions", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        (
+            v["token"].as_str().unwrap().to_owned(),
+            v["session"]["id"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+#[tokio::test]
+async fn idle_timeout_on_the_api_is_exact() {
+    let h = Harness::new();
+    let (token, _) = h.login("alice", Some("admin-console")).await;
+    h.clock.advance(4 * MIN);
+    let (s, _) = h
+        .agent("/v1/sessions/validate", json!({"token": token}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    h.clock.advance(5 * MIN - Duration::from_millis(1));
+    let (s, _) = h
+        .agent(
+            "/v1/sessions/validate",
+            json!({"token": token, "touch": false}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "touched at 4m, so live until 9m");
+    h.clock.advance(Duration::from_millis(1));
+    let (s, v) = h
+        .agent("/v1/sessions/validate", json!({"token": token}))
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::GONE, "session_ended"));
+    assert_eq!(v["error"]["reason"], "idle_timeout");
+    assert_eq!(v["error"]["ended_at"], T0.plus(9 * MIN).to_rfc3339());
+}
+
+#[tokio::test]
+async fn max_lifetime_on_the_api_is_exact() {
+    let h = Harness::new();
+    let (token, id) = h.login("alice", Some("admin-console")).await;
+    for _ in 0..14 {
+        h.clock.advance(4 * MIN);
+        let (s, _) = h
+            .agent("/v1/sessions/validate", json!({"token": token}))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    h.clock.advance(4 * MIN);
+    let (s, v) = h
+        .agent("/v1/sessions/validate", json!({"token": token}))
+        .await;
+    assert_eq!(
+        (s, v["error"]["reason"].as_str()),
+        (StatusCode::GONE, Some("max_lifetime"))
+    );
+    let (_, e) = h
+        .admin("GET", &format!("/v1/admin/sessions/{id}/explain"))
+        .await;
+    assert_eq!(e["state"], "ended");
+    assert_eq!(e["end_reason"], "max_lifetime");
+    assert_eq!(e["end_at"], T0.plus(60 * MIN).to_rfc3339());
+}
+
+#[tokio::test]
+async fn explain_tells_when_and_why_a_live_session_will_end() {
+    let h = Harness::new();
+    let (token, id) = h.login("bob", None).await;
+    h.clock.advance(10 * MIN);
+    h.agent("/v1/sessions/validate", json!({"token": token}))
+        .await;
+    let (s, e) = h
+        .admin("GET", &format!("/v1/admin/sessions/{id}/explain"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(e["state"], "active");
+    assert_eq!(e["end_reason"], "idle_timeout");
+    assert_eq!(e["end_at"], T0.plus(40 * MIN).to_rfc3339());
+    let events: Vec<&str> = e["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["created", "last_access", "will_end"]);
+    h.admin("DELETE", &format!("/v1/admin/sessions/{id}")).await;
+    let (_, e) = h
+        .admin("GET", &format!("/v1/admin/sessions/{id}/explain"))
+        .await;
+    assert_eq!(e["end_reason"], "terminated_by_admin");
+    assert!(
+        e["summary"].as_str().unwrap().contains("administrator"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn stats_never_count_an_expired_session() {
+    let h = Harness::new();
+    h.login("carol", Some("admin-console")).await;
+    h.login("dave", None).await;
+    let (_, s) = h.admin("GET", "/v1/admin/stats").await;
+    assert_eq!(s["active_sessions"], 2);
+    assert_eq!(s["store"], "memory");
+    h.clock.advance(5 * MIN);
+    let (_, s) = h.admin("GET", "/v1/admin/stats").await;
+    assert_eq!(
+        s["active_sessions"], 1,
+        "counted out at its deadline, no sweep interval: {s}"
+    );
+    assert_eq!(s["ended_by_reason"]["idle_timeout"], 1);
+    assert_eq!(s["sessions_per_policy"]["default"], 1);
+}
+
+#[tokio::test]
+async fn limits_from_the_named_policy_apply() {
+    let h = Harness::new();
+    h.login("erin", Some("admin-console")).await;
+    h.login("erin", Some("admin-console")).await;
+    let (s, v) = h
+        .agent(
+            "/v1/sessions",
+            json!({"user": "erin", "policy": "admin-console"}),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "session_limit_reached")
+    );
+    assert_eq!(v["error"]["limit"], 2);
+}
+
+#[tokio::test]
+async fn bad_bodies_get_contract_errors_and_change_nothing() {
+    let h = Harness::new();
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("/v1/sessions", "{not json".into(), "invalid_request"),
+        (
+            "/v1/sessions",
+            json!({"user": "x", "colour": "red"}).to_string(),
+            "invalid_request",
+        ),
+        ("/v1/sessions", json!({}).to_string(), "invalid_request"),
+        (
+            "/v1/sessions",
+            json!({"user": ""}).to_string(),
+            "invalid_request",
+        ),
+        (
+            "/v1/sessions",
+            json!({"user": "x", "policy": "nope"}).to_string(),
+            "invalid_request",
+        ),
+        (
+            "/v1/sessions",
+            json!({"user": "x", "client": {"ip": "300.1.1.1"}}).to_string(),
+            "invalid_request",
+        ),
+        (
+            "/v1/sessions",
+            json!({"user": "x", "auth_level": "high"}).to_string(),
+            "invalid_request",
+        ),
+        (
+            "/v1/sessions",
+            format!("{{\"user\":\"{}\"}}", "a".repeat(MAX_BODY_BYTES)),
+            "payload_too_large",
+        ),
+        (
+            "/v1/sessions/validate",
+            json!({"token": "garbage"}).to_string(),
+            "invalid_token",
+        ),
+        (
+            "/v1/sessions/validate",
+            json!({"tokn": "x"}).to_string(),
+            "invalid_request",
+        ),
+        (
+            "/v1/sessions/logout",
+            json!({"token": 5}).to_string(),
+            "invalid_request",
+        ),
+    ];
+    for (uri, body, want) in cases {
+        let (_, v) = h
+            .call("POST", uri, Some(AGENT_KEY), Some(body.clone()))
+            .await;
+        assert_eq!(code(&v), want, "{uri} {}", &body[..body.len().min(80)]);
+    }
+    let (_, s) = h.admin("GET", "/v1/admin/stats").await;
+    assert_eq!(s["active_sessions"], 0);
+}
+
+#[tokio::test]
+async fn credentials_are_kept_apart() {
+    let h = Harness::new();
+    let (s, v) = h
+        .call("GET", "/v1/admin/stats", Some(AGENT_KEY), None)
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let (s, _) = h
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some(ADMIN_TOKEN),
+            Some(json!({"user": "x"}).to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = h
+        .call(
+            "POST",
+            "/v1/sessions",
+            None,
+            Some(json!({"user": "x"}).to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = h
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some("wrong"),
+            Some(json!({"user": "x"}).to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused() {
+    let h = Harness::new();
+    let req = Request::builder()
+        .uri("/healthz")
+        .header("x-junk", "a".repeat(super::MAX_HEADER_BYTES + 1))
+        .body(Body::empty())
+        .unwrap();
+    let resp = app(h.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}

@@ -1,0 +1,94 @@
+//! The sessiond server: configuration, the HTTP API, background tasks and shutdown.
+//!
+//! - [`config`]: file, environment and flags merged into [`config::Settings`].
+//! - [`bootstrap`]: the data dir and the secrets generated into it on first start.
+//! - [`service`]: what each operation does, between HTTP and the store.
+//! - [`explain`]: a session's timeline in words.
+//! - [`error`]: the one mapping from errors to contract codes and HTTP statuses.
+//! - [`http`]: routes, extractors and limits; [`http::app`] builds the router.
+//! - [`tasks`]: the expiry sweep and the touch flush.
+//!
+//! Architecture invariant: only `http` and `error` know HTTP; the store is chosen once, in
+//! [`open_store`].
+
+pub mod bootstrap;
+pub mod config;
+pub mod error;
+pub mod explain;
+pub mod http;
+pub mod service;
+pub mod tasks;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use sessiond_core::Clock;
+use sessiond_store::{LocalStore, SessionStore, StoreError, StoreOptions};
+use tokio::net::TcpListener;
+
+use crate::bootstrap::Secrets;
+use crate::config::{Settings, StoreKind};
+use crate::http::AppState;
+use crate::service::Service;
+
+/// Opens the configured store. This is the only place that looks at the store kind.
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn SessionStore>, StoreError> {
+    let options = StoreOptions {
+        ended_retention: settings.ended_retention,
+    };
+    match &settings.store {
+        StoreKind::Embedded => {
+            let path = settings.data_dir.join(bootstrap::STORE_FILE);
+            let store =
+                tokio::task::spawn_blocking(move || LocalStore::open_embedded(&path, options))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+            Ok(Arc::new(store))
+        }
+        StoreKind::Redis(_) => Err(StoreError::Unavailable(
+            "store.kind = \"redis\" is not available in this build yet".into(),
+        )),
+    }
+}
+
+/// The state handlers share.
+pub fn state(
+    settings: &Settings,
+    secrets: Secrets,
+    store: Arc<dyn SessionStore>,
+    clock: Arc<dyn Clock>,
+) -> AppState {
+    let service = Service {
+        store,
+        keys: secrets.token_keys,
+        default_policy: settings.default_policy,
+        policies: settings.policies.clone(),
+        ended_retention: settings.ended_retention,
+        clock,
+    };
+    AppState {
+        service: Arc::new(service),
+        agents: secrets.agents.into(),
+        admin_sha256: secrets.admin_sha256,
+    }
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests, stops the
+/// background tasks, and makes everything acknowledged durable.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let service = state.service.clone();
+    let flush_every = sessiond_store::local::flush_window(service.shortest_idle_timeout());
+    let tasks = tasks::Tasks::start(service.clone(), flush_every);
+    let served = axum::serve(listener, http::app(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    tasks.shutdown().await;
+    let closed = service.store.close().await;
+    served?;
+    closed?;
+    Ok(())
+}
