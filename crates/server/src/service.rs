@@ -26,7 +26,7 @@ pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 
 /// Shared by every request.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Service {
     pub store: Arc<dyn SessionStore>,
     pub keys: TokenKeys,

@@ -12,6 +12,9 @@
 //! }
 //! ```
 
+// A test suite: a failed unwrap is a failed case, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;

@@ -15,6 +15,8 @@ pub enum Lookup {
 }
 
 /// The answer to a create.
+// Built once per create and moved straight out; boxing the session would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Created {
     /// Inserted; `displaced` lists sessions ended with reason `displaced` to make room.

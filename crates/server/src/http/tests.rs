@@ -341,3 +341,128 @@ async fn oversized_headers_are_refused() {
     let resp = app(h.state.clone()).oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+/// A store whose every call fails, as an unreachable store would.
+#[derive(Debug)]
+struct Unreachable;
+
+#[async_trait::async_trait]
+impl sessiond_store::SessionStore for Unreachable {
+    fn kind(&self) -> &'static str {
+        "unreachable"
+    }
+    async fn create(
+        &self,
+        _: sessiond_core::Session,
+        _: sessiond_core::policy::UserLimit,
+        _: Timestamp,
+    ) -> Result<sessiond_store::Created, StoreError> {
+        Err(down())
+    }
+    async fn validate(
+        &self,
+        _: sessiond_core::SessionId,
+        _: &sessiond_core::Verifier,
+        _: bool,
+        _: Timestamp,
+    ) -> Result<sessiond_store::Lookup, StoreError> {
+        Err(down())
+    }
+    async fn get(
+        &self,
+        _: sessiond_core::SessionId,
+        _: Timestamp,
+    ) -> Result<sessiond_store::Lookup, StoreError> {
+        Err(down())
+    }
+    async fn update(
+        &self,
+        _: sessiond_core::SessionId,
+        _: &sessiond_core::Verifier,
+        _: &sessiond_store::AttributeChange,
+        _: Option<u64>,
+        _: Timestamp,
+    ) -> Result<sessiond_store::Updated, StoreError> {
+        Err(down())
+    }
+    async fn end(
+        &self,
+        _: sessiond_core::SessionId,
+        _: Option<&sessiond_core::Verifier>,
+        _: sessiond_core::EndReason,
+        _: Timestamp,
+    ) -> Result<sessiond_store::Ended, StoreError> {
+        Err(down())
+    }
+    async fn end_user(
+        &self,
+        _: &str,
+        _: sessiond_core::EndReason,
+        _: Timestamp,
+    ) -> Result<u64, StoreError> {
+        Err(down())
+    }
+    async fn list(
+        &self,
+        _: Option<&str>,
+        _: Option<sessiond_core::SessionId>,
+        _: usize,
+        _: Timestamp,
+    ) -> Result<sessiond_store::Page, StoreError> {
+        Err(down())
+    }
+    async fn sweep(&self, _: Timestamp) -> Result<sessiond_store::SweepReport, StoreError> {
+        Err(down())
+    }
+    async fn flush_touches(&self) -> Result<u64, StoreError> {
+        Err(down())
+    }
+    async fn stats(&self) -> Result<sessiond_store::StoreStats, StoreError> {
+        Err(down())
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        Err(down())
+    }
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+use sessiond_store::StoreError;
+
+fn down() -> StoreError {
+    StoreError::Unavailable("connection refused to 10.1.2.3:6379".into())
+}
+
+#[tokio::test]
+async fn an_unreachable_store_fails_closed() {
+    let mut h = Harness::new();
+    // A token minted while the store was up.
+    let (token, _) = h.login("zoe", None).await;
+    let mut service = (*h.state.service).clone();
+    service.store = Arc::new(Unreachable);
+    h.state.service = Arc::new(service);
+
+    let (s, v) = h
+        .agent("/v1/sessions/validate", json!({"token": token}))
+        .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+    );
+    assert!(
+        !v.to_string().contains("10.1.2.3"),
+        "no internals in the answer: {v}"
+    );
+    let (s, _) = h.agent("/v1/sessions", json!({"user": "zoe"})).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let (s, _) = h.call("GET", "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let (s, _) = h.call("GET", "/healthz", None, None).await;
+    assert_eq!(s, StatusCode::OK, "the process is up");
+    // A garbled token is still refused by its MAC, before the store is asked.
+    let (s, v) = h
+        .agent("/v1/sessions/validate", json!({"token": "k1.x.y"}))
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "invalid_token"));
+}

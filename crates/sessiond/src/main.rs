@@ -1,0 +1,125 @@
+//! The `sessiond` binary: `serve` runs the server; `sessions` and `stats` are the admin
+//! CLI. It only parses arguments and calls into the library crates.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sessiond_core::SystemClock;
+use sessiond_server::bootstrap::{self, SERVER_URL_FILE};
+use sessiond_server::config::{Overrides, Settings};
+
+#[derive(Debug, Parser)]
+#[command(name = "sessiond", version, about = "Session management server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (no configuration needed: embedded store in the data dir).
+    Serve(ServeArgs),
+    #[command(flatten)]
+    Admin(cli::AdminCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SESSIOND_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:7480 (port 0 picks a free one).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Where the embedded store and generated secrets live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sessiond: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => match runtime.block_on(serve(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sessiond: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Admin(cmd) => {
+            let code = runtime.block_on(cli::run(cmd));
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SESSIOND_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let flags = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+    };
+    let settings = Settings::load(args.config.as_deref(), &env, &flags)?;
+    let secrets = bootstrap::prepare(&settings)?;
+    for (what, path) in &secrets.generated {
+        println!("sessiond: {what} in {}", path.display());
+    }
+    let store = sessiond_server::open_store(&settings)
+        .await
+        .context("opening the session store")?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("listening on {}", settings.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    bootstrap::write_private(
+        &settings.data_dir.join(SERVER_URL_FILE),
+        &format!("{url}\n"),
+    )?;
+    let state = sessiond_server::state(&settings, secrets, store, std::sync::Arc::new(SystemClock));
+    println!(
+        "sessiond: store {} in {}",
+        state.service.store.kind(),
+        settings.data_dir.display()
+    );
+    println!("sessiond: listening on {url}");
+    sessiond_server::serve(listener, state, shutdown_signal()).await?;
+    println!("sessiond: stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests of the real `sessiond` binary, driven through the client library.
+//! One test binary (fast linking) with a shared harness in `common/`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod admin;
+mod agent_flow;
+mod durability;
+mod errors;
