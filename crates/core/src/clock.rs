@@ -162,7 +162,10 @@ mod tests {
 
     #[test]
     fn arithmetic_saturates() {
-        assert_eq!(Timestamp(i64::MAX).plus(Duration::from_secs(1)), Timestamp(i64::MAX));
+        assert_eq!(
+            Timestamp(i64::MAX).plus(Duration::from_secs(1)),
+            Timestamp(i64::MAX)
+        );
         assert_eq!(Timestamp(5).since(Timestamp(10)), Duration::ZERO);
     }
 }

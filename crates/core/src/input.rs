@@ -38,7 +38,10 @@ pub fn check_name(field: &str, value: &str) -> Result<(), InputError> {
         return Err(InputError::new(field, "must not be empty"));
     }
     if value.len() > MAX_USER_LEN {
-        return Err(InputError::new(field, format!("longer than {MAX_USER_LEN} bytes")));
+        return Err(InputError::new(
+            field,
+            format!("longer than {MAX_USER_LEN} bytes"),
+        ));
     }
     if value.chars().any(char::is_control) {
         return Err(InputError::new(field, "contains control characters"));
@@ -54,7 +57,10 @@ pub fn check_user_agent(value: &str) -> Result<(), InputError> {
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(InputError::new("client.user_agent", "contains control characters"));
+        return Err(InputError::new(
+            "client.user_agent",
+            "contains control characters",
+        ));
     }
     Ok(())
 }
@@ -67,7 +73,10 @@ fn check_attribute_key(field: &str, key: &str) -> Result<(), InputError> {
         ));
     }
     if key.chars().any(char::is_control) {
-        return Err(InputError::new(field, "attribute names contain no control characters"));
+        return Err(InputError::new(
+            field,
+            "attribute names contain no control characters",
+        ));
     }
     Ok(())
 }

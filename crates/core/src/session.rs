@@ -51,7 +51,10 @@ pub struct NewSession {
 pub enum SessionStatus {
     Live,
     /// Its deadline passed at `at`.
-    Expired { reason: EndReason, at: Timestamp },
+    Expired {
+        reason: EndReason,
+        at: Timestamp,
+    },
 }
 
 impl Session {
@@ -203,7 +206,10 @@ mod tests {
     fn idle_timeout_ends_the_session_at_its_instant() {
         let s = session(&policy(30 * MIN, 720 * MIN));
         let end = T0.plus(30 * MIN);
-        assert_eq!(s.status(end.minus(Duration::from_millis(1))), SessionStatus::Live);
+        assert_eq!(
+            s.status(end.minus(Duration::from_millis(1))),
+            SessionStatus::Live
+        );
         assert_eq!(
             s.status(end),
             SessionStatus::Expired {
@@ -220,7 +226,10 @@ mod tests {
         assert!(s.touch(t));
         assert_eq!(s.idle_expires_at(), t.plus(30 * MIN));
         assert_eq!(s.status(T0.plus(45 * MIN)), SessionStatus::Live);
-        assert!(matches!(s.status(T0.plus(50 * MIN)), SessionStatus::Expired { .. }));
+        assert!(matches!(
+            s.status(T0.plus(50 * MIN)),
+            SessionStatus::Expired { .. }
+        ));
     }
 
     #[test]

@@ -246,7 +246,10 @@ mod tests {
     fn ring(ids: &[&str]) -> TokenKeys {
         TokenKeys::new(
             ids.iter()
-                .map(|id| TokenKey::new(id, format!("{id}-secret-material-of-32-bytes!!").as_bytes()).unwrap())
+                .map(|id| {
+                    TokenKey::new(id, format!("{id}-secret-material-of-32-bytes!!").as_bytes())
+                        .unwrap()
+                })
                 .collect(),
         )
         .unwrap()
@@ -283,8 +286,13 @@ mod tests {
             for flip in [0x01u8, 0x20, 0x80] {
                 let mut b = bytes.to_vec();
                 b[i] ^= flip;
-                let Ok(s) = String::from_utf8(b) else { continue };
-                assert!(keys.verify(&s).is_err(), "byte {i} flipped by {flip:#x} verified");
+                let Ok(s) = String::from_utf8(b) else {
+                    continue;
+                };
+                assert!(
+                    keys.verify(&s).is_err(),
+                    "byte {i} flipped by {flip:#x} verified"
+                );
             }
         }
     }
@@ -320,11 +328,23 @@ mod tests {
 
     #[test]
     fn key_material_is_checked() {
-        assert!(matches!(TokenKey::new("", &[0; 32]), Err(KeyError::BadId(_))));
-        assert!(matches!(TokenKey::new("a.b", &[0; 32]), Err(KeyError::BadId(_))));
-        assert!(matches!(TokenKey::new("k", &[0; 31]), Err(KeyError::TooShort(_))));
+        assert!(matches!(
+            TokenKey::new("", &[0; 32]),
+            Err(KeyError::BadId(_))
+        ));
+        assert!(matches!(
+            TokenKey::new("a.b", &[0; 32]),
+            Err(KeyError::BadId(_))
+        ));
+        assert!(matches!(
+            TokenKey::new("k", &[0; 31]),
+            Err(KeyError::TooShort(_))
+        ));
         let k = TokenKey::new("k", &[0; 32]).unwrap();
-        assert!(matches!(TokenKeys::new(vec![k.clone(), k]), Err(KeyError::Duplicate(_))));
+        assert!(matches!(
+            TokenKeys::new(vec![k.clone(), k]),
+            Err(KeyError::Duplicate(_))
+        ));
         assert!(matches!(TokenKeys::new(vec![]), Err(KeyError::None)));
     }
 }

@@ -215,8 +215,8 @@ async fn execute(cmd: AdminCommand, env: &Environment) -> Result<Output, CliErro
         AdminCommand::Stats { conn } => (conn, None),
     };
     let target = resolve(&conn, env)?;
-    let client =
-        Client::new(&target.server, &target.token).map_err(|e| CliError::usage(e.to_string()))?;
+    let client = Client::new(&target.server, &target.token)
+        .map_err(|e| CliError::usage(format!("{e} (server URL from {})", target.server_from)))?;
     let result = match command {
         Some(command) => sessions(&client, command, conn.json).await,
         None => {

@@ -9,6 +9,8 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use sessiond_server::bootstrap::{ADMIN_TOKEN_FILE, SERVER_URL_FILE};
+
 use super::{CliError, Connection};
 
 /// The data dir looked in when neither `--data-dir` nor `SESSIOND_DATA_DIR` is set.
@@ -67,7 +69,7 @@ pub(super) fn resolve(conn: &Connection, env: &Environment) -> Result<Target, Cl
             (conn.server.as_deref(), "--server"),
             (env.server.as_deref(), "SESSIOND_SERVER"),
         ],
-        &data_dir.join("server.url"),
+        &data_dir.join(SERVER_URL_FILE),
         "no server to talk to: pass --server URL, set SESSIOND_SERVER, \
          or pass --data-dir DIR of a local server",
     )?;
@@ -76,7 +78,7 @@ pub(super) fn resolve(conn: &Connection, env: &Environment) -> Result<Target, Cl
             (conn.token.as_deref(), "--token"),
             (env.token.as_deref(), "SESSIOND_ADMIN_TOKEN"),
         ],
-        &data_dir.join("admin.token"),
+        &data_dir.join(ADMIN_TOKEN_FILE),
         "no admin token: set SESSIOND_ADMIN_TOKEN, pass --token TOKEN, \
          or pass --data-dir DIR of a local server",
     )?;

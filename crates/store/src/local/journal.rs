@@ -13,7 +13,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -70,6 +70,8 @@ pub(super) struct Writer {
     // Set by the writer when a commit fails: from then on the store refuses to serve,
     // because memory may hold changes the disk does not.
     failed: Arc<AtomicBool>,
+    // Transactions committed so far: with `appended`, shows how much group commit shares.
+    commits: Arc<AtomicU64>,
 }
 
 struct Batch {
@@ -100,6 +102,14 @@ impl Journal {
             let _ = tx.send(Batch { changes, done });
         }
         Pending(Some(rx))
+    }
+
+    /// Durable transactions committed since open (0 without a journal).
+    pub(super) fn commits(&self) -> u64 {
+        match self {
+            Journal::None => 0,
+            Journal::Redb(w) => w.commits.load(Ordering::Relaxed),
+        }
     }
 
     /// Fails when the store can no longer serve: closed, or a commit failed.
@@ -155,17 +165,19 @@ pub(super) fn open(path: &Path) -> Result<(Journal, Loaded), StoreError> {
     let loaded = load(&db)?;
     let (tx, rx) = mpsc::channel();
     let failed = Arc::new(AtomicBool::new(false));
+    let commits = Arc::new(AtomicU64::new(0));
     let thread = std::thread::Builder::new()
         .name("sessiond-journal".into())
         .spawn({
-            let failed = failed.clone();
-            move || write_loop(db, rx, failed)
+            let (failed, commits) = (failed.clone(), commits.clone());
+            move || write_loop(db, rx, failed, commits)
         })
         .map_err(unavailable)?;
     let writer = Writer {
         tx: Mutex::new(Some(tx)),
         thread: Mutex::new(Some(thread)),
         failed,
+        commits,
     };
     Ok((Journal::Redb(writer), loaded))
 }
@@ -210,7 +222,12 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError>
     }
 }
 
-fn write_loop(db: Database, rx: mpsc::Receiver<Batch>, failed: Arc<AtomicBool>) {
+fn write_loop(
+    db: Database,
+    rx: mpsc::Receiver<Batch>,
+    failed: Arc<AtomicBool>,
+    commits: Arc<AtomicU64>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         while batches.len() < MAX_BATCHES_PER_COMMIT {
@@ -224,6 +241,7 @@ fn write_loop(db: Database, rx: mpsc::Receiver<Batch>, failed: Arc<AtomicBool>) 
         } else {
             commit(&db, &batches)
         };
+        commits.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, "journal commit failed; refusing further writes");
             failed.store(true, Ordering::Release);

@@ -102,6 +102,12 @@ impl LocalStore {
         Ok(store)
     }
 
+    /// Durable transactions committed since open (0 for the memory store). Many concurrent
+    /// writes share one commit; tests and metrics read this to see how many.
+    pub fn durable_commits(&self) -> u64 {
+        self.journal.commits()
+    }
+
     fn with_journal(journal: Journal, options: StoreOptions) -> LocalStore {
         LocalStore {
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
