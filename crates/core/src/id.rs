@@ -5,9 +5,14 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// 128 random bits naming a session. Safe to log and to show: knowing an id grants nothing.
+/// 128 bits naming a session. Safe to log and to show: knowing an id grants nothing.
 /// Written as 32 lowercase hex digits; ordered by value, which gives admin listings a stable
 /// order to page through.
+///
+/// An id made by [`SessionId::for_user`] starts with a 4-byte tag derived from the user
+/// name, followed by 96 random bits. The tag lets a shared store keep all of a user's
+/// sessions together (one Redis Cluster hash slot) and find a session's key from its token
+/// alone, without a second lookup.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionId(pub [u8; 16]);
 
@@ -17,6 +22,19 @@ impl SessionId {
         let mut b = [0u8; 16];
         getrandom::fill(&mut b)?;
         Ok(SessionId(b))
+    }
+
+    /// A fresh id for a session of `user`: the user's tag, then 96 random bits.
+    pub fn for_user(user: &str) -> Result<SessionId, getrandom::Error> {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&user_tag(user));
+        getrandom::fill(&mut b[4..])?;
+        Ok(SessionId(b))
+    }
+
+    /// The 4-byte user tag an id made by [`SessionId::for_user`] starts with, as 8 hex digits.
+    pub fn tag_hex(&self) -> String {
+        self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     pub const fn as_bytes(&self) -> &[u8; 16] {
@@ -68,6 +86,21 @@ fn hex_digit(c: u8) -> Result<u8, ParseSessionIdError> {
     }
 }
 
+/// The tag every session id of `user` starts with.
+pub fn user_tag(user: &str) -> [u8; 4] {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"sessiond-user-tag\0")
+        .chain_update(user.as_bytes())
+        .finalize();
+    [digest[0], digest[1], digest[2], digest[3]]
+}
+
+/// [`user_tag`] as 8 hex digits, as [`SessionId::tag_hex`] writes it.
+pub fn user_tag_hex(user: &str) -> String {
+    user_tag(user).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +118,16 @@ mod tests {
         for bad in ["", "abc", &"A".repeat(32), &"g".repeat(32), &"0".repeat(33)] {
             assert!(bad.parse::<SessionId>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_users_ids_share_its_tag_and_differ_otherwise() {
+        let a = SessionId::for_user("alice").unwrap();
+        let b = SessionId::for_user("alice").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.tag_hex(), b.tag_hex());
+        assert_eq!(a.tag_hex(), user_tag_hex("alice"));
+        assert_ne!(user_tag("alice"), user_tag("bob"));
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl Service {
         req: v1::CreateSessionRequest,
     ) -> Result<v1::CreatedSession, ApiError> {
         let (new, policy_name, policy) = self.check_create(req)?;
-        let id = SessionId::random().map_err(|e| ApiError::Internal(e.to_string()))?;
+        let id = SessionId::for_user(&new.user).map_err(|e| ApiError::Internal(e.to_string()))?;
         let minted = self
             .keys
             .mint(id)

@@ -104,7 +104,7 @@ pub fn session(user: &str, now: Timestamp) -> Session {
 }
 
 fn session_with(user: &str, policy_name: &str, p: &Policy, now: Timestamp) -> Session {
-    let id = SessionId::random().expect("random id");
+    let id = SessionId::for_user(user).expect("random id");
     let mut v = [0u8; 32];
     v[..16].copy_from_slice(SessionId::random().expect("random").as_bytes());
     let new = NewSession {

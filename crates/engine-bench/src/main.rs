@@ -1,0 +1,169 @@
+//! `sessiond-engine-bench`: measures the two candidate embedded durable engines for sessiond's
+//! store, [redb](https://docs.rs/redb) 4 and [fjall](https://docs.rs/fjall) 3, on this machine.
+//!
+//! sessiond keeps every live session in memory and uses the engine only as a durable table to
+//! rebuild memory on restart: 16-byte session ids map to ~200-byte postcard values in a
+//! `sessions` table, and ended sessions move to a `tombstones` table. Every commit here is
+//! durable (fsync before it returns: redb `Durability::Immediate`, fjall
+//! `PersistMode::SyncAll`). Both engines run the same scenario code and byte-identical data:
+//!
+//! * **A** one record per durable commit (commits/s, latency percentiles);
+//! * **B** group commit of 64 and of 512 records per durable commit (records/s);
+//! * **C** mixed batches of 64 ops: 32 creates + 32 ends (delete from `sessions` and insert
+//!   into `tombstones` in the same transaction);
+//! * **D** bulk-load N records, close, then reopen and scan every key and value of both tables
+//!   (the restart path), group commits of 64 on top of the N loaded records, and deleting all N;
+//!   with on-disk size (allocated bytes, as `du`) and write amplification (bytes the process
+//!   sent to the block device, from `/proc/self/io`, over logical key + value bytes).
+//!
+//! Every loop is bounded by `--seconds` and `--max-commits`. Each scenario uses a fresh
+//! directory under the data dir, removed afterwards.
+
+mod engine;
+mod fjall_engine;
+mod redb_engine;
+mod report;
+mod scenarios;
+mod sys;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::scenarios::{Limits, LoadScan, Rng};
+
+const DEFAULT_DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target-engine/tmp");
+
+#[derive(Debug, Parser)]
+#[command(about = "Measure redb and fjall as sessiond's durable session table")]
+struct Args {
+    /// Records to bulk-load and scan in scenario D.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: usize,
+    /// Time bound of each timed commit loop, in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Count bound of each timed commit loop.
+    #[arg(long, default_value_t = 2000)]
+    max_commits: u64,
+    /// Tiny sizes (2,000 records, 0.3 s, 200 commits) to check that everything works.
+    #[arg(long)]
+    smoke: bool,
+    /// Which engines to run.
+    #[arg(long, value_enum, default_value_t = Which::Both)]
+    engine: Which,
+    /// Parent of the per-run temporary directories (must be a real disk, not tmpfs).
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Also measure restart after dropping the OS page cache (Linux, root; affects the whole
+    /// machine's cache).
+    #[arg(long)]
+    drop_caches: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    Both,
+    Redb,
+    Fjall,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub records: usize,
+    pub limits: Limits,
+    pub cpus: usize,
+    pub data_dir: String,
+    pub filesystem: Option<String>,
+    pub drop_caches: bool,
+    pub engines: Vec<EngineReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EngineReport {
+    pub engine: &'static str,
+    pub single: scenarios::CommitRun,
+    pub group64: scenarios::CommitRun,
+    pub group512: scenarios::CommitRun,
+    pub mixed64: scenarios::CommitRun,
+    pub load_scan: LoadScan,
+}
+
+fn run_engine<E: Engine>(args: &Args, base: &Path, limits: Limits) -> Result<EngineReport> {
+    let records = args.records;
+    let name = E::NAME;
+    // Same seed for every engine: identical keys and values.
+    let mut rng = Rng::new(0x5e55_10d0);
+    eprintln!("[{name}] A: one record per durable commit");
+    let single = scenarios::single::<E>(base, limits, &mut rng)?;
+    eprintln!("[{name}] B: group commit of 64");
+    let group64 = scenarios::group::<E>(base, limits, &mut rng, 64)?;
+    eprintln!("[{name}] B: group commit of 512");
+    let group512 = scenarios::group::<E>(base, limits, &mut rng, 512)?;
+    eprintln!("[{name}] C: mixed 32 creates + 32 ends per commit");
+    let mixed64 = scenarios::mixed::<E>(base, limits, &mut rng)?;
+    eprintln!("[{name}] D: load {records}, reopen + scan, group commit on loaded, delete all");
+    let load_scan = scenarios::load_scan::<E>(base, records, limits, &mut rng, args.drop_caches)?;
+    Ok(EngineReport {
+        engine: name,
+        single,
+        group64,
+        group512,
+        mixed64,
+        load_scan,
+    })
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.records = 2_000;
+        args.seconds = 0.3;
+        args.max_commits = 200;
+    }
+    let limits = Limits {
+        seconds: args.seconds,
+        max_commits: args.max_commits,
+    };
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let filesystem = sys::filesystem_of(&data_dir);
+    if filesystem
+        .as_deref()
+        .is_some_and(|f| f.starts_with("tmpfs"))
+    {
+        eprintln!(
+            "warning: {} is tmpfs; fsync numbers are meaningless",
+            data_dir.display()
+        );
+    }
+    let mut engines = Vec::new();
+    if args.engine != Which::Fjall {
+        engines.push(run_engine::<redb_engine::Redb>(&args, &data_dir, limits)?);
+    }
+    if args.engine != Which::Redb {
+        engines.push(run_engine::<fjall_engine::Fjall>(&args, &data_dir, limits)?);
+    }
+    let report = Report {
+        records: args.records,
+        limits,
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        data_dir: data_dir.display().to_string(),
+        filesystem,
+        drop_caches: args.drop_caches,
+        engines,
+    };
+    print!("{}", report::table(&report));
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
