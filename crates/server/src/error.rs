@@ -33,6 +33,10 @@ pub enum ApiError {
     VersionConflict { current: u64 },
     #[error("session limit reached")]
     SessionLimitReached { limit: u32 },
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("too many attempts")]
+    TooManyAttempts { retry_after: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal: {0}")]
@@ -64,6 +68,8 @@ impl ApiError {
             ApiError::SessionEnded(_) => ErrorCode::SessionEnded,
             ApiError::VersionConflict { .. } => ErrorCode::VersionConflict,
             ApiError::SessionLimitReached { .. } => ErrorCode::SessionLimitReached,
+            ApiError::InvalidCredentials => ErrorCode::InvalidCredentials,
+            ApiError::TooManyAttempts { .. } => ErrorCode::TooManyAttempts,
             ApiError::Store(_) => ErrorCode::StoreUnavailable,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
@@ -108,6 +114,16 @@ impl ApiError {
                     format!("the user already has {limit} sessions, the policy's limit"),
                 )
             },
+            ApiError::InvalidCredentials => {
+                ErrorDetail::new(code, "unknown user or wrong password")
+            }
+            ApiError::TooManyAttempts { retry_after } => ErrorDetail {
+                retry_after: Some(*retry_after),
+                ..ErrorDetail::new(
+                    code,
+                    format!("too many failed logins; try again in {retry_after} s"),
+                )
+            },
             ApiError::Store(_) => ErrorDetail::new(
                 code,
                 "the session store cannot be reached; the request was not carried out",
@@ -135,10 +151,20 @@ impl IntoResponse for ApiError {
         }
         let status =
             StatusCode::from_u16(self.code().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry_after = match &self {
+            ApiError::TooManyAttempts { retry_after } => Some(*retry_after),
+            _ => None,
+        };
         let body = ErrorBody {
             error: self.detail(),
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

@@ -3,6 +3,7 @@
 //! - [`config`]: file, environment and flags merged into [`config::Settings`].
 //! - [`bootstrap`]: the data dir and the secrets generated into it on first start.
 //! - [`service`]: what each operation does, between HTTP and the store.
+//! - [`directory`], [`regulation`], [`login`]: users, brute-force bans, and logging in.
 //! - [`explain`]: a session's timeline in words.
 //! - [`error`]: the one mapping from errors to contract codes and HTTP statuses.
 //! - [`http`]: routes, extractors and limits; [`http::app`] builds the router.
@@ -13,9 +14,12 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod directory;
 pub mod error;
 pub mod explain;
 pub mod http;
+pub mod login;
+pub mod regulation;
 pub mod service;
 pub mod tasks;
 
@@ -28,7 +32,10 @@ use tokio::net::TcpListener;
 
 use crate::bootstrap::Secrets;
 use crate::config::{Settings, StoreKind};
-use crate::http::AppState;
+use crate::directory::{Directory, FileDirectory};
+use crate::http::{AppState, WebState};
+use crate::login::Login;
+use crate::regulation::Regulator;
 use crate::service::Service;
 
 /// Opens the configured store. This is the only place that looks at the store kind.
@@ -51,11 +58,24 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn SessionStore>, St
     }
 }
 
+/// Loads the users file, if one is configured.
+pub fn open_directory(
+    settings: &Settings,
+) -> Result<Option<Arc<FileDirectory>>, directory::DirectoryError> {
+    settings
+        .web
+        .users_file
+        .as_deref()
+        .map(|path| FileDirectory::load(path).map(Arc::new))
+        .transpose()
+}
+
 /// The state handlers share.
 pub fn state(
     settings: &Settings,
     secrets: Secrets,
     store: Arc<dyn SessionStore>,
+    directory: Option<Arc<dyn Directory>>,
     clock: Arc<dyn Clock>,
 ) -> AppState {
     let service = Service {
@@ -66,10 +86,18 @@ pub fn state(
         ended_retention: settings.ended_retention,
         clock,
     };
+    let web = WebState {
+        settings: settings.web.clone(),
+        login: Login {
+            directory,
+            regulator: Regulator::new(settings.web.regulation),
+        },
+    };
     AppState {
         service: Arc::new(service),
         agents: secrets.agents.into(),
         admin_sha256: secrets.admin_sha256,
+        web: Arc::new(web),
     }
 }
 
@@ -78,12 +106,14 @@ pub fn state(
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    users: Option<Arc<FileDirectory>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let service = state.service.clone();
     let flush_every = sessiond_store::local::flush_window(service.shortest_idle_timeout());
-    let tasks = tasks::Tasks::start(service.clone(), flush_every);
-    let served = axum::serve(listener, http::app(state))
+    let tasks = tasks::Tasks::start(service.clone(), flush_every, users);
+    let app = http::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     tasks.shutdown().await;

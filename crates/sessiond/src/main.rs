@@ -25,6 +25,8 @@ enum Command {
     Serve(ServeArgs),
     #[command(flatten)]
     Admin(cli::AdminCommand),
+    /// Read a password from standard input and print its argon2id hash for the users file.
+    HashPassword,
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,6 +62,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::HashPassword => match hash_password() {
+            Ok(hash) => {
+                println!("{hash}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sessiond: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Admin(cmd) => {
             let code = runtime.block_on(cli::run(cmd));
             ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -85,6 +97,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for (what, path) in &secrets.generated {
         println!("sessiond: {what} in {}", path.display());
     }
+    let users = sessiond_server::open_directory(&settings)?;
     let store = sessiond_server::open_store(&settings)
         .await
         .context("opening the session store")?;
@@ -96,16 +109,43 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &settings.data_dir.join(SERVER_URL_FILE),
         &format!("{url}\n"),
     )?;
-    let state = sessiond_server::state(&settings, secrets, store, std::sync::Arc::new(SystemClock));
+    let directory = users
+        .clone()
+        .map(|d| d as std::sync::Arc<dyn sessiond_server::directory::Directory>);
+    let state = sessiond_server::state(
+        &settings,
+        secrets,
+        store,
+        directory,
+        std::sync::Arc::new(SystemClock),
+    );
     println!(
         "sessiond: store {} in {}",
         state.service.store.kind(),
         settings.data_dir.display()
     );
     println!("sessiond: listening on {url}");
-    sessiond_server::serve(listener, state, shutdown_signal()).await?;
+    if let Some(users) = &users {
+        println!("sessiond: users from {}", users.path().display());
+    }
+    sessiond_server::serve(listener, state, users, shutdown_signal()).await?;
     println!("sessiond: stopped");
     Ok(())
+}
+
+/// One line from stdin (the trailing newline removed), hashed with argon2id.
+fn hash_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    anyhow::ensure!(
+        !password.is_empty(),
+        "no password on stdin (try: echo -n 'secret' | sessiond hash-password)"
+    );
+    sessiond_server::directory::hash_password(password).map_err(anyhow::Error::msg)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -49,3 +49,23 @@ pub(super) async fn logout(
     state.service.logout(&req.token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `POST /v1/login`: SiteMinder's `Sm_AgentApi_Login`, against sessiond's users directory.
+pub(super) async fn login(
+    _: Agent,
+    State(state): State<AppState>,
+    Body(req): Body<v1::LoginRequest>,
+) -> Result<(StatusCode, Json<v1::CreatedSession>), ApiError> {
+    let logged_in = state
+        .web
+        .login
+        .login(
+            &state.service,
+            &req.username,
+            &req.password,
+            req.client,
+            req.policy,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(logged_in.created)))
+}

@@ -5,7 +5,13 @@
 
 mod admin;
 mod agent;
+mod cookie;
 mod extract;
+mod forward;
+mod pages;
+mod portal;
+mod proxy;
+pub mod redirect;
 
 use std::sync::Arc;
 
@@ -16,8 +22,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
-use crate::config::AgentCredential;
+use crate::config::{AgentCredential, WebSettings};
 use crate::error::ApiError;
+use crate::login::Login;
 use crate::service::Service;
 
 /// Largest request body accepted, in bytes (`payload_too_large` above it).
@@ -33,9 +40,19 @@ pub struct AppState {
     pub agents: Arc<[AgentCredential]>,
     /// SHA-256 of the admin token.
     pub admin_sha256: [u8; 32],
+    /// The web-agent role: portal, cookie and forward-auth settings, logins.
+    pub web: Arc<WebState>,
 }
 
-/// The whole router.
+/// What the portal and forward auth share.
+#[derive(Debug)]
+pub struct WebState {
+    pub settings: WebSettings,
+    pub login: Login,
+}
+
+/// The whole router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`
+/// so the portal and forward auth know the peer's address.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -44,6 +61,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sessions/validate", post(agent::validate))
         .route("/v1/sessions/update", post(agent::update))
         .route("/v1/sessions/logout", post(agent::logout))
+        .route("/v1/login", post(agent::login))
         .route("/v1/admin/sessions", get(admin::list))
         .route(
             "/v1/admin/sessions/{id}",
@@ -55,6 +73,13 @@ pub fn app(state: AppState) -> Router {
             delete(admin::terminate_user),
         )
         .route("/v1/admin/stats", get(admin::stats))
+        .route("/login", get(portal::login_page).post(portal::login_submit))
+        .route("/logout", post(portal::logout))
+        .route("/sessions", get(portal::sessions_page))
+        .route("/sessions/end", post(portal::end_one))
+        .route("/sessions/end-others", post(portal::end_others))
+        .route("/auth/nginx", get(forward::nginx))
+        .route("/auth/forward", get(forward::forward))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(limit_headers))

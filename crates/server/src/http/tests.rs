@@ -50,6 +50,13 @@ impl Harness {
             }]
             .into(),
             admin_sha256: sessiond_core::token::sha256(ADMIN_TOKEN.as_bytes()),
+            web: Arc::new(super::WebState {
+                settings: web_settings(),
+                login: crate::login::Login {
+                    directory: None,
+                    regulator: crate::regulation::Regulator::new(Default::default()),
+                },
+            }),
         };
         Harness { state, clock }
     }
@@ -105,6 +112,12 @@ impl Harness {
             v["session"]["id"].as_str().unwrap().to_owned(),
         )
     }
+}
+
+fn web_settings() -> crate::config::WebSettings {
+    crate::config::Settings::load(None, &[], &Default::default())
+        .unwrap()
+        .web
 }
 
 fn code(v: &Value) -> &str {

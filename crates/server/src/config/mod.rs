@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod web;
+
 use serde::Deserialize;
 use sessiond_core::clock::parse_duration;
 use sessiond_core::token::MIN_KEY_LEN;
@@ -31,10 +33,13 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("SESSIOND_STORE_KIND", "store.kind"),
     ("SESSIOND_STORE_REDIS_URL", "store.redis.url"),
     ("SESSIOND_STORE_REDIS_KEY_PREFIX", "store.redis.key_prefix"),
+    ("SESSIOND_USERS_FILE", "users.file"),
 ];
 
 /// `SESSIOND_*` variables that are not configuration keys (read by the CLI or logging).
 const ENV_OTHER: &[&str] = &["SESSIOND_CONFIG", "SESSIOND_SERVER", "SESSIOND_LOG"];
+
+pub use web::{CookieSettings, HeaderNames, SameSite, WebSettings};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
 pub const DEFAULT_DATA_DIR: &str = "sessiond-data";
@@ -73,6 +78,16 @@ pub struct FileConfig {
     pub token: TokenSection,
     #[serde(default)]
     pub store: StoreSection,
+    #[serde(default)]
+    pub users: web::UsersSection,
+    #[serde(default)]
+    pub portal: web::PortalSection,
+    #[serde(default)]
+    pub cookie: web::CookieSection,
+    #[serde(default)]
+    pub regulation: web::RegulationSection,
+    #[serde(default)]
+    pub headers: web::HeadersSection,
 }
 
 /// `[session]`: the default policy, plus the global `ended_retention`.
@@ -186,6 +201,8 @@ pub struct Settings {
     /// `(id, secret)`; empty: a key is generated into the data dir on first start.
     pub token_keys: Vec<(String, Vec<u8>)>,
     pub store: StoreKind,
+    /// Users file, portal, cookie, regulation, identity headers.
+    pub web: WebSettings,
 }
 
 impl Settings {
@@ -226,15 +243,18 @@ impl Settings {
             let dir = dir.to_string_lossy().into_owned();
             set_path(&mut table, "data_dir", toml::Value::String(dir));
         }
-        Settings::from_table(table)
+        let base = file
+            .and_then(Path::parent)
+            .map_or_else(|| PathBuf::from("."), Path::to_owned);
+        Settings::from_table(table, &base)
     }
 
-    /// Checks a merged table.
-    pub fn from_table(table: toml::Table) -> Result<Settings, ConfigError> {
+    /// Checks a merged table; relative paths in it are taken from `base`.
+    pub fn from_table(table: toml::Table, base: &Path) -> Result<Settings, ConfigError> {
         let file: FileConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| invalid(e.message().to_owned()))?;
-        file.resolve()
+        file.resolve(base)
     }
 }
 
@@ -341,7 +361,15 @@ fn credential(
 }
 
 impl FileConfig {
-    fn resolve(self) -> Result<Settings, ConfigError> {
+    fn resolve(self, base: &Path) -> Result<Settings, ConfigError> {
+        let web = web::resolve(
+            &self.users,
+            &self.portal,
+            &self.cookie,
+            &self.regulation,
+            &self.headers,
+            base,
+        )?;
         let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen = listen_text.parse().map_err(|_| {
             invalid(format!(
@@ -360,6 +388,13 @@ impl FileConfig {
                 name.clone(),
                 policy(&format!("policies.{name}"), section, &default_policy)?,
             );
+        }
+        if let Some(p) = web
+            .policy
+            .as_deref()
+            .filter(|p| *p != "default" && !policies.contains_key(*p))
+        {
+            return Err(invalid(format!("portal.policy: no policy named `{p}`")));
         }
         let ended_retention = duration(
             "session.ended_retention",
@@ -430,6 +465,7 @@ impl FileConfig {
             admin_sha256,
             token_keys,
             store,
+            web,
         })
     }
 }

@@ -1,0 +1,167 @@
+//! Forward auth for reverse proxies: `GET /auth/nginx` (nginx `auth_request`) and
+//! `GET /auth/forward` (Traefik `forwardAuth`, Caddy `forward_auth`).
+//!
+//! Both answer 200 with identity headers for a live session. Otherwise `/auth/nginx`
+//! answers 401 (nginx turns that into a login redirect) and `/auth/forward` redirects to the
+//! portal with `rd` rebuilt from the trusted proxy's `X-Forwarded-*`. Anything malformed is
+//! 401; an unreachable store is 503. Never 200 unless a live session was found.
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+
+use super::AppState;
+use super::portal::Cookies;
+use super::proxy::Origin;
+use super::redirect::safe_target;
+use crate::error::ApiError;
+
+/// Request header by which a proxy says "this check is not user activity".
+pub const TOUCH_HEADER: &str = "x-sessiond-touch";
+
+/// Whether the check should slide the idle timer: not when the proxy says `0`/`false`.
+#[derive(Debug)]
+pub struct TouchWanted(bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for TouchWanted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let passive = parts
+            .headers
+            .get(TOUCH_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "no")
+            });
+        Ok(TouchWanted(!passive))
+    }
+}
+
+enum Check {
+    Allowed(Response),
+    Denied,
+}
+
+fn unauthorized() -> Response {
+    let mut r = StatusCode::UNAUTHORIZED.into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn check(
+    state: &AppState,
+    origin: &Origin,
+    cookies: &Cookies,
+    touch: bool,
+) -> Result<Check, Response> {
+    if cookies.malformed || origin.malformed {
+        return Ok(Check::Denied);
+    }
+    let Some(token) = &cookies.session else {
+        return Ok(Check::Denied);
+    };
+    let passive_path = origin.uri.as_deref().is_some_and(|u| {
+        state
+            .web
+            .settings
+            .passive_paths
+            .iter()
+            .any(|p| u.starts_with(p.as_str()))
+    });
+    let session = match state.service.validate(token, touch && !passive_path).await {
+        Ok(s) => s,
+        Err(e @ ApiError::Store(_)) => return Err(e.into_response()),
+        Err(_) => return Ok(Check::Denied),
+    };
+    let names = &state.web.settings.headers;
+    let groups = state
+        .web
+        .login
+        .directory
+        .as_ref()
+        .and_then(|d| d.user(&session.user))
+        .map(|u| u.groups.join(","))
+        .unwrap_or_default();
+    let mut r = StatusCode::OK.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let values = [
+        (&names.user, session.user.clone()),
+        (&names.groups, groups),
+        (
+            &names.universal_id,
+            session.universal_id.clone().unwrap_or_default(),
+        ),
+        (&names.session_id, session.id.to_string()),
+        (&names.auth_level, session.auth_level.to_string()),
+    ];
+    for (name, value) in values {
+        if value.is_empty() {
+            continue;
+        }
+        let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) else {
+            return Ok(Check::Denied);
+        };
+        h.insert(n, v);
+    }
+    Ok(Check::Allowed(r))
+}
+
+pub(super) async fn nginx(
+    State(state): State<AppState>,
+    origin: Origin,
+    cookies: Cookies,
+    TouchWanted(touch): TouchWanted,
+) -> Response {
+    match check(&state, &origin, &cookies, touch).await {
+        Ok(Check::Allowed(r)) | Err(r) => r,
+        Ok(Check::Denied) => unauthorized(),
+    }
+}
+
+pub(super) async fn forward(
+    State(state): State<AppState>,
+    origin: Origin,
+    cookies: Cookies,
+    TouchWanted(touch): TouchWanted,
+) -> Response {
+    match check(&state, &origin, &cookies, touch).await {
+        Ok(Check::Allowed(r)) | Err(r) => r,
+        Ok(Check::Denied) => login_redirect(&state, &origin).unwrap_or_else(unauthorized),
+    }
+}
+
+/// `302` to the portal with `rd` = the original URL, when the proxy told us it and it is
+/// on the allow-list.
+fn login_redirect(state: &AppState, origin: &Origin) -> Option<Response> {
+    if origin.malformed {
+        return None;
+    }
+    let (proto, host, uri) = (
+        origin.proto.as_ref()?,
+        origin.host.as_ref()?,
+        origin.uri.as_ref()?,
+    );
+    let rd = safe_target(
+        &format!("{proto}://{host}{uri}"),
+        &state.web.settings.allowed_redirect_hosts,
+    )?;
+    let portal = state.web.settings.portal_url.as_deref().unwrap_or("");
+    let to = format!(
+        "{portal}/login?rd={}",
+        utf8_percent_encode(&rd, NON_ALPHANUMERIC)
+    );
+    let mut r = StatusCode::FOUND.into_response();
+    r.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_str(&to).ok()?);
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Some(r)
+}
