@@ -202,12 +202,12 @@ pub fn resolve(
             )));
         }
     }
-    if let Some(url) = &portal.default_redirect {
-        if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/')) {
-            return Err(invalid(
-                "portal.default_redirect: an absolute http(s) URL or a path",
-            ));
-        }
+    if let Some(url) = &portal.default_redirect
+        && !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/'))
+    {
+        return Err(invalid(
+            "portal.default_redirect: an absolute http(s) URL or a path",
+        ));
     }
     let regulation = RegulationSettings {
         max_retries: regulation.max_retries.unwrap_or(3),

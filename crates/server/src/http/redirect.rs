@@ -47,10 +47,10 @@ fn host_of(authority: &str) -> Option<String> {
         Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, Some(p)),
         _ => (authority, None),
     };
-    if let Some(p) = port {
-        if !p.bytes().all(|b| b.is_ascii_digit()) || !p.parse::<u16>().is_ok_and(|n| n > 0) {
-            return None;
-        }
+    if port.is_some_and(|p| {
+        !p.bytes().all(|b| b.is_ascii_digit()) || !p.parse::<u16>().is_ok_and(|n| n > 0)
+    }) {
+        return None;
     }
     let plain = host
         .bytes()

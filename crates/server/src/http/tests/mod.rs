@@ -12,6 +12,8 @@ use sessiond_store::{LocalStore, StoreOptions};
 use tower::ServiceExt;
 
 use super::{AppState, MAX_BODY_BYTES, app};
+
+mod web;
 use crate::config::AgentCredential;
 use crate::service::Service;
 
@@ -27,6 +29,13 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_web(web_settings(), None)
+    }
+
+    fn with_web(
+        settings: crate::config::WebSettings,
+        directory: Option<Arc<dyn crate::directory::Directory>>,
+    ) -> Harness {
         let clock = ManualClock::new(T0);
         let short = Policy {
             idle_timeout: 5 * MIN,
@@ -51,11 +60,11 @@ impl Harness {
             .into(),
             admin_sha256: sessiond_core::token::sha256(ADMIN_TOKEN.as_bytes()),
             web: Arc::new(super::WebState {
-                settings: web_settings(),
                 login: crate::login::Login {
-                    directory: None,
-                    regulator: crate::regulation::Regulator::new(Default::default()),
+                    directory,
+                    regulator: crate::regulation::Regulator::new(settings.regulation),
                 },
+                settings,
             }),
         };
         Harness { state, clock }
