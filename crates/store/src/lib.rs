@@ -5,18 +5,23 @@
 //! - [`local`]: the in-process backends. [`LocalStore::memory`] keeps everything in memory
 //!   (tests, throwaway nodes); [`LocalStore::open_embedded`] adds a durable journal in a
 //!   redb file, group-committed, and loads it back on restart.
+//! - [`redis`]: the shared backend, [`RedisStore`], for many nodes on one Redis or Valkey
+//!   (single, Sentinel or Cluster), with a near cache for validate.
 //! - [`conformance`] (feature `conformance`): the one suite every backend must pass.
 //!
 //! Architecture invariants:
-//! - Validate is answered from memory. It never waits on a disk write or a network round
-//!   trip; touches are only marked dirty, then flushed in batches by [`SessionStore::flush_touches`].
+//! - Validate is answered from memory when the answer is known locally and fresh (the
+//!   local backends: always; Redis: from its near cache while invalidations flow). It never
+//!   waits on a disk write; touches are only marked dirty, then flushed in batches by
+//!   [`SessionStore::flush_touches`].
 //! - A mutation is acknowledged (its future resolves `Ok`) only once it is durable.
 //! - Expiry work is proportional to what expires: deadlines sit in an ordered index.
 //! - An ended session never comes back: its row is deleted and its tombstone written in the
-//!   same transaction.
+//!   same transaction (Redis: in the same script).
 
 pub mod local;
 mod outcome;
+pub mod redis;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -27,6 +32,7 @@ use async_trait::async_trait;
 use sessiond_core::policy::UserLimit;
 use sessiond_core::{EndReason, Session, SessionId, Timestamp, Verifier};
 
+pub use self::redis::{RedisConfig, RedisStore, Target as RedisTarget};
 pub use local::LocalStore;
 pub use outcome::{Created, Ended, Lookup, Page, StoreStats, SweepReport, Updated};
 

@@ -1,0 +1,366 @@
+//! The node-local state of the Redis store: the near cache that answers validate without a
+//! round trip, the invalidation subscription that keeps it honest, and the coalesced
+//! touches waiting to be flushed.
+//!
+//! Trust rules of the near cache:
+//! - An entry is used only while the invalidation subscription is up, only if it was filled
+//!   during the current subscription (its `epoch`), and only while younger than `max_age`.
+//!   When the subscription drops, the whole cache is emptied and validate reads Redis.
+//! - A fill takes a [`Ticket`] before reading Redis and is dropped if any invalidation hit
+//!   the entry's shard (its `generation` moved) or the subscription restarted meanwhile:
+//!   a read racing a logout can never park a stale "live" answer.
+//! - Every change a script makes is published on the channel (`PUBLISH` inside the script),
+//!   and the node making it also evicts its own entry at once.
+//! - A tombstone never changes, so a cached ended answer stays right until its purge time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use parking_lot::Mutex;
+use sessiond_core::{Session, SessionId, Timestamp, Tombstone};
+
+use super::conn::PubSubSource;
+
+const SHARDS: usize = 64;
+/// How often the subscription connection is pinged, and how long an answer may take.
+const PING_EVERY: Duration = Duration::from_millis(500);
+const PING_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Pause before subscribing again after the subscription failed.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// A cached answer.
+#[derive(Clone, Debug)]
+pub(super) enum Cached {
+    Live(Session),
+    Ended(Tombstone),
+}
+
+struct Entry {
+    value: Cached,
+    /// The subscription epoch the entry was filled in.
+    epoch: u64,
+    filled: Instant,
+}
+
+#[derive(Default)]
+struct Shard {
+    entries: HashMap<SessionId, Entry>,
+    /// Bumped by every invalidation of an id in this shard.
+    generation: u64,
+}
+
+/// Taken before a Redis read whose answer may be cached.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Ticket {
+    generation: u64,
+    epoch: u64,
+}
+
+/// Validate answers known locally. See the module docs for when they are trusted.
+pub(super) struct NearCache {
+    shards: Box<[Mutex<Shard>]>,
+    /// Whether the invalidation subscription is up right now.
+    up: AtomicBool,
+    /// Bumped each time the subscription comes up.
+    epoch: AtomicU64,
+    per_shard: usize,
+    max_age: Duration,
+}
+
+impl NearCache {
+    pub(super) fn new(capacity: usize, max_age: Duration) -> NearCache {
+        NearCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            up: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            per_shard: (capacity / SHARDS).max(1),
+            max_age,
+        }
+    }
+
+    fn shard(&self, id: &SessionId) -> &Mutex<Shard> {
+        // The first 4 bytes are the user tag; spread by the random part.
+        &self.shards[usize::from(id.0[15]) % SHARDS]
+    }
+
+    /// Whether cached answers may be used at all.
+    pub(super) fn trusted(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the entry for `id` if there is one and it can be trusted.
+    pub(super) fn with<R>(&self, id: &SessionId, f: impl FnOnce(&mut Cached) -> R) -> Option<R> {
+        if !self.trusted() {
+            return None;
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let mut shard = self.shard(id).lock();
+        let entry = shard.entries.get_mut(id)?;
+        if entry.epoch != epoch || entry.filled.elapsed() >= self.max_age {
+            shard.entries.remove(id);
+            return None;
+        }
+        Some(f(&mut entry.value))
+    }
+
+    /// Call before reading what [`NearCache::fill`] may store; `None` when nothing may be.
+    pub(super) fn ticket(&self, id: &SessionId) -> Option<Ticket> {
+        if !self.trusted() {
+            return None;
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let generation = self.shard(id).lock().generation;
+        Some(Ticket { generation, epoch })
+    }
+
+    /// Stores an answer read under `ticket`, unless anything may have made it stale.
+    pub(super) fn fill(&self, ticket: Option<Ticket>, id: SessionId, value: Cached) {
+        let Some(ticket) = ticket else { return };
+        let mut shard = self.shard(&id).lock();
+        let current = self.epoch.load(Ordering::Acquire);
+        if !self.trusted() || ticket.epoch != current || ticket.generation != shard.generation {
+            return;
+        }
+        let full = shard.entries.len() >= self.per_shard && !shard.entries.contains_key(&id);
+        if let Some(victim) = shard.entries.keys().next().copied().filter(|_| full) {
+            shard.entries.remove(&victim);
+        }
+        shard.entries.insert(
+            id,
+            Entry {
+                value,
+                epoch: current,
+                filled: Instant::now(),
+            },
+        );
+    }
+
+    /// Forgets `id` (it changed or ended somewhere).
+    pub(super) fn invalidate(&self, id: &SessionId) {
+        let mut shard = self.shard(id).lock();
+        shard.generation += 1;
+        shard.entries.remove(id);
+    }
+
+    fn set_up(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.up.store(true, Ordering::Release);
+    }
+
+    fn set_down(&self) {
+        self.up.store(false, Ordering::Release);
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            shard.generation += 1;
+            shard.entries.clear();
+        }
+    }
+}
+
+/// Keeps the cache subscribed to `channel` until the task is aborted: evicts every id
+/// published there, pings the connection, and on any failure distrusts the cache and
+/// subscribes again.
+pub(super) async fn subscribe(source: PubSubSource, channel: String, cache: Arc<NearCache>) {
+    loop {
+        if let Ok(pubsub) = source.open().await {
+            let (mut sink, mut stream) = pubsub.split();
+            let subscribed = tokio::time::timeout(PING_TIMEOUT, sink.subscribe(&channel)).await;
+            if matches!(subscribed, Ok(Ok(()))) {
+                cache.set_up();
+                let mut tick = tokio::time::interval(PING_EVERY);
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => match msg {
+                            Some(msg) => {
+                                if let Some(id) = std::str::from_utf8(msg.get_payload_bytes())
+                                    .ok()
+                                    .and_then(|s| s.parse::<SessionId>().ok())
+                                {
+                                    cache.invalidate(&id);
+                                }
+                            }
+                            None => break,
+                        },
+                        _ = tick.tick() => {
+                            let pong = tokio::time::timeout(
+                                PING_TIMEOUT,
+                                sink.ping::<redis::Value>(),
+                            )
+                            .await;
+                            if !matches!(pong, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                cache.set_down();
+                tracing::warn!("redis invalidation subscription lost; validating against redis");
+            }
+        }
+        tokio::time::sleep(RETRY_AFTER).await;
+    }
+}
+
+/// A node's unflushed touches of one session: the first and the last since the last flush.
+/// Each was accepted on a live session, so the chain from `first` to `last` has no gap
+/// longer than the idle timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Touch {
+    pub(super) first: Timestamp,
+    pub(super) last: Timestamp,
+}
+
+impl Touch {
+    /// Lays the touch over `session` as read from Redis: if the first touch found it live,
+    /// its idle timer slides to the last. The same rule as the scripts' `touch`.
+    pub(super) fn apply(&self, session: &mut Session) -> bool {
+        let slides = self.first < session.deadline().0
+            && self.last > session.last_access_at
+            && self.last < session.expires_at;
+        if slides {
+            session.last_access_at = self.last;
+        }
+        slides
+    }
+}
+
+/// Touches (idle-timer slides) not yet written to Redis, by user tag.
+#[derive(Default)]
+pub(super) struct Touches {
+    by_tag: Mutex<HashMap<String, HashMap<SessionId, Touch>>>,
+}
+
+impl Touches {
+    pub(super) fn record(&self, id: SessionId, at: Timestamp) {
+        self.merge(
+            id,
+            Touch {
+                first: at,
+                last: at,
+            },
+        );
+    }
+
+    fn merge(&self, id: SessionId, t: Touch) {
+        let mut map = self.by_tag.lock();
+        let slot = map.entry(id.tag_hex()).or_default().entry(id).or_insert(t);
+        slot.first = slot.first.min(t.first);
+        slot.last = slot.last.max(t.last);
+    }
+
+    /// The pending touch of `id`, to lay over what Redis says.
+    pub(super) fn get(&self, id: &SessionId) -> Option<Touch> {
+        self.by_tag.lock().get(&id.tag_hex())?.get(id).copied()
+    }
+
+    /// Takes the touches of one tag, to send with a script on that tag.
+    pub(super) fn take(&self, tag: &str) -> Vec<(SessionId, Touch)> {
+        self.by_tag
+            .lock()
+            .remove(tag)
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Takes every pending touch, by tag.
+    pub(super) fn take_all(&self) -> Vec<(String, Vec<(SessionId, Touch)>)> {
+        std::mem::take(&mut *self.by_tag.lock())
+            .into_iter()
+            .map(|(tag, m)| (tag, m.into_iter().collect()))
+            .collect()
+    }
+
+    /// Puts back touches whose write failed (merged with any recorded meanwhile).
+    pub(super) fn restore(&self, touches: Vec<(SessionId, Touch)>) {
+        for (id, t) in touches {
+            self.merge(id, t);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session_id() -> SessionId {
+        SessionId::for_user("alice").unwrap()
+    }
+
+    fn tomb(id: SessionId) -> Cached {
+        Cached::Ended(Tombstone {
+            id,
+            verifier: sessiond_core::Verifier([0; 32]),
+            user: "alice".into(),
+            policy: "default".into(),
+            reason: sessiond_core::EndReason::LoggedOut,
+            created_at: Timestamp(0),
+            last_access_at: Timestamp(0),
+            ended_at: Timestamp(0),
+            purge_at: Timestamp(1),
+        })
+    }
+
+    #[test]
+    fn nothing_is_trusted_while_the_subscription_is_down() {
+        let cache = NearCache::new(100, Duration::from_secs(60));
+        let id = session_id();
+        assert!(cache.ticket(&id).is_none());
+        cache.fill(None, id, tomb(id));
+        assert!(cache.with(&id, |_| ()).is_none());
+        cache.set_up();
+        let t = cache.ticket(&id);
+        cache.fill(t, id, tomb(id));
+        assert!(cache.with(&id, |_| ()).is_some());
+        cache.set_down();
+        cache.set_up();
+        assert!(
+            cache.with(&id, |_| ()).is_none(),
+            "dropped with the subscription"
+        );
+    }
+
+    #[test]
+    fn a_fill_racing_an_invalidation_is_dropped() {
+        let cache = NearCache::new(100, Duration::from_secs(60));
+        cache.set_up();
+        let id = session_id();
+        let t = cache.ticket(&id);
+        cache.invalidate(&id);
+        cache.fill(t, id, tomb(id));
+        assert!(cache.with(&id, |_| ()).is_none());
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_capacity() {
+        let cache = NearCache::new(SHARDS, Duration::from_secs(60));
+        cache.set_up();
+        for _ in 0..1000 {
+            let id = session_id();
+            cache.fill(cache.ticket(&id), id, tomb(id));
+        }
+        let held: usize = cache.shards.iter().map(|s| s.lock().entries.len()).sum();
+        assert!(held <= SHARDS, "{held}");
+    }
+
+    #[test]
+    fn touches_keep_the_latest_per_id_and_come_back_after_a_failure() {
+        let touches = Touches::default();
+        let id = session_id();
+        let t = |first, last| Touch {
+            first: Timestamp(first),
+            last: Timestamp(last),
+        };
+        touches.record(id, Timestamp(5));
+        touches.record(id, Timestamp(3));
+        assert_eq!(touches.get(&id), Some(t(3, 5)));
+        let taken = touches.take(&id.tag_hex());
+        assert_eq!(taken, vec![(id, t(3, 5))]);
+        assert_eq!(touches.get(&id), None);
+        touches.record(id, Timestamp(7));
+        touches.restore(taken);
+        assert_eq!(touches.get(&id), Some(t(3, 7)));
+    }
+}

@@ -1,0 +1,893 @@
+//! The shared store: sessions in Redis or Valkey (single, Sentinel or Cluster), so any
+//! number of sessiond nodes serve any session.
+//!
+//! - `keys.rs`: the key layout. One user's keys share a hash tag taken from the session id.
+//! - `scripts.rs`: the Lua scripts; every multi-key step is one script on one tag.
+//! - `codec.rs`: sessions and tombstones as Redis hashes.
+//! - `conn.rs`: connections (single, Sentinel, Cluster), timeouts, `EVALSHA` with reload.
+//! - `cache.rs`: the near cache for validate, its invalidation subscription, and the
+//!   coalesced touches.
+//!
+//! Invariants:
+//! - Time is an input: every script is given the caller's `now`; TTLs are relative to it
+//!   (`PEXPIRE`), never absolute, and nothing reads Redis's clock.
+//! - A session's state changes only inside a script on its tag, atomically. Cross-user
+//!   bookkeeping (global listing order, sweep schedule, counters) is applied in the same
+//!   script on a single Redis and right after it in a Cluster; it never decides whether a
+//!   session is live: every read judges the session's own hash by `Session::status(now)`.
+//! - Validate answers from the near cache only while the invalidation subscription is up;
+//!   otherwise it reads Redis, and if Redis is unreachable it fails with `Unavailable`.
+//!
+//! See `docs/redis.md` for the durability settings this relies on.
+
+mod cache;
+mod codec;
+mod conn;
+mod keys;
+mod scripts;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::{Script, Value};
+use sessiond_core::input::apply_attributes;
+use sessiond_core::policy::{OnLimit, UserLimit};
+use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Verifier};
+
+use self::cache::{Cached, NearCache, Touches};
+use self::codec::Fields;
+use self::conn::Conn;
+pub use self::conn::Target;
+use self::keys::Keys;
+use self::scripts::{Call, Header, Scripts};
+use crate::{
+    AttributeChange, Created, Ended, Lookup, Page, SessionStore, StoreError, StoreOptions,
+    StoreStats, SweepReport, Updated,
+};
+
+/// Added to every key's TTL, so Redis never drops a key the store still needs to read
+/// (a tombstone until its purge time, a touched session until its flush lands).
+const TTL_SLACK: Duration = Duration::from_secs(300);
+/// Due entries taken per round of a sweep, and the most rounds per sweep call.
+const SWEEP_BATCH: isize = 512;
+const SWEEP_ROUNDS: usize = 64;
+/// Tries of an update that keeps losing races with other changes of the same session.
+const UPDATE_TRIES: usize = 8;
+/// Node heartbeats: how often, and how long one counts.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
+/// Ids read per round of a listing, and the most rounds per page.
+const LIST_ROUNDS: usize = 32;
+
+/// How to reach Redis and how to behave there.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    pub target: Target,
+    /// Prepended to every key and channel, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Most validate answers kept in memory.
+    pub cache_capacity: usize,
+    /// Longest a cached answer is used even while invalidations flow.
+    pub cache_max_age: Duration,
+}
+
+impl RedisConfig {
+    /// Defaults for `target`: prefix `sessiond:`, 100 000 cached answers, 30 s at most.
+    pub fn new(target: Target) -> RedisConfig {
+        RedisConfig {
+            target,
+            key_prefix: "sessiond:".into(),
+            cache_capacity: 100_000,
+            cache_max_age: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Background tasks of one store; aborted when it closes or drops.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Sessions in Redis, shared by every node on it. See the module docs.
+pub struct RedisStore {
+    conn: Conn,
+    keys: Keys,
+    scripts: Scripts,
+    cache: Arc<NearCache>,
+    /// Touches not yet in Redis; laid over every read so this node sees its own touches.
+    touches: Touches,
+    options: StoreOptions,
+    /// The global keys, passed into tag scripts when they can be (not in a Cluster).
+    inline_globals: Option<[String; keys::GLOBAL_KEY_COUNT]>,
+    channel: String,
+    /// This node's id in the heartbeat set.
+    node: String,
+    /// Set by `close`; every later call fails.
+    closed: AtomicBool,
+    /// The subscription and heartbeat; dropped (aborted) on close.
+    tasks: parking_lot::Mutex<Option<Tasks>>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.keys)
+            .field("cluster", &self.conn.is_cluster())
+            .finish_non_exhaustive()
+    }
+}
+
+fn bad_reply(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("redis: unexpected script reply ({what})"))
+}
+
+fn item(items: &[Value], i: usize) -> Result<&Value, StoreError> {
+    items.get(i).ok_or_else(|| bad_reply("too short"))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RedisStore {
+    /// Connects (lazily, for a single Redis) and starts the invalidation subscription and
+    /// the node heartbeat. Must run inside a Tokio runtime.
+    pub async fn connect(
+        config: RedisConfig,
+        options: StoreOptions,
+    ) -> Result<RedisStore, StoreError> {
+        let keys = Keys::new(&config.key_prefix)?;
+        let (conn, source) = conn::connect(&config.target).await?;
+        let cache = Arc::new(NearCache::new(config.cache_capacity, config.cache_max_age));
+        let channel = keys.channel();
+        let node = SessionId::random()
+            .map_err(|e| StoreError::Unavailable(format!("no randomness for a node id: {e}")))?
+            .to_string();
+        let subscription = tokio::spawn(cache::subscribe(source, channel.clone(), cache.clone()));
+        let heartbeat = tokio::spawn(heartbeat(conn.clone(), keys.clone(), node.clone()));
+        let inline_globals = (!conn.is_cluster()).then(|| keys.globals());
+        Ok(RedisStore {
+            conn,
+            keys,
+            scripts: Scripts::new(),
+            cache,
+            touches: Touches::default(),
+            options,
+            inline_globals,
+            channel,
+            node,
+            closed: AtomicBool::new(false),
+            tasks: parking_lot::Mutex::new(Some(Tasks(vec![subscription, heartbeat]))),
+        })
+    }
+
+    /// Whether validate can be answered from memory right now (the subscription is up).
+    pub fn near_cache_trusted(&self) -> bool {
+        self.cache.trusted()
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("the redis store is closed".into()));
+        }
+        Ok(())
+    }
+
+    /// Runs a tag script: sends the tag's pending touches along, applies the returned
+    /// effects to the global keys (in a Cluster), and returns the reply without them.
+    async fn run_tag(
+        &self,
+        script: &Script,
+        tag: &str,
+        route: String,
+        now: Timestamp,
+        args: impl FnOnce(&mut Call<'_>),
+    ) -> Result<Vec<Value>, StoreError> {
+        let base = self.keys.base(tag);
+        let header = Header {
+            base: &base,
+            now,
+            retention_ms: ms(self.options.ended_retention),
+            slack_ms: ms(TTL_SLACK),
+            channel: &self.channel,
+        };
+        let touches = self.touches.take(tag);
+        let globals = self.inline_globals.as_ref().map(|g| &g[..]);
+        let mut call = Call::tag(script, route, globals, header, &touches);
+        args(&mut call);
+        let reply = match self.conn.eval(&call).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.touches.restore(touches);
+                return Err(e);
+            }
+        };
+        let mut items = codec::array(&reply)?.to_vec();
+        let effects = match items.pop() {
+            Some(v) => codec::strings(&v)?,
+            None => return Err(bad_reply("empty")),
+        };
+        if !effects.is_empty() {
+            self.apply_global(effects).await;
+        }
+        Ok(items)
+    }
+
+    /// The Cluster's second step: the effects on the `{global}` keys, in one script. A
+    /// failure leaves listings, the sweep schedule or counters behind, never a session's
+    /// state, so it is logged rather than failing a change that already happened.
+    async fn apply_global(&self, effects: Vec<String>) {
+        let mut call = Call::plain(&self.scripts.global, self.keys.globals().to_vec());
+        for e in effects {
+            call.arg(e);
+        }
+        if let Err(e) = self.conn.eval(&call).await {
+            tracing::warn!(error = %e, "redis: global index update failed; counters may lag");
+        }
+    }
+
+    /// The session and the tombstone stored under `id`, one round trip, with this node's
+    /// unflushed touch laid over the session.
+    async fn read(
+        &self,
+        id: &SessionId,
+    ) -> Result<(Option<Session>, Option<sessiond_core::Tombstone>), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL")
+            .arg(self.keys.session(id))
+            .cmd("HGETALL")
+            .arg(self.keys.tombstone(id));
+        let (s, t): (Fields, Fields) = self.conn.pipe(&pipe).await?;
+        let mut session = codec::decode_session(&s)?.filter(|s| s.id == *id);
+        if let (Some(s), Some(t)) = (session.as_mut(), self.touches.get(id)) {
+            t.apply(s);
+        }
+        Ok((session, codec::decode_tombstone(*id, &t)?))
+    }
+
+    /// Many sessions by id (missing ones left out), in the given order.
+    async fn read_many(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError> {
+        let mut by_tag: BTreeMap<String, Vec<SessionId>> = BTreeMap::new();
+        for id in ids {
+            by_tag.entry(id.tag_hex()).or_default().push(*id);
+        }
+        let reads = by_tag.values().map(|group| async move {
+            let mut pipe = redis::pipe();
+            for id in group {
+                pipe.cmd("HGETALL").arg(self.keys.session(id));
+            }
+            let hashes: Vec<Fields> = self.conn.pipe(&pipe).await?;
+            Ok::<_, StoreError>(group.iter().copied().zip(hashes).collect::<Vec<_>>())
+        });
+        let mut found = std::collections::HashMap::new();
+        for group in futures_util::future::try_join_all(reads).await? {
+            for (id, fields) in group {
+                if let Some(mut s) = codec::decode_session(&fields)? {
+                    if let Some(t) = self.touches.get(&id) {
+                        t.apply(&mut s);
+                    }
+                    found.insert(id, s);
+                }
+            }
+        }
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+    }
+
+    fn retained(
+        &self,
+        t: Option<sessiond_core::Tombstone>,
+        verifier: Option<&Verifier>,
+        now: Timestamp,
+    ) -> Option<sessiond_core::Tombstone> {
+        t.filter(|t| now < t.purge_at && verifier.is_none_or(|v| t.verifier.matches(v)))
+    }
+
+    /// What validate answers from the near cache, if it can.
+    fn validate_cached(
+        &self,
+        id: SessionId,
+        verifier: &Verifier,
+        touch: bool,
+        now: Timestamp,
+    ) -> Option<Lookup> {
+        self.cache
+            .with(&id, |cached| match cached {
+                Cached::Live(s) => {
+                    if !s.verifier.matches(verifier) {
+                        return Some(Lookup::NotFound);
+                    }
+                    if s.status(now) != SessionStatus::Live {
+                        // Another node may have touched it: ask Redis before saying ended.
+                        return None;
+                    }
+                    if touch && s.touch(now) {
+                        self.touches.record(id, now);
+                    }
+                    Some(Lookup::Live(s.clone()))
+                }
+                Cached::Ended(t) if now < t.purge_at => Some(if t.verifier.matches(verifier) {
+                    Lookup::Ended(t.clone())
+                } else {
+                    Lookup::NotFound
+                }),
+                Cached::Ended(_) => None,
+            })
+            .flatten()
+    }
+
+    /// One page of ids from a lexicographic zset (`ids` or a user's set), checked live.
+    async fn list_from(
+        &self,
+        zset: String,
+        cursor: Option<SessionId>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Page, StoreError> {
+        let mut page = Page::default();
+        let mut after = cursor;
+        let want = limit + 1;
+        for _ in 0..LIST_ROUNDS {
+            let min = after.map_or_else(|| "-".to_string(), |c| format!("({c}"));
+            let batch = isize::try_from(want - page.sessions.len()).unwrap_or(isize::MAX);
+            let raw: Vec<String> = self
+                .conn
+                .query(
+                    redis::cmd("ZRANGEBYLEX")
+                        .arg(&zset)
+                        .arg(min)
+                        .arg("+")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(batch),
+                )
+                .await?;
+            let ids: Vec<SessionId> = raw.iter().filter_map(|s| s.parse().ok()).collect();
+            let exhausted = raw.len() < usize::try_from(batch).unwrap_or(usize::MAX);
+            after = raw.last().and_then(|s| s.parse().ok()).or(after);
+            let live = self.read_many(&ids).await?;
+            page.sessions.extend(
+                live.into_iter()
+                    .filter(|s| s.status(now) == SessionStatus::Live),
+            );
+            if page.sessions.len() >= want {
+                page.sessions.truncate(limit);
+                page.next_cursor = page.sessions.last().map(|s| s.id);
+                return Ok(page);
+            }
+            if exhausted {
+                return Ok(page);
+            }
+        }
+        // Many ended sessions in a row: hand back what there is and where to go on.
+        page.next_cursor = after;
+        Ok(page)
+    }
+
+    /// The due members of a global schedule (`due` or `purge`), grouped by user tag.
+    async fn due(
+        &self,
+        zset: String,
+        now: Timestamp,
+    ) -> Result<(usize, BTreeMap<String, Vec<String>>), StoreError> {
+        let members: Vec<String> = self
+            .conn
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&zset)
+                    .arg("-inf")
+                    .arg(now.as_millis())
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(SWEEP_BATCH),
+            )
+            .await?;
+        let mut by_tag: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for m in &members {
+            match m
+                .get(..8)
+                .filter(|_| m.len() >= 32 && m.is_char_boundary(32))
+            {
+                Some(tag) => by_tag.entry(tag.to_owned()).or_default().push(m.clone()),
+                None => {
+                    // Not ours: drop it so it cannot stall the schedule.
+                    self.conn
+                        .query::<()>(redis::cmd("ZREM").arg(&zset).arg(m))
+                        .await?;
+                }
+            }
+        }
+        Ok((members.len(), by_tag))
+    }
+
+    async fn sweep_sessions(
+        &self,
+        now: Timestamp,
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        for _ in 0..SWEEP_ROUNDS {
+            let (n, by_tag) = self.due(self.keys.due(), now).await?;
+            for (tag, members) in by_tag {
+                let ids: Vec<SessionId> = members.iter().filter_map(|m| m.parse().ok()).collect();
+                let Some(first) = ids.first() else { continue };
+                let route = self.keys.session(first);
+                let items = self
+                    .run_tag(&self.scripts.sweep, &tag, route, now, |c| {
+                        for id in &ids {
+                            c.arg(id.to_string());
+                        }
+                    })
+                    .await?;
+                report.expired += u64::try_from(codec::int(item(&items, 0)?)?).unwrap_or(0);
+                report.rescheduled += u64::try_from(codec::int(item(&items, 1)?)?).unwrap_or(0);
+                for id in codec::ids(item(&items, 2)?)? {
+                    self.cache.invalidate(&id);
+                }
+            }
+            if n < SWEEP_BATCH as usize {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn sweep_tombstones(
+        &self,
+        now: Timestamp,
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        for _ in 0..SWEEP_ROUNDS {
+            let (n, by_tag) = self.due(self.keys.purge(), now).await?;
+            for (tag, members) in by_tag {
+                let entries: Vec<(String, SessionId, String)> = members
+                    .iter()
+                    .filter_map(|m| {
+                        let (id, reason) = m.split_once(':')?;
+                        Some((m.clone(), id.parse().ok()?, reason.to_owned()))
+                    })
+                    .collect();
+                let Some((_, first, _)) = entries.first() else {
+                    continue;
+                };
+                let route = self.keys.tombstone(first);
+                let items = self
+                    .run_tag(&self.scripts.purge, &tag, route, now, |c| {
+                        for (member, id, reason) in &entries {
+                            c.arg(member.as_str())
+                                .arg(id.to_string())
+                                .arg(reason.as_str());
+                        }
+                    })
+                    .await?;
+                report.purged += u64::try_from(codec::int(item(&items, 0)?)?).unwrap_or(0);
+            }
+            if n < SWEEP_BATCH as usize {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refreshes this node's heartbeat until aborted.
+async fn heartbeat(conn: Conn, keys: Keys, node: String) {
+    let scripts = Scripts::new();
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        tick.tick().await;
+        if let Err(e) = nodes(&conn, &scripts.nodes, &keys, &node).await {
+            tracing::debug!(error = %e, "redis: heartbeat failed");
+        }
+    }
+}
+
+/// Refreshes `node`'s heartbeat (if not empty) and counts the live nodes.
+async fn nodes(conn: &Conn, script: &Script, keys: &Keys, node: &str) -> Result<u64, StoreError> {
+    let mut call = Call::plain(script, vec![keys.nodes()]);
+    call.arg(keys.node_prefix())
+        .arg(node)
+        .arg(ms(HEARTBEAT_TTL));
+    let n = codec::int(&conn.eval(&call).await?)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn create(
+        &self,
+        session: Session,
+        limit: UserLimit,
+        now: Timestamp,
+    ) -> Result<Created, StoreError> {
+        self.check_open()?;
+        let tag = session.id.tag_hex();
+        if tag != sessiond_core::id::user_tag_hex(&session.user) {
+            return Err(StoreError::Corrupt(
+                "a session id must start with its user's tag (SessionId::for_user)".into(),
+            ));
+        }
+        let blob = codec::encode_session(&session)?;
+        let ticket = self.cache.ticket(&session.id);
+        let s = &session;
+        let items = self
+            .run_tag(
+                &self.scripts.create,
+                &tag,
+                self.keys.session(&s.id),
+                now,
+                |c| {
+                    c.arg(s.id.to_string())
+                        .arg(s.user.as_str())
+                        .arg(limit.max)
+                        .arg(if limit.on_limit == OnLimit::DisplaceOldest {
+                            "1"
+                        } else {
+                            "0"
+                        })
+                        .arg(&s.verifier.0[..])
+                        .arg(s.policy.as_str())
+                        .arg(s.created_at.as_millis())
+                        .arg(s.last_access_at.as_millis())
+                        .arg(s.idle_timeout_ms)
+                        .arg(s.expires_at.as_millis())
+                        .arg(s.version)
+                        .arg(blob);
+                },
+            )
+            .await?;
+        match codec::string(item(&items, 0)?)?.as_str() {
+            "created" => {
+                let displaced = codec::ids(item(&items, 1)?)?;
+                for id in &displaced {
+                    self.cache.invalidate(id);
+                }
+                self.cache
+                    .fill(ticket, session.id, Cached::Live(session.clone()));
+                Ok(Created::Created { session, displaced })
+            }
+            "limit" => Ok(Created::LimitReached { limit: limit.max }),
+            "collision" => Err(StoreError::Corrupt("session id collision".into())),
+            _ => Err(bad_reply("create")),
+        }
+    }
+
+    async fn validate(
+        &self,
+        id: SessionId,
+        verifier: &Verifier,
+        touch: bool,
+        now: Timestamp,
+    ) -> Result<Lookup, StoreError> {
+        self.check_open()?;
+        if let Some(answer) = self.validate_cached(id, verifier, touch, now) {
+            return Ok(answer);
+        }
+        let ticket = self.cache.ticket(&id);
+        let (session, tomb) = self.read(&id).await?;
+        if let Some(mut s) = session {
+            if !s.verifier.matches(verifier) {
+                return Ok(Lookup::NotFound);
+            }
+            if let Some(t) = s.expired_tombstone(now, self.options.ended_retention) {
+                return Ok(Lookup::Ended(t));
+            }
+            if touch && s.touch(now) {
+                self.touches.record(id, now);
+            }
+            self.cache.fill(ticket, id, Cached::Live(s.clone()));
+            return Ok(Lookup::Live(s));
+        }
+        Ok(match self.retained(tomb, Some(verifier), now) {
+            Some(t) => {
+                self.cache.fill(ticket, id, Cached::Ended(t.clone()));
+                Lookup::Ended(t)
+            }
+            None => Lookup::NotFound,
+        })
+    }
+
+    async fn get(&self, id: SessionId, now: Timestamp) -> Result<Lookup, StoreError> {
+        self.check_open()?;
+        let (session, tomb) = self.read(&id).await?;
+        if let Some(s) = session {
+            return Ok(
+                match s.expired_tombstone(now, self.options.ended_retention) {
+                    Some(t) => Lookup::Ended(t),
+                    None => Lookup::Live(s),
+                },
+            );
+        }
+        Ok(self
+            .retained(tomb, None, now)
+            .map_or(Lookup::NotFound, Lookup::Ended))
+    }
+
+    async fn update(
+        &self,
+        id: SessionId,
+        verifier: &Verifier,
+        change: &AttributeChange,
+        expected_version: Option<u64>,
+        now: Timestamp,
+    ) -> Result<Updated, StoreError> {
+        self.check_open()?;
+        for _ in 0..UPDATE_TRIES {
+            let (session, tomb) = self.read(&id).await?;
+            let Some(s) = session else {
+                return Ok(match self.retained(tomb, Some(verifier), now) {
+                    Some(t) => Updated::Ended(t),
+                    None => Updated::NotFound,
+                });
+            };
+            if !s.verifier.matches(verifier) {
+                return Ok(Updated::NotFound);
+            }
+            if let Some(t) = s.expired_tombstone(now, self.options.ended_retention) {
+                return Ok(Updated::Ended(t));
+            }
+            if expected_version.is_some_and(|v| v != s.version) {
+                return Ok(Updated::VersionConflict { current: s.version });
+            }
+            let attributes = match apply_attributes(&s.attributes, &change.set, &change.remove) {
+                Ok(a) => a,
+                Err(e) => return Ok(Updated::Invalid(e)),
+            };
+            let mut next = s.clone();
+            next.attributes = attributes;
+            next.touch(now);
+            next.version += 1;
+            let blob = codec::encode_session(&next)?;
+            let items = self
+                .run_tag(
+                    &self.scripts.update,
+                    &id.tag_hex(),
+                    self.keys.session(&id),
+                    now,
+                    |c| {
+                        c.arg(id.to_string()).arg(s.version).arg(blob);
+                    },
+                )
+                .await?;
+            self.cache.invalidate(&id);
+            match codec::string(item(&items, 0)?)?.as_str() {
+                "updated" => {
+                    next.version = u64::try_from(codec::int(item(&items, 1)?)?)
+                        .map_err(|_| bad_reply("version"))?;
+                    next.last_access_at = Timestamp(codec::int(item(&items, 2)?)?);
+                    return Ok(Updated::Updated(next));
+                }
+                "changed" if expected_version.is_some() => {
+                    let current = u64::try_from(codec::int(item(&items, 1)?)?)
+                        .map_err(|_| bad_reply("version"))?;
+                    return Ok(Updated::VersionConflict { current });
+                }
+                // Changed or ended since read: read again and judge afresh.
+                "changed" | "gone" => continue,
+                _ => return Err(bad_reply("update")),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "redis: the session kept changing during the update; try again".into(),
+        ))
+    }
+
+    async fn end(
+        &self,
+        id: SessionId,
+        verifier: Option<&Verifier>,
+        reason: EndReason,
+        now: Timestamp,
+    ) -> Result<Ended, StoreError> {
+        self.check_open()?;
+        let (session, tomb) = self.read(&id).await?;
+        match session {
+            Some(s) if verifier.is_none_or(|v| s.verifier.matches(v)) => {}
+            Some(_) => return Ok(Ended::NotFound),
+            None => {
+                return Ok(self
+                    .retained(tomb, verifier, now)
+                    .map_or(Ended::NotFound, Ended::AlreadyEnded));
+            }
+        }
+        let items = self
+            .run_tag(
+                &self.scripts.end,
+                &id.tag_hex(),
+                self.keys.session(&id),
+                now,
+                |c| {
+                    c.arg(id.to_string()).arg(reason.as_str());
+                },
+            )
+            .await?;
+        self.cache.invalidate(&id);
+        match codec::string(item(&items, 0)?)?.as_str() {
+            "ended" => {
+                let was_live = codec::int(item(&items, 1)?)? == 1;
+                let fields = codec::fields_of(item(&items, 2)?)?;
+                let t = codec::decode_tombstone(id, &fields)?.ok_or_else(|| bad_reply("end"))?;
+                Ok(if was_live {
+                    Ended::Ended(t)
+                } else {
+                    Ended::AlreadyEnded(t)
+                })
+            }
+            "none" => {
+                let fields = codec::fields_of(item(&items, 1)?)?;
+                let t = codec::decode_tombstone(id, &fields)?;
+                Ok(self
+                    .retained(t, verifier, now)
+                    .map_or(Ended::NotFound, Ended::AlreadyEnded))
+            }
+            _ => Err(bad_reply("end")),
+        }
+    }
+
+    async fn end_user(
+        &self,
+        user: &str,
+        reason: EndReason,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.check_open()?;
+        let tag = sessiond_core::id::user_tag_hex(user);
+        let items = self
+            .run_tag(
+                &self.scripts.end_user,
+                &tag,
+                self.keys.user(user),
+                now,
+                |c| {
+                    c.arg(user).arg(reason.as_str());
+                },
+            )
+            .await?;
+        for id in codec::ids(item(&items, 1)?)? {
+            self.cache.invalidate(&id);
+        }
+        Ok(u64::try_from(codec::int(item(&items, 0)?)?).unwrap_or(0))
+    }
+
+    async fn list(
+        &self,
+        user: Option<&str>,
+        cursor: Option<SessionId>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Page, StoreError> {
+        self.check_open()?;
+        let zset = match user {
+            Some(u) => self.keys.user(u),
+            None => self.keys.ids(),
+        };
+        self.list_from(zset, cursor, limit.max(1), now).await
+    }
+
+    async fn sweep(&self, now: Timestamp) -> Result<SweepReport, StoreError> {
+        self.check_open()?;
+        // This node's touches first, so a session it kept alive is not ended for idling.
+        self.flush_touches().await?;
+        let mut report = SweepReport::default();
+        self.sweep_sessions(now, &mut report).await?;
+        self.sweep_tombstones(now, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn flush_touches(&self) -> Result<u64, StoreError> {
+        self.check_open()?;
+        let pending = self.touches.take_all();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        // One script call per tag, all sent at once: they share the connection's pipeline.
+        let header_ret = ms(self.options.ended_retention);
+        let calls = pending.into_iter().map(|(tag, touches)| async move {
+            let base = self.keys.base(&tag);
+            let header = Header {
+                base: &base,
+                now: Timestamp(0),
+                retention_ms: header_ret,
+                slack_ms: ms(TTL_SLACK),
+                channel: &self.channel,
+            };
+            let Some((first, _)) = touches.first() else {
+                return Ok(0);
+            };
+            let call = Call::tag(
+                &self.scripts.touch,
+                self.keys.session(first),
+                None,
+                header,
+                &touches,
+            );
+            match self.conn.eval(&call).await {
+                Ok(reply) => {
+                    let items = codec::array(&reply)?;
+                    Ok(u64::try_from(codec::int(item(items, 0)?)?).unwrap_or(0))
+                }
+                Err(e) => {
+                    self.touches.restore(touches);
+                    Err(e)
+                }
+            }
+        });
+        let results = futures_util::future::join_all(calls).await;
+        let mut moved = 0;
+        let mut failure = None;
+        for r in results {
+            match r {
+                Ok(n) => moved += n,
+                Err(e) => failure = Some(e),
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(moved),
+        }
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.check_open()?;
+        let counters: BTreeMap<String, i64> = self
+            .conn
+            .query(redis::cmd("HGETALL").arg(self.keys.stats()))
+            .await?;
+        let mut stats = StoreStats::default();
+        for (field, n) in counters {
+            let Ok(n) = u64::try_from(n) else { continue };
+            if n == 0 {
+                continue;
+            }
+            if field == "live" {
+                stats.live = n;
+            } else if field == "users" {
+                stats.users = n;
+            } else if let Some(p) = field.strip_prefix("pol:") {
+                stats.per_policy.insert(p.to_owned(), n);
+            } else if let Some(r) = field.strip_prefix("r:").and_then(|r| r.parse().ok()) {
+                stats.ended_by_reason.insert(r, n);
+            }
+        }
+        stats.nodes = nodes(&self.conn, &self.scripts.nodes, &self.keys, &self.node).await?;
+        Ok(stats)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.check_open()?;
+        self.conn
+            .query::<String>(&redis::cmd("PING"))
+            .await
+            .map(|_| ())
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.check_open()?;
+        let flushed = self.flush_touches().await;
+        self.closed.store(true, Ordering::Release);
+        drop(self.tasks.lock().take());
+        let mut leave = redis::pipe();
+        leave
+            .cmd("SREM")
+            .arg(self.keys.nodes())
+            .arg(&self.node)
+            .cmd("DEL")
+            .arg(format!("{}{}", self.keys.node_prefix(), self.node));
+        if let Err(e) = self.conn.pipe::<()>(&leave).await {
+            tracing::debug!(error = %e, "redis: could not remove this node's heartbeat");
+        }
+        // Every acknowledged change is already durable (appendfsync always): see docs/redis.md.
+        flushed.map(|_| ())
+    }
+}

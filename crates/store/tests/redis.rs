@@ -1,0 +1,306 @@
+//! The Redis backend against the shared conformance suite, on a real `redis-server` (single
+//! and a three-master cluster) started here, plus what only a shared store must do: one
+//! node sees another's logout within a bound, and an outage fails closed then heals.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{RedisCluster, RedisServer, redis_available};
+use sessiond_core::policy::{OnLimit, UserLimit};
+use sessiond_core::{EndReason, SessionId, Timestamp};
+use sessiond_store::conformance::{self, OPTIONS};
+use sessiond_store::{Created, Ended, Lookup, RedisConfig, RedisStore, RedisTarget, SessionStore};
+
+const T0: Timestamp = Timestamp(1_800_000_000_000);
+
+fn fresh_prefix() -> String {
+    format!("t{}:", &SessionId::random().unwrap().to_string()[..12])
+}
+
+async fn open(target: RedisTarget, prefix: &str) -> RedisStore {
+    let mut config = RedisConfig::new(target);
+    config.key_prefix = prefix.to_owned();
+    RedisStore::connect(config, OPTIONS).await.unwrap()
+}
+
+/// Waits (bounded) until the store's invalidation subscription is up.
+async fn until_subscribed(store: &RedisStore) {
+    for _ in 0..250 {
+        if store.near_cache_trusted() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the invalidation subscription did not come up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_conforms() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path()).await;
+    let url = server.url();
+    conformance::run(|| {
+        let url = url.clone();
+        async move {
+            Arc::new(open(RedisTarget::Url(url), &fresh_prefix()).await) as Arc<dyn SessionStore>
+        }
+    })
+    .await;
+}
+
+/// Each restart case gets its own server in its directory; reopening SIGKILLs the server
+/// and starts it again from its AOF, then connects a new store on the same prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_conforms_across_restarts() {
+    if !redis_available() {
+        return;
+    }
+    let servers: Arc<tokio::sync::Mutex<HashMap<PathBuf, RedisServer>>> = Arc::default();
+    conformance::run_durable(|dir| {
+        let dir = dir.to_path_buf();
+        let servers = servers.clone();
+        async move {
+            let mut servers = servers.lock().await;
+            match servers.get_mut(&dir) {
+                Some(server) => server.restart().await,
+                None => {
+                    let server = RedisServer::start(&dir.join("redis")).await;
+                    servers.insert(dir.clone(), server);
+                }
+            }
+            let url = servers[&dir].url();
+            Arc::new(open(RedisTarget::Url(url), "durable:").await) as Arc<dyn SessionStore>
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_conforms() {
+    if !redis_available() {
+        return;
+    }
+    let Some(cluster) = RedisCluster::start().await else {
+        return;
+    };
+    let urls = cluster.urls();
+    conformance::run(|| {
+        let urls = urls.clone();
+        async move {
+            Arc::new(open(RedisTarget::Cluster(urls), &fresh_prefix()).await)
+                as Arc<dyn SessionStore>
+        }
+    })
+    .await;
+}
+
+/// A limit lowered below what a user holds: displace_oldest brings the user back to
+/// `max - 1` before adding, as `UserLimit::to_displace` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn displacing_after_the_limit_was_lowered_keeps_the_newest() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path()).await;
+    let store = open(RedisTarget::Url(server.url()), &fresh_prefix()).await;
+    let mut ids = Vec::new();
+    for i in 0..5u32 {
+        let at = T0.plus(Duration::from_secs(i.into()));
+        let s = conformance::session("uma", at);
+        ids.push(s.id);
+        store.create(s, UserLimit::UNLIMITED, at).await.unwrap();
+    }
+    let limit = UserLimit {
+        max: 2,
+        on_limit: OnLimit::DisplaceOldest,
+    };
+    let at = T0.plus(Duration::from_secs(10));
+    let Created::Created { displaced, .. } = store
+        .create(conformance::session("uma", at), limit, at)
+        .await
+        .unwrap()
+    else {
+        panic!("displace must not deny")
+    };
+    assert_eq!(
+        displaced,
+        ids[..4].to_vec(),
+        "the four oldest, oldest first"
+    );
+    let page = store.list(Some("uma"), None, 10, at).await.unwrap();
+    assert_eq!(page.sessions.len(), 2);
+}
+
+/// Two nodes on one Redis: a session made on A validates on B, a logout on A is refused by
+/// B within the bound, a limit race across both never exceeds the limit, and both count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_one_truth() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path()).await;
+    let prefix = fresh_prefix();
+    let a = Arc::new(open(RedisTarget::Url(server.url()), &prefix).await);
+    let b = Arc::new(open(RedisTarget::Url(server.url()), &prefix).await);
+    until_subscribed(&a).await;
+    until_subscribed(&b).await;
+
+    let s = conformance::session("vera", T0);
+    a.create(s.clone(), UserLimit::UNLIMITED, T0).await.unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            b.validate(s.id, &s.verifier, true, T0).await.unwrap(),
+            Lookup::Live(_)
+        ));
+    }
+    // B now answers from its near cache: time a cached validate.
+    let started = Instant::now();
+    for _ in 0..1000 {
+        b.validate(s.id, &s.verifier, false, T0).await.unwrap();
+    }
+    eprintln!(
+        "1000 cached validates on node B took {:?}",
+        started.elapsed()
+    );
+
+    let started = Instant::now();
+    let ended = a
+        .end(s.id, Some(&s.verifier), EndReason::LoggedOut, T0)
+        .await
+        .unwrap();
+    assert!(matches!(ended, Ended::Ended(_)));
+    let acknowledged = started.elapsed();
+    let mut refused_after = None;
+    for _ in 0..2000 {
+        match b.validate(s.id, &s.verifier, false, T0).await.unwrap() {
+            Lookup::Ended(t) => {
+                assert_eq!(t.reason, EndReason::LoggedOut);
+                refused_after = Some(started.elapsed());
+                break;
+            }
+            Lookup::Live(_) => tokio::time::sleep(Duration::from_micros(200)).await,
+            Lookup::NotFound => panic!("the session vanished instead of ending"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "node B never saw the logout"
+        );
+    }
+    let refused_after = refused_after.expect("node B never saw the logout");
+    eprintln!(
+        "cross-node revocation: logout acknowledged on A after {acknowledged:?}, refused on B after {refused_after:?}"
+    );
+    assert!(refused_after < Duration::from_secs(1), "{refused_after:?}");
+
+    // A limit race across both nodes.
+    let limit = UserLimit {
+        max: 3,
+        on_limit: OnLimit::Deny,
+    };
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let s = conformance::session("wes", T0);
+            tokio::spawn(async move { node.create(s, limit, T0).await })
+        })
+        .collect();
+    let mut made = 0;
+    for t in tasks {
+        if let Created::Created { .. } = t.await.unwrap().unwrap() {
+            made += 1;
+        }
+    }
+    assert_eq!(made, 3, "creates that succeeded across two nodes");
+    assert_eq!(
+        a.list(Some("wes"), None, 10, T0)
+            .await
+            .unwrap()
+            .sessions
+            .len(),
+        3
+    );
+
+    assert_eq!(a.stats().await.unwrap().nodes, 2);
+    b.close().await.unwrap();
+    assert_eq!(
+        a.stats().await.unwrap().nodes,
+        1,
+        "a closed node leaves the count"
+    );
+}
+
+/// Redis goes away: validate fails closed (never Live from an untrusted cache), ping fails;
+/// Redis comes back on the same port: the same store serves again, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_fails_closed_and_heals() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = RedisServer::start(dir.path()).await;
+    let store = open(RedisTarget::Url(server.url()), &fresh_prefix()).await;
+    until_subscribed(&store).await;
+    let s = conformance::session("xena", T0);
+    store
+        .create(s.clone(), UserLimit::UNLIMITED, T0)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.validate(s.id, &s.verifier, true, T0).await.unwrap(),
+        Lookup::Live(_)
+    ));
+
+    server.kill();
+    let killed = Instant::now();
+    let mut failed_after = None;
+    for _ in 0..500 {
+        match store.validate(s.id, &s.verifier, false, T0).await {
+            Err(sessiond_store::StoreError::Unavailable(_)) => {
+                failed_after = Some(killed.elapsed());
+                break;
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(Lookup::Live(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Ok(other) => panic!("unexpected answer during the outage: {other:?}"),
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "validate kept answering"
+        );
+    }
+    let failed_after = failed_after.expect("validate never failed closed");
+    eprintln!("validate failed closed {failed_after:?} after redis was killed");
+    assert!(failed_after < Duration::from_secs(2), "{failed_after:?}");
+    assert!(store.ping().await.is_err());
+    assert!(store.get(s.id, T0).await.is_err());
+
+    server.restart().await;
+    let back = Instant::now();
+    let mut healed = false;
+    for _ in 0..200 {
+        if let Ok(Lookup::Live(_)) = store.validate(s.id, &s.verifier, false, T0).await {
+            healed = true;
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "the store did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(healed, "the store did not recover");
+    eprintln!("served again {:?} after redis came back", back.elapsed());
+    store.ping().await.unwrap();
+    until_subscribed(&store).await;
+}
