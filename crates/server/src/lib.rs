@@ -27,7 +27,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use sessiond_core::Clock;
-use sessiond_store::{LocalStore, SessionStore, StoreError, StoreOptions};
+use sessiond_store::{
+    LocalStore, RedisConfig, RedisStore, RedisTarget, SessionStore, StoreError, StoreOptions,
+};
 use tokio::net::TcpListener;
 
 use crate::bootstrap::Secrets;
@@ -52,9 +54,26 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn SessionStore>, St
                     .map_err(|e| StoreError::Unavailable(e.to_string()))??;
             Ok(Arc::new(store))
         }
-        StoreKind::Redis(_) => Err(StoreError::Unavailable(
-            "store.kind = \"redis\" is not available in this build yet".into(),
-        )),
+        StoreKind::Redis(r) => {
+            let target = if let Some(url) = &r.url {
+                RedisTarget::Url(url.clone())
+            } else if !r.cluster.is_empty() {
+                RedisTarget::Cluster(r.cluster.clone())
+            } else {
+                let master = r.sentinel_master.clone().ok_or_else(|| {
+                    StoreError::Unavailable(
+                        "store.redis.sentinel_master: name the master the sentinels watch".into(),
+                    )
+                })?;
+                RedisTarget::Sentinel {
+                    master,
+                    sentinels: r.sentinels.clone(),
+                }
+            };
+            let mut config = RedisConfig::new(target);
+            config.key_prefix = r.key_prefix.clone();
+            Ok(Arc::new(RedisStore::connect(config, options).await?))
+        }
     }
 }
 
