@@ -68,6 +68,8 @@ pub(super) struct NearCache {
     epoch: AtomicU64,
     per_shard: usize,
     max_age: Duration,
+    /// Answers given from the cache, for tests and metrics.
+    hits: AtomicU64,
 }
 
 impl NearCache {
@@ -78,6 +80,7 @@ impl NearCache {
             epoch: AtomicU64::new(0),
             per_shard: (capacity / SHARDS).max(1),
             max_age,
+            hits: AtomicU64::new(0),
         }
     }
 
@@ -103,7 +106,12 @@ impl NearCache {
             shard.entries.remove(id);
             return None;
         }
+        self.hits.fetch_add(1, Ordering::Relaxed);
         Some(f(&mut entry.value))
+    }
+
+    pub(super) fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
     }
 
     /// Call before reading what [`NearCache::fill`] may store; `None` when nothing may be.
@@ -343,6 +351,34 @@ mod tests {
         }
         let held: usize = cache.shards.iter().map(|s| s.lock().entries.len()).sum();
         assert!(held <= SHARDS, "{held}");
+    }
+
+    #[test]
+    fn a_chain_of_touches_slides_the_timer_only_if_its_first_found_the_session_live() {
+        let new = sessiond_core::session::NewSession {
+            user: "alice".into(),
+            ..Default::default()
+        };
+        let policy = sessiond_core::Policy {
+            idle_timeout: Duration::from_millis(10),
+            max_lifetime: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let id = session_id();
+        let v = sessiond_core::Verifier([0; 32]);
+        let mut s = Session::create(new, id, v, "default", &policy, Timestamp(0));
+        let chain = |first, last| Touch {
+            first: Timestamp(first),
+            last: Timestamp(last),
+        };
+        // Touched at 8 and 16: more than one idle timeout after creation, yet unbroken.
+        assert!(chain(8, 16).apply(&mut s.clone()));
+        // The first touch came after the deadline: the session had already ended.
+        assert!(!chain(10, 16).apply(&mut s.clone()));
+        // Never past the maximum lifetime.
+        assert!(!chain(8, 100).apply(&mut s.clone()));
+        assert!(chain(8, 16).apply(&mut s));
+        assert_eq!(s.last_access_at, Timestamp(16));
     }
 
     #[test]

@@ -240,6 +240,32 @@ impl Conn {
     }
 }
 
+/// What the Redis settings put at risk, as warnings for the log (see `docs/redis.md`):
+/// AOF must be on with `appendfsync always` for an acknowledged change to survive a crash,
+/// and nothing may be evicted. Empty when all is well or `CONFIG` is not allowed.
+pub(super) async fn durability_warnings(conn: &Conn) -> Vec<String> {
+    let wanted = [
+        ("appendonly", "yes"),
+        ("appendfsync", "always"),
+        ("maxmemory-policy", "noeviction"),
+    ];
+    let mut warnings = Vec::new();
+    for (name, value) in wanted {
+        let got: Result<Vec<String>, _> =
+            conn.query(redis::cmd("CONFIG").arg("GET").arg(name)).await;
+        if let Ok(pair) = got {
+            match pair.get(1) {
+                Some(v) if v == value => {}
+                Some(v) => warnings.push(format!(
+                    "redis has {name} = {v}; sessiond needs {value} (see docs/redis.md)"
+                )),
+                None => {}
+            }
+        }
+    }
+    warnings
+}
+
 /// Where the invalidation subscription connects.
 pub(super) enum PubSubSource {
     /// Any of these nodes (one Redis, or the nodes of a Cluster, tried in turn).

@@ -7,6 +7,8 @@
 //! - `conn.rs`: connections (single, Sentinel, Cluster), timeouts, `EVALSHA` with reload.
 //! - `cache.rs`: the near cache for validate, its invalidation subscription, and the
 //!   coalesced touches.
+//! - `sweep.rs`: ending what is due and purging old tombstones.
+//! - `nodes.rs`: node heartbeats, for the node count in stats.
 //!
 //! Invariants:
 //! - Time is an input: every script is given the caller's `now`; TTLs are relative to it
@@ -24,7 +26,9 @@ mod cache;
 mod codec;
 mod conn;
 mod keys;
+mod nodes;
 mod scripts;
+mod sweep;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,9 +60,6 @@ const SWEEP_BATCH: isize = 512;
 const SWEEP_ROUNDS: usize = 64;
 /// Tries of an update that keeps losing races with other changes of the same session.
 const UPDATE_TRIES: usize = 8;
-/// Node heartbeats: how often, and how long one counts.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
-const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
 /// Ids read per round of a listing, and the most rounds per page.
 const LIST_ROUNDS: usize = 32;
 
@@ -153,8 +154,18 @@ impl RedisStore {
             .map_err(|e| StoreError::Unavailable(format!("no randomness for a node id: {e}")))?
             .to_string();
         let subscription = tokio::spawn(cache::subscribe(source, channel.clone(), cache.clone()));
-        let heartbeat = tokio::spawn(heartbeat(conn.clone(), keys.clone(), node.clone()));
+        let heartbeat = tokio::spawn(nodes::heartbeat(conn.clone(), keys.clone(), node.clone()));
         let inline_globals = (!conn.is_cluster()).then(|| keys.globals());
+        let mut tasks = vec![subscription, heartbeat];
+        if !conn.is_cluster() {
+            // A Cluster answers CONFIG per node; there, check each node's settings by hand.
+            let c = conn.clone();
+            tasks.push(tokio::spawn(async move {
+                for w in conn::durability_warnings(&c).await {
+                    tracing::warn!("{w}");
+                }
+            }));
+        }
         Ok(RedisStore {
             conn,
             keys,
@@ -166,13 +177,18 @@ impl RedisStore {
             channel,
             node,
             closed: AtomicBool::new(false),
-            tasks: parking_lot::Mutex::new(Some(Tasks(vec![subscription, heartbeat]))),
+            tasks: parking_lot::Mutex::new(Some(Tasks(tasks))),
         })
     }
 
     /// Whether validate can be answered from memory right now (the subscription is up).
     pub fn near_cache_trusted(&self) -> bool {
         self.cache.trusted()
+    }
+
+    /// How many validate answers came from the near cache (no round trip) so far.
+    pub fn near_cache_hits(&self) -> u64 {
+        self.cache.hits()
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
@@ -371,132 +387,6 @@ impl RedisStore {
         page.next_cursor = after;
         Ok(page)
     }
-
-    /// The due members of a global schedule (`due` or `purge`), grouped by user tag.
-    async fn due(
-        &self,
-        zset: String,
-        now: Timestamp,
-    ) -> Result<(usize, BTreeMap<String, Vec<String>>), StoreError> {
-        let members: Vec<String> = self
-            .conn
-            .query(
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(&zset)
-                    .arg("-inf")
-                    .arg(now.as_millis())
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(SWEEP_BATCH),
-            )
-            .await?;
-        let mut by_tag: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for m in &members {
-            match m
-                .get(..8)
-                .filter(|_| m.len() >= 32 && m.is_char_boundary(32))
-            {
-                Some(tag) => by_tag.entry(tag.to_owned()).or_default().push(m.clone()),
-                None => {
-                    // Not ours: drop it so it cannot stall the schedule.
-                    self.conn
-                        .query::<()>(redis::cmd("ZREM").arg(&zset).arg(m))
-                        .await?;
-                }
-            }
-        }
-        Ok((members.len(), by_tag))
-    }
-
-    async fn sweep_sessions(
-        &self,
-        now: Timestamp,
-        report: &mut SweepReport,
-    ) -> Result<(), StoreError> {
-        for _ in 0..SWEEP_ROUNDS {
-            let (n, by_tag) = self.due(self.keys.due(), now).await?;
-            for (tag, members) in by_tag {
-                let ids: Vec<SessionId> = members.iter().filter_map(|m| m.parse().ok()).collect();
-                let Some(first) = ids.first() else { continue };
-                let route = self.keys.session(first);
-                let items = self
-                    .run_tag(&self.scripts.sweep, &tag, route, now, |c| {
-                        for id in &ids {
-                            c.arg(id.to_string());
-                        }
-                    })
-                    .await?;
-                report.expired += u64::try_from(codec::int(item(&items, 0)?)?).unwrap_or(0);
-                report.rescheduled += u64::try_from(codec::int(item(&items, 1)?)?).unwrap_or(0);
-                for id in codec::ids(item(&items, 2)?)? {
-                    self.cache.invalidate(&id);
-                }
-            }
-            if n < SWEEP_BATCH as usize {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    async fn sweep_tombstones(
-        &self,
-        now: Timestamp,
-        report: &mut SweepReport,
-    ) -> Result<(), StoreError> {
-        for _ in 0..SWEEP_ROUNDS {
-            let (n, by_tag) = self.due(self.keys.purge(), now).await?;
-            for (tag, members) in by_tag {
-                let entries: Vec<(String, SessionId, String)> = members
-                    .iter()
-                    .filter_map(|m| {
-                        let (id, reason) = m.split_once(':')?;
-                        Some((m.clone(), id.parse().ok()?, reason.to_owned()))
-                    })
-                    .collect();
-                let Some((_, first, _)) = entries.first() else {
-                    continue;
-                };
-                let route = self.keys.tombstone(first);
-                let items = self
-                    .run_tag(&self.scripts.purge, &tag, route, now, |c| {
-                        for (member, id, reason) in &entries {
-                            c.arg(member.as_str())
-                                .arg(id.to_string())
-                                .arg(reason.as_str());
-                        }
-                    })
-                    .await?;
-                report.purged += u64::try_from(codec::int(item(&items, 0)?)?).unwrap_or(0);
-            }
-            if n < SWEEP_BATCH as usize {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Refreshes this node's heartbeat until aborted.
-async fn heartbeat(conn: Conn, keys: Keys, node: String) {
-    let scripts = Scripts::new();
-    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-    loop {
-        tick.tick().await;
-        if let Err(e) = nodes(&conn, &scripts.nodes, &keys, &node).await {
-            tracing::debug!(error = %e, "redis: heartbeat failed");
-        }
-    }
-}
-
-/// Refreshes `node`'s heartbeat (if not empty) and counts the live nodes.
-async fn nodes(conn: &Conn, script: &Script, keys: &Keys, node: &str) -> Result<u64, StoreError> {
-    let mut call = Call::plain(script, vec![keys.nodes()]);
-    call.arg(keys.node_prefix())
-        .arg(node)
-        .arg(ms(HEARTBEAT_TTL));
-    let n = codec::int(&conn.eval(&call).await?)?;
-    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 #[async_trait]
@@ -860,7 +750,7 @@ impl SessionStore for RedisStore {
                 stats.ended_by_reason.insert(r, n);
             }
         }
-        stats.nodes = nodes(&self.conn, &self.scripts.nodes, &self.keys, &self.node).await?;
+        stats.nodes = nodes::nodes(&self.conn, &self.scripts.nodes, &self.keys, &self.node).await?;
         Ok(stats)
     }
 
