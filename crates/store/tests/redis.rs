@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{RedisCluster, RedisServer, redis_available};
+use common::{RedisCluster, RedisSentinel, RedisServer, redis_available};
 use sessiond_core::policy::{OnLimit, UserLimit};
 use sessiond_core::{EndReason, SessionId, Timestamp};
 use sessiond_store::conformance::{self, OPTIONS};
@@ -105,6 +105,30 @@ async fn redis_cluster_store_conforms() {
     let a = open(RedisTarget::Cluster(urls.clone()), &prefix).await;
     let b = open(RedisTarget::Cluster(urls), &prefix).await;
     eprintln!("cluster: {}", revocation_delay(&a, &b, "yuri").await);
+}
+
+/// Through Sentinel: the store asks the sentinel for the master, then behaves the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_conforms_through_sentinel() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let master = RedisServer::start(&dir.path().join("master")).await;
+    let sentinel = RedisSentinel::start(&dir.path().join("sentinel"), master.port).await;
+    let target = RedisTarget::Sentinel {
+        master: "mymaster".into(),
+        sentinels: vec![sentinel.url()],
+    };
+    conformance::run(|| {
+        let target = target.clone();
+        async move { Arc::new(open(target, &fresh_prefix()).await) as Arc<dyn SessionStore> }
+    })
+    .await;
+    let prefix = fresh_prefix();
+    let a = open(target.clone(), &prefix).await;
+    let b = open(target, &prefix).await;
+    eprintln!("sentinel: {}", revocation_delay(&a, &b, "zoe").await);
 }
 
 /// A limit lowered below what a user holds: displace_oldest brings the user back to

@@ -236,3 +236,53 @@ impl RedisCluster {
         panic!("the redis cluster did not reach cluster_state:ok");
     }
 }
+
+/// One Redis Sentinel on 127.0.0.1 watching the master on `master_port` as `mymaster`.
+pub struct RedisSentinel {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisSentinel {
+    pub async fn start(dir: &Path, master_port: u16) -> RedisSentinel {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "bind 127.0.0.1\nport {port}\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let sentinel = RedisSentinel {
+            child: Some(child),
+            port,
+        };
+        wait_for_pong(port).await;
+        sentinel
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
