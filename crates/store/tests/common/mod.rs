@@ -22,10 +22,14 @@ pub fn redis_available() -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("redis-server not found: CI must install it (APT_PACKAGES in .ci/run)");
     }
-    eprintln!(
-        "\n*** SKIPPED: redis-server not found (apt-get install redis-server redis-tools) ***\n"
-    );
+    loud("SKIPPED: redis-server not found (apt-get install redis-server redis-tools)");
     false
+}
+
+/// Writes to the real stderr, past the test harness's capture, so a skip is seen.
+fn loud(msg: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "\n*** {msg} ***\n");
 }
 
 fn on_path(binary: &str) -> bool {
@@ -175,7 +179,7 @@ impl RedisCluster {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("redis-cli not found: CI must install redis-tools");
             }
-            eprintln!("\n*** SKIPPED: redis-cli not found (apt-get install redis-tools) ***\n");
+            loud("SKIPPED: redis-cli not found (apt-get install redis-tools)");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
