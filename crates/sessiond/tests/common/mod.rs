@@ -172,3 +172,107 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
 pub fn code(e: &sessiond_client::Error) -> &'static str {
     e.code().map(|c| c.as_str()).unwrap_or("<not an API error>")
 }
+
+/// The path of an external program a test needs. Outside CI a missing one skips the test
+/// with a loud message (`None`); under `CI=true` it fails the test.
+pub fn require(program: &str) -> Option<PathBuf> {
+    // Daemons live in sbin, which a non-root PATH may lack.
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/bin", "/sbin"].map(PathBuf::from));
+    let found = dirs
+        .into_iter()
+        .map(|d| d.join(program))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{program} is not installed, and CI=true: .ci/run must install it");
+        }
+        eprintln!(
+            "\n**** SKIPPED: {program} not found on PATH; install it to run this test ****\n"
+        );
+    }
+    found
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process stopped when dropped: SIGTERM first (so a master process such as
+/// nginx's takes its workers down with it), SIGKILL if it is still there after 5 s.
+pub struct Reaper(pub Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            // Polling a child process's exit, not timing a rule under test.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something accepts TCP connections on `port` (at most 10 s).
+pub async fn wait_for_port(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on 127.0.0.1:{port} after 10 s");
+}
+
+/// An upstream application that answers every request with the request's head (request
+/// line and headers) as its body. Keep-alive aware. Runs until the test's runtime ends.
+pub async fn echo_upstream() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                            head.len()
+                        );
+                        if sock.write_all(reply.as_bytes()).await.is_err()
+                            || sock.write_all(&head).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) if buf.len() + n > 64 * 1024 => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    port
+}

@@ -1,6 +1,9 @@
 //! End-to-end tests of the real `sessiond` binary, driven through the client library.
 //! One test binary (fast linking) with a shared harness in `common/`.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -8,3 +11,4 @@ mod admin;
 mod agent_flow;
 mod durability;
 mod errors;
+mod nginx;
