@@ -196,3 +196,52 @@ pub struct Stats {
     /// sessiond nodes sharing the store (1 in embedded mode).
     pub nodes: u64,
 }
+
+/// What happened to a session, in `GET /v1/events`.
+///
+/// The stream is Server-Sent Events: each event has an `id:` line (the event id, to resume
+/// with `Last-Event-ID`), an `event:` line (`created`, `updated`, `ended` or `reset`) and one
+/// `data:` line with a JSON [`SessionEvent`] (for `reset`, a JSON [`ResetEvent`]).
+/// Comment lines (`: keep-alive`) are sent every 15 s while nothing happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Created,
+    Updated,
+    Ended,
+    /// The history asked for with `Last-Event-ID` is gone: drop every cached session.
+    Reset,
+}
+
+impl EventKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Updated => "updated",
+            EventKind::Ended => "ended",
+            EventKind::Reset => "reset",
+        }
+    }
+}
+
+/// The `data` of a `created`, `updated` or `ended` event. Never carries a token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    /// The session id.
+    pub id: String,
+    pub user: String,
+    /// The session's version after the change.
+    pub version: u64,
+    /// `ended` only: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<EndReason>,
+    /// When it happened (for `ended`, the session's `ended_at`).
+    pub at: String,
+}
+
+/// The `data` of a `reset` event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetEvent {
+    /// Why the stream could not resume (e.g. `history_unavailable`).
+    pub reason: String,
+}
