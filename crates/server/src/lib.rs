@@ -117,6 +117,7 @@ pub fn state(
         agents: secrets.agents.into(),
         admin_sha256: secrets.admin_sha256,
         web: Arc::new(web),
+        closing: Arc::new(tokio::sync::watch::channel(false).0),
     }
 }
 
@@ -129,6 +130,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let service = state.service.clone();
+    let closing = state.closing.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = closing.send(true);
+    };
     let flush_every = sessiond_store::local::flush_window(service.shortest_idle_timeout());
     let tasks = tasks::Tasks::start(service.clone(), flush_every, users);
     let app = http::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();

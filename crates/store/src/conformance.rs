@@ -70,6 +70,25 @@ where
     );
 }
 
+/// Runs the change-event cases, each on a fresh store from `open`.
+pub async fn run_events<F, Fut>(open: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn SessionStore>>,
+{
+    macro_rules! cases {
+        ($($case:ident),* $(,)?) => {$(
+            eprintln!("conformance (events): {}", stringify!($case));
+            $case(open().await).await;
+        )*};
+    }
+    cases!(
+        events_follow_creates_updates_and_ends,
+        events_resume_after_the_last_seen_id,
+        events_reset_for_an_unknown_id,
+    );
+}
+
 /// Runs the restart cases: `open(dir)` must open the store kept in `dir`.
 pub async fn run_durable<F, Fut>(open: F)
 where
@@ -787,4 +806,95 @@ where
     assert_eq!(back.last_access_at, T0.plus(20 * MIN));
     assert_eq!(back.version, 1);
     store.close().await.unwrap();
+}
+
+async fn next_event(feed: &mut crate::Feed) -> crate::FeedItem {
+    tokio::time::timeout(Duration::from_secs(5), feed.recv())
+        .await
+        .expect("an event within 5 s")
+        .expect("the feed stays open")
+}
+
+async fn next_change(feed: &mut crate::Feed) -> crate::ChangeEvent {
+    match next_event(feed).await {
+        crate::FeedItem::Change(e) => e,
+        crate::FeedItem::Reset => panic!("unexpected reset"),
+    }
+}
+
+async fn events_follow_creates_updates_and_ends(store: Arc<dyn SessionStore>) {
+    let mut feed = store.events(None).await.unwrap();
+    let s = created(&*store, session("uma", T0), T0).await;
+    let change = AttributeChange {
+        set: BTreeMap::from([("k".into(), "v".into())]),
+        remove: vec![],
+    };
+    store
+        .update(s.id, &s.verifier, &change, None, T0.plus(SEC))
+        .await
+        .unwrap();
+    store
+        .end(
+            s.id,
+            Some(&s.verifier),
+            EndReason::LoggedOut,
+            T0.plus(2 * SEC),
+        )
+        .await
+        .unwrap();
+    let c = next_change(&mut feed).await;
+    assert_eq!(
+        (c.kind, c.session, c.version, c.user.as_str()),
+        (crate::ChangeKind::Created, s.id, 1, "uma")
+    );
+    let u = next_change(&mut feed).await;
+    assert_eq!((u.kind, u.version), (crate::ChangeKind::Updated, 2));
+    let e = next_change(&mut feed).await;
+    assert_eq!(
+        (e.kind, e.reason, e.at),
+        (
+            crate::ChangeKind::Ended,
+            Some(EndReason::LoggedOut),
+            T0.plus(2 * SEC)
+        )
+    );
+    assert!(e.version > u.version);
+}
+
+async fn events_resume_after_the_last_seen_id(store: Arc<dyn SessionStore>) {
+    let mut feed = store.events(None).await.unwrap();
+    let a = created(&*store, session("vic", T0), T0).await;
+    let seen = next_change(&mut feed).await;
+    assert_eq!(seen.session, a.id);
+    let b = created(&*store, session("vic", T0), T0).await;
+    store
+        .end(a.id, None, EndReason::TerminatedByAdmin, T0)
+        .await
+        .unwrap();
+    let mut resumed = store.events(Some(&seen.event_id)).await.unwrap();
+    let first = next_change(&mut resumed).await;
+    assert_eq!(
+        (first.kind, first.session),
+        (crate::ChangeKind::Created, b.id)
+    );
+    let second = next_change(&mut resumed).await;
+    assert_eq!(
+        (second.kind, second.session),
+        (crate::ChangeKind::Ended, a.id)
+    );
+    let c = created(&*store, session("vic", T0), T0).await;
+    let live = next_change(&mut resumed).await;
+    assert_eq!(live.session, c.id, "then live, with nothing twice");
+}
+
+async fn events_reset_for_an_unknown_id(store: Arc<dyn SessionStore>) {
+    created(&*store, session("walt", T0), T0).await;
+    let mut feed = store.events(Some("not-an-event-id")).await.unwrap();
+    assert_eq!(next_event(&mut feed).await, crate::FeedItem::Reset);
+    let s = created(&*store, session("walt", T0), T0).await;
+    assert_eq!(
+        next_change(&mut feed).await.session,
+        s.id,
+        "live after the reset"
+    );
 }

@@ -19,6 +19,7 @@
 //! - An ended session never comes back: its row is deleted and its tombstone written in the
 //!   same transaction (Redis: in the same script).
 
+pub mod events;
 pub mod local;
 mod outcome;
 pub mod redis;
@@ -33,6 +34,7 @@ use sessiond_core::policy::UserLimit;
 use sessiond_core::{EndReason, Session, SessionId, Timestamp, Verifier};
 
 pub use self::redis::{RedisConfig, RedisStore, Target as RedisTarget};
+pub use events::{ChangeEvent, ChangeKind, Feed, FeedItem};
 pub use local::LocalStore;
 pub use outcome::{Created, Ended, Lookup, Page, StoreStats, SweepReport, Updated};
 
@@ -146,6 +148,10 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Counters for `/v1/admin/stats`. Call [`SessionStore::sweep`] first for exact counts.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Change events after `after` (an event id this store handed out), or from now on:
+    /// see [`events`]. An id it cannot resume from yields [`FeedItem::Reset`] first.
+    async fn events(&self, after: Option<&str>) -> Result<Feed, StoreError>;
 
     /// Whether the store can serve (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -28,6 +28,26 @@ async fn embedded_store_conforms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_stores_publish_change_events() {
+    conformance::run_events(|| async {
+        Arc::new(LocalStore::memory(OPTIONS)) as Arc<dyn SessionStore>
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    conformance::run_events(|| {
+        let path = dir.path().join(format!(
+            "s{}.redb",
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        async move {
+            Arc::new(LocalStore::open_embedded(&path, OPTIONS).unwrap()) as Arc<dyn SessionStore>
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_conforms_across_restarts() {
     conformance::run_durable(|dir| {
         let path = dir.join("sessions.redb");

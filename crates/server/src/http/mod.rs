@@ -6,6 +6,7 @@
 mod admin;
 mod agent;
 mod cookie;
+mod events;
 mod extract;
 mod forward;
 mod pages;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub admin_sha256: [u8; 32],
     /// The web-agent role: portal, cookie and forward-auth settings, logins.
     pub web: Arc<WebState>,
+    /// Set to true when shutdown starts, so long-lived streams end.
+    pub closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// What the portal and forward auth share.
@@ -62,6 +65,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sessions/update", post(agent::update))
         .route("/v1/sessions/logout", post(agent::logout))
         .route("/v1/login", post(agent::login))
+        .route("/v1/events", get(events::events))
         .route("/v1/admin/sessions", get(admin::list))
         .route(
             "/v1/admin/sessions/{id}",

@@ -29,6 +29,7 @@ use sessiond_core::policy::UserLimit;
 use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Tombstone, Verifier};
 
 use self::journal::{Change, Journal, Pending};
+use crate::events::{self, ChangeKind, EventLog, Feed};
 use crate::{
     AttributeChange, Created, Ended, Lookup, Page, SessionStore, StoreError, StoreOptions,
     StoreStats, SweepReport, Updated,
@@ -49,6 +50,8 @@ pub struct LocalStore {
     /// Ids touched since the last flush (only kept when there is a journal).
     dirty: Mutex<Vec<SessionId>>,
     journal: Journal,
+    /// Every create, update and end, for `/v1/events`.
+    events: EventLog,
     options: StoreOptions,
 }
 
@@ -116,6 +119,7 @@ impl LocalStore {
             purges: Mutex::new(BTreeSet::new()),
             dirty: Mutex::new(Vec::new()),
             journal,
+            events: EventLog::new(),
             options,
         }
     }
@@ -198,6 +202,14 @@ impl LocalStore {
         self.purges.lock().insert((tomb.purge_at, id));
         shard.ended.insert(id, tomb.clone());
         let pending = self.journal.append(vec![Change::End(tomb.clone())]);
+        self.events.publish(events::Change {
+            kind: ChangeKind::Ended,
+            session: id,
+            user: tomb.user.clone(),
+            version: session.version + 1,
+            reason: Some(tomb.reason),
+            at: tomb.ended_at,
+        });
         Some((tomb, was_live, pending))
     }
 
@@ -431,6 +443,14 @@ impl SessionStore for LocalStore {
             }
             pendings.push(self.journal.append(vec![Change::Put(session.clone())]));
             self.insert_live(&mut m, &mut shard, session.clone());
+            self.events.publish(events::Change {
+                kind: ChangeKind::Created,
+                session: session.id,
+                user: session.user.clone(),
+                version: session.version,
+                reason: None,
+                at: session.created_at,
+            });
             false
         };
         all_durable(pendings).await?;
@@ -540,6 +560,14 @@ impl SessionStore for LocalStore {
             next.touch(now);
             next.version += 1;
             let pending = self.journal.append(vec![Change::Put(next.clone())]);
+            self.events.publish(events::Change {
+                kind: ChangeKind::Updated,
+                session: id,
+                user: next.user.clone(),
+                version: next.version,
+                reason: None,
+                at: now,
+            });
             entry.session = next.clone();
             (next, pending)
         };
@@ -668,6 +696,11 @@ impl SessionStore for LocalStore {
             users: m.by_user.len() as u64,
             nodes: 1,
         })
+    }
+
+    async fn events(&self, after: Option<&str>) -> Result<Feed, StoreError> {
+        self.journal.check()?;
+        Ok(self.events.subscribe(after))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -754,6 +754,12 @@ impl SessionStore for RedisStore {
         Ok(stats)
     }
 
+    async fn events(&self, _after: Option<&str>) -> Result<crate::Feed, StoreError> {
+        Err(StoreError::Unavailable(
+            "change events are not available on the Redis store yet".into(),
+        ))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.check_open()?;
         self.conn

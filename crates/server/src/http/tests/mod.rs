@@ -66,6 +66,7 @@ impl Harness {
                 },
                 settings,
             }),
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
         };
         Harness { state, clock }
     }
@@ -442,6 +443,9 @@ impl sessiond_store::SessionStore for Unreachable {
     async fn stats(&self) -> Result<sessiond_store::StoreStats, StoreError> {
         Err(down())
     }
+    async fn events(&self, _: Option<&str>) -> Result<sessiond_store::Feed, StoreError> {
+        Err(down())
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         Err(down())
     }
@@ -487,4 +491,70 @@ async fn an_unreachable_store_fails_closed() {
         .agent("/v1/sessions/validate", json!({"token": "k1.x.y"}))
         .await;
     assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "invalid_token"));
+}
+
+/// Reads SSE frames from `body` until one contains `needle` (5 s at most).
+async fn read_until(body: &mut Body, needle: &str) -> String {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !text.contains(needle) {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no `{needle}` within 5 s; got {text}"))
+            .expect("stream open")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    text
+}
+
+#[tokio::test]
+async fn the_event_stream_tells_agents_what_changed_and_resumes() {
+    let h = Harness::new();
+    let req = |last: Option<&str>| {
+        let mut r =
+            Request::get("/v1/events").header(header::AUTHORIZATION, format!("Bearer {AGENT_KEY}"));
+        if let Some(id) = last {
+            r = r.header("last-event-id", id);
+        }
+        r.body(Body::empty()).unwrap()
+    };
+    let resp = app(h.state.clone()).oneshot(req(None)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut body = resp.into_body();
+    let (token, id) = h.login("yan", None).await;
+    let created = read_until(&mut body, "event: created").await;
+    assert!(created.contains(&id));
+    assert!(!created.contains(&token), "never a token");
+    let event_id = created
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("an event id")
+        .to_owned();
+    h.agent("/v1/sessions/logout", json!({"token": token}))
+        .await;
+    let ended = read_until(&mut body, "event: ended").await;
+    assert!(ended.contains("\"reason\":\"logged_out\""), "{ended}");
+
+    let mut resumed = app(h.state.clone())
+        .oneshot(req(Some(&event_id)))
+        .await
+        .unwrap()
+        .into_body();
+    let replay = read_until(&mut resumed, "event: ended").await;
+    assert!(
+        !replay.contains("event: created"),
+        "resumes after the last seen event: {replay}"
+    );
+    let mut reset = app(h.state.clone())
+        .oneshot(req(Some("bogus")))
+        .await
+        .unwrap()
+        .into_body();
+    read_until(&mut reset, "event: reset").await;
+    let (s, _) = h.call("GET", "/v1/events", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "agent credential only");
 }
