@@ -13,8 +13,9 @@
 //!   into `tombstones` in the same transaction);
 //! * **D** bulk-load N records, close, then reopen and scan every key and value of both tables
 //!   (the restart path), group commits of 64 on top of the N loaded records, and deleting all N;
-//!   with on-disk size (allocated bytes, as `du`) and write amplification (bytes the process
-//!   sent to the block device, from `/proc/self/io`, over logical key + value bytes).
+//!   with on-disk size (allocated bytes, as `du`) and write amplification (bytes the engine
+//!   handed to `write`/`pwrite`, from `wchar` in `/proc/self/io`, over logical key + value
+//!   bytes).
 //!
 //! Every loop is bounded by `--seconds` and `--max-commits`. Each scenario uses a fresh
 //! directory under the data dir, removed afterwards.

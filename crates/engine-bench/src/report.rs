@@ -73,6 +73,9 @@ const ROWS: &[Row] = &[
     ("D  64/commit on loaded: p50 ms", |e| {
         ms(e.load_scan.group64_loaded.p50_us)
     }),
+    ("D  64/commit on loaded: write amp", |e| {
+        amp(&e.load_scan.group64_loaded)
+    }),
     ("D  delete all (10k/commit): rec/s", |e| {
         rate(e.load_scan.delete_all.ops_per_sec)
     }),

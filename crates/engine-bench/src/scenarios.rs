@@ -117,9 +117,9 @@ pub struct CommitRun {
     pub max_us: f64,
     /// Key + value bytes the ops asked for.
     pub logical_bytes: u64,
-    /// Bytes the process sent to the block device from open to close (incl. background work).
-    pub device_bytes: Option<u64>,
-    /// `device_bytes / logical_bytes`.
+    /// Bytes the engine wrote (`write`/`pwrite`, all threads) from open to close.
+    pub written_bytes: Option<u64>,
+    /// `written_bytes / logical_bytes`.
     pub write_amp: Option<f64>,
     /// Allocated size of the data directory after close.
     pub disk_bytes: u64,
@@ -176,20 +176,20 @@ fn in_fresh_engine<E: Engine>(
     let dir = tempfile::Builder::new()
         .prefix(&format!("{}-", E::NAME))
         .tempdir_in(base)?;
-    let io_before = sys::device_write_bytes();
+    let io_before = sys::written_bytes();
     let mut engine = E::open(dir.path())?;
     let mut run = body(&mut engine)?;
     engine.close()?;
-    set_device_bytes(&mut run, io_before);
+    set_written_bytes(&mut run, io_before);
     run.disk_bytes = sys::du(dir.path())?;
     dir.close()?;
     Ok(run)
 }
 
-fn set_device_bytes(run: &mut CommitRun, before: Option<u64>) {
-    if let (Some(b), Some(a)) = (before, sys::device_write_bytes()) {
+fn set_written_bytes(run: &mut CommitRun, before: Option<u64>) {
+    if let (Some(b), Some(a)) = (before, sys::written_bytes()) {
         let bytes = a.saturating_sub(b);
-        run.device_bytes = Some(bytes);
+        run.written_bytes = Some(bytes);
         if run.logical_bytes > 0 {
             run.write_amp = Some(bytes as f64 / run.logical_bytes as f64);
         }
@@ -278,7 +278,7 @@ pub fn load_scan<E: Engine>(
     };
     let mut keys = Vec::with_capacity(records);
 
-    let io_before = sys::device_write_bytes();
+    let io_before = sys::written_bytes();
     let mut engine = E::open(dir.path())?;
     let mut latencies = Vec::new();
     let mut loaded = 0;
@@ -302,7 +302,7 @@ pub fn load_scan<E: Engine>(
     }
     finish_latencies(&mut out.load, latencies);
     engine.close()?;
-    set_device_bytes(&mut out.load, io_before);
+    set_written_bytes(&mut out.load, io_before);
     out.load.disk_bytes = sys::du(dir.path())?;
     out.space_amp = out.load.disk_bytes as f64 / out.load.logical_bytes.max(1) as f64;
 
@@ -328,13 +328,13 @@ pub fn load_scan<E: Engine>(
             Some((prewarm_secs + reopen_secs + scan_secs) / millions);
     }
 
-    let io_before = sys::device_write_bytes();
+    let io_before = sys::written_bytes();
     out.group64_loaded = commit_loop(&mut engine, limits, |b| {
         b.extend((0..64).map(|_| OwnedOp::Put(rng.key(), rng.value())));
     })?;
-    set_device_bytes(&mut out.group64_loaded, io_before);
+    set_written_bytes(&mut out.group64_loaded, io_before);
 
-    let io_before = sys::device_write_bytes();
+    let io_before = sys::written_bytes();
     let mut latencies = Vec::new();
     for chunk in keys.chunks(LOAD_BATCH) {
         let batch: Vec<OwnedOp> = chunk.iter().map(|k| OwnedOp::Delete(*k)).collect();
@@ -348,7 +348,7 @@ pub fn load_scan<E: Engine>(
     }
     finish_latencies(&mut out.delete_all, latencies);
     engine.close()?;
-    set_device_bytes(&mut out.delete_all, io_before);
+    set_written_bytes(&mut out.delete_all, io_before);
     out.delete_all.disk_bytes = sys::du(dir.path())?;
     dir.close()?;
     Ok(out)

@@ -28,18 +28,17 @@ fn allocated(meta: &fs::Metadata) -> u64 {
     meta.len()
 }
 
-/// Bytes this process (all its threads) caused to be sent to the block layer, from
-/// `/proc/self/io`; `None` where the kernel does not expose it.
-pub fn device_write_bytes() -> Option<u64> {
+/// Bytes this process (all its threads) has passed to `write`-family syscalls (`wchar` in
+/// `/proc/self/io`); `None` where the kernel does not expose it.
+///
+/// This is the engine-level write volume. `write_bytes` (bytes sent to the block layer) is not
+/// used: it is charged per page-cache folio dirtied, and after the page cache is dropped a 4 KiB
+/// `pwrite` into a large folio was seen to be charged as many times its size.
+pub fn written_bytes() -> Option<u64> {
     let text = fs::read_to_string("/proc/self/io").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    let written = field("write_bytes:")?;
-    let cancelled = field("cancelled_write_bytes:").unwrap_or(0);
-    Some(written.saturating_sub(cancelled))
+    text.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Filesystem type and source of the mount holding `path`, from `/proc/mounts`.

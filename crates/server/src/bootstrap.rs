@@ -19,7 +19,7 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const AGENT_KEY_FILE: &str = "agent.key";
 pub const TOKEN_KEY_FILE: &str = "token.key";
 pub const SERVER_URL_FILE: &str = "server.url";
-pub const STORE_FILE: &str = "sessions.redb";
+pub const STORE_FILE: &str = "store";
 
 /// The name of the generated agent credential.
 pub const GENERATED_AGENT: &str = "default";

@@ -4,7 +4,7 @@
 //!   chosen once at start-up and used through `Arc<dyn SessionStore>`.
 //! - [`local`]: the in-process backends. [`LocalStore::memory`] keeps everything in memory
 //!   (tests, throwaway nodes); [`LocalStore::open_embedded`] adds a durable journal in a
-//!   redb file, group-committed, and loads it back on restart.
+//!   fjall database, group-committed, and loads it back on restart.
 //! - [`redis`]: the shared backend, [`RedisStore`], for many nodes on one Redis or Valkey
 //!   (single, Sentinel or Cluster), with a near cache for validate.
 //! - [`conformance`] (feature `conformance`): the one suite every backend must pass.

@@ -19,7 +19,7 @@ async fn embedded_store_conforms() {
         async move {
             let dir = tempfile::tempdir().unwrap();
             let store =
-                LocalStore::open_embedded(&dir.path().join("sessions.redb"), OPTIONS).unwrap();
+                LocalStore::open_embedded(&dir.path().join("store"), OPTIONS).unwrap();
             dirs.lock().push(dir);
             Arc::new(store) as Arc<dyn SessionStore>
         }
@@ -28,29 +28,9 @@ async fn embedded_store_conforms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_stores_publish_change_events() {
-    conformance::run_events(|| async {
-        Arc::new(LocalStore::memory(OPTIONS)) as Arc<dyn SessionStore>
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let n = std::sync::atomic::AtomicUsize::new(0);
-    conformance::run_events(|| {
-        let path = dir.path().join(format!(
-            "s{}.redb",
-            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        async move {
-            Arc::new(LocalStore::open_embedded(&path, OPTIONS).unwrap()) as Arc<dyn SessionStore>
-        }
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_conforms_across_restarts() {
     conformance::run_durable(|dir| {
-        let path = dir.join("sessions.redb");
+        let path = dir.join("store");
         async move {
             Arc::new(LocalStore::open_embedded(&path, OPTIONS).unwrap()) as Arc<dyn SessionStore>
         }
@@ -62,7 +42,7 @@ async fn embedded_store_conforms_across_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_share_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(LocalStore::open_embedded(&dir.path().join("s.redb"), OPTIONS).unwrap());
+    let store = Arc::new(LocalStore::open_embedded(&dir.path().join("store"), OPTIONS).unwrap());
     let before = store.durable_commits();
     let t0 = sessiond_core::Timestamp(1_800_000_000_000);
     let tasks: Vec<_> = (0..400)

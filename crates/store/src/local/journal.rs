@@ -1,5 +1,6 @@
-//! The durable journal of the embedded store: a redb file, written by one thread that
-//! group-commits.
+//! The durable journal of the embedded store: a fjall database (an LSM tree with a
+//! write-ahead journal), written by one thread that group-commits. Why fjall and not redb:
+//! `docs/storage-engine.md`.
 //!
 //! Callers [`Journal::append`] changes (in memory order, under the session's shard lock)
 //! and await the returned [`Pending`]. The writer thread takes every batch waiting in its
@@ -18,14 +19,14 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use sessiond_core::{Session, SessionId, Tombstone};
 use tokio::sync::oneshot;
 
 use crate::StoreError;
 
-const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
-const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
+const SESSIONS: &str = "sessions";
+const TOMBSTONES: &str = "tombstones";
 /// The format byte in front of every stored value.
 const FORMAT: u8 = 1;
 /// Most batches folded into one transaction.
@@ -57,7 +58,7 @@ impl Pending {
     }
 }
 
-/// Where changes go: nowhere (memory store) or to the redb writer.
+/// Where changes go: nowhere (memory store) or to the fjall writer.
 pub(super) enum Journal {
     None,
     Redb(Writer),
@@ -152,16 +153,27 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// Opens (or creates) the data file, reads everything back, and starts the writer.
+/// The open database and its two keyspaces.
+struct Tables {
+    db: Database,
+    sessions: Keyspace,
+    tombstones: Keyspace,
+}
+
+/// Opens (or creates) the data directory, reads everything back, and starts the writer.
 pub(super) fn open(path: &Path) -> Result<(Journal, Loaded), StoreError> {
-    let db = Database::create(path).map_err(unavailable)?;
-    {
-        // Create both tables, so a fresh file reads back as empty.
-        let txn = db.begin_write().map_err(unavailable)?;
-        txn.open_table(SESSIONS).map_err(unavailable)?;
-        txn.open_table(TOMBSTONES).map_err(unavailable)?;
-        txn.commit().map_err(unavailable)?;
-    }
+    let db = Database::builder(path).open().map_err(unavailable)?;
+    let sessions = db
+        .keyspace(SESSIONS, KeyspaceCreateOptions::default)
+        .map_err(unavailable)?;
+    let tombstones = db
+        .keyspace(TOMBSTONES, KeyspaceCreateOptions::default)
+        .map_err(unavailable)?;
+    let db = Tables {
+        db,
+        sessions,
+        tombstones,
+    };
     let loaded = load(&db)?;
     let (tx, rx) = mpsc::channel();
     let failed = Arc::new(AtomicBool::new(false));
@@ -182,27 +194,15 @@ pub(super) fn open(path: &Path) -> Result<(Journal, Loaded), StoreError> {
     Ok((Journal::Redb(writer), loaded))
 }
 
-fn load(db: &Database) -> Result<Loaded, StoreError> {
-    use redb::ReadableTable;
-    let txn = db.begin_read().map_err(unavailable)?;
+fn load(db: &Tables) -> Result<Loaded, StoreError> {
     let mut loaded = Loaded::default();
-    for row in txn
-        .open_table(SESSIONS)
-        .map_err(unavailable)?
-        .iter()
-        .map_err(unavailable)?
-    {
-        let (_, v) = row.map_err(unavailable)?;
-        loaded.sessions.push(decode(v.value())?);
+    for row in db.sessions.iter() {
+        let (_, v) = row.into_inner().map_err(unavailable)?;
+        loaded.sessions.push(decode(&v)?);
     }
-    for row in txn
-        .open_table(TOMBSTONES)
-        .map_err(unavailable)?
-        .iter()
-        .map_err(unavailable)?
-    {
-        let (_, v) = row.map_err(unavailable)?;
-        loaded.tombstones.push(decode(v.value())?);
+    for row in db.tombstones.iter() {
+        let (_, v) = row.into_inner().map_err(unavailable)?;
+        loaded.tombstones.push(decode(&v)?);
     }
     Ok(loaded)
 }
@@ -223,7 +223,7 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError>
 }
 
 fn write_loop(
-    db: Database,
+    db: Tables,
     rx: mpsc::Receiver<Batch>,
     failed: Arc<AtomicBool>,
     commits: Arc<AtomicU64>,
@@ -252,33 +252,17 @@ fn write_loop(
     }
 }
 
-fn commit(db: &Database, batches: &[Batch]) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(unavailable)?;
-    {
-        let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
-        let mut tombstones = txn.open_table(TOMBSTONES).map_err(unavailable)?;
-        for change in batches.iter().flat_map(|b| &b.changes) {
-            match change {
-                Change::Put(s) => {
-                    sessions
-                        .insert(s.id.as_bytes().as_slice(), encode(s)?.as_slice())
-                        .map_err(unavailable)?;
-                }
-                Change::End(t) => {
-                    sessions
-                        .remove(t.id.as_bytes().as_slice())
-                        .map_err(unavailable)?;
-                    tombstones
-                        .insert(t.id.as_bytes().as_slice(), encode(t)?.as_slice())
-                        .map_err(unavailable)?;
-                }
-                Change::Purge(id) => {
-                    tombstones
-                        .remove(id.as_bytes().as_slice())
-                        .map_err(unavailable)?;
-                }
+fn commit(db: &Tables, batches: &[Batch]) -> Result<(), StoreError> {
+    let mut batch = db.db.batch().durability(Some(PersistMode::SyncAll));
+    for change in batches.iter().flat_map(|b| &b.changes) {
+        match change {
+            Change::Put(s) => batch.insert(&db.sessions, s.id.as_bytes().as_slice(), encode(s)?),
+            Change::End(t) => {
+                batch.remove(&db.sessions, t.id.as_bytes().as_slice());
+                batch.insert(&db.tombstones, t.id.as_bytes().as_slice(), encode(t)?);
             }
+            Change::Purge(id) => batch.remove(&db.tombstones, id.as_bytes().as_slice()),
         }
     }
-    txn.commit().map_err(unavailable)
+    batch.commit().map_err(unavailable)
 }

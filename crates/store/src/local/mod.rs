@@ -91,7 +91,7 @@ impl LocalStore {
         LocalStore::with_journal(Journal::None, options)
     }
 
-    /// The embedded durable store in `path` (a redb file), loaded back into memory. Runs
+    /// The embedded durable store in directory `path` (a fjall database), loaded back into memory. Runs
     /// blocking I/O: call it from a blocking context.
     pub fn open_embedded(path: &Path, options: StoreOptions) -> Result<LocalStore, StoreError> {
         let (journal, loaded) = journal::open(path)?;
