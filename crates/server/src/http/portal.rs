@@ -373,18 +373,32 @@ pub(super) async fn sessions_page(
     ))
 }
 
+/// A signed-in user's form, checked: their session and the form, or the answer to send
+/// instead (the login page when not signed in, a refusal when the form is forged).
+async fn signed_in(
+    state: &AppState,
+    cookies: &Cookies,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Result<Result<(Session, CsrfForm), Response>, ApiError> {
+    let form = read_form(form);
+    let Some(me) = current(state, cookies, true).await? else {
+        return Ok(Err(redirect("/login?rd=%2Fsessions")));
+    };
+    if !same(&form.csrf, &session_csrf(state, &me)) {
+        return Ok(Err(forged()));
+    }
+    Ok(Ok((me, form)))
+}
+
 pub(super) async fn end_one(
     State(state): State<AppState>,
     cookies: Cookies,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Result<Response, ApiError> {
-    let form = read_form(form);
-    let Some(me) = current(&state, &cookies, true).await? else {
-        return Ok(redirect("/login?rd=%2Fsessions"));
+    let (me, form) = match signed_in(&state, &cookies, form).await? {
+        Ok(checked) => checked,
+        Err(response) => return Ok(response),
     };
-    if !same(&form.csrf, &session_csrf(&state, &me)) {
-        return Ok(forged());
-    }
     // Another user's session, an unknown id and a malformed one all look the same.
     let target = crate::service::parse_id("id", &form.id).ok();
     let mine = match target {
@@ -420,13 +434,10 @@ pub(super) async fn end_others(
     cookies: Cookies,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Result<Response, ApiError> {
-    let form = read_form(form);
-    let Some(me) = current(&state, &cookies, true).await? else {
-        return Ok(redirect("/login?rd=%2Fsessions"));
+    let (me, _) = match signed_in(&state, &cookies, form).await? {
+        Ok(checked) => checked,
+        Err(response) => return Ok(response),
     };
-    if !same(&form.csrf, &session_csrf(&state, &me)) {
-        return Ok(forged());
-    }
     let page = state
         .service
         .list(Some(&me.user), None, crate::service::MAX_PAGE)
