@@ -55,16 +55,18 @@ pub(super) struct SentinelConn {
     client: tokio::sync::Mutex<SentinelClient>,
     /// The current master's connection; `None` after a failover hint.
     current: parking_lot::RwLock<Option<ConnectionManager>>,
+    /// How long one answer may take on the master's connection.
+    response_timeout: Duration,
 }
 
 fn unavailable(e: RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
 
-fn manager_config() -> ConnectionManagerConfig {
+fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(OP_TIMEOUT))
+        .set_response_timeout(Some(response_timeout))
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_millis(500))
@@ -76,21 +78,13 @@ pub(super) async fn connect(target: &Target) -> Result<(Conn, PubSubSource), Sto
     match target {
         Target::Url(url) => {
             let client = Client::open(url.as_str()).map_err(unavailable)?;
-            let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())
-                .map_err(unavailable)?;
+            let manager =
+                ConnectionManager::new_lazy_with_config(client.clone(), manager_config(OP_TIMEOUT))
+                    .map_err(unavailable)?;
             Ok((Conn::Single(manager), PubSubSource::Nodes(vec![client])))
         }
         Target::Cluster(urls) => {
-            let cluster = ClusterClient::builder(urls.iter().map(String::as_str))
-                .connection_timeout(CONNECT_TIMEOUT)
-                .response_timeout(OP_TIMEOUT)
-                .retries(2)
-                .build()
-                .map_err(unavailable)?;
-            let conn = tokio::time::timeout(OP_TIMEOUT, cluster.get_async_connection())
-                .await
-                .map_err(|_| StoreError::Unavailable("redis cluster: connect timed out".into()))?
-                .map_err(unavailable)?;
+            let conn = connect_cluster(urls, OP_TIMEOUT).await?;
             // Classic PUBLISH reaches every node of a cluster: any node will do.
             let nodes = urls
                 .iter()
@@ -106,10 +100,7 @@ pub(super) async fn connect(target: &Target) -> Result<(Conn, PubSubSource), Sto
                 SentinelServerType::Master,
             )
             .map_err(unavailable)?;
-            let sentinel = Arc::new(SentinelConn {
-                client: tokio::sync::Mutex::new(client),
-                current: parking_lot::RwLock::new(None),
-            });
+            let sentinel = Arc::new(SentinelConn::new(client, OP_TIMEOUT));
             Ok((
                 Conn::Sentinel(sentinel.clone()),
                 PubSubSource::Sentinel(sentinel),
@@ -118,7 +109,63 @@ pub(super) async fn connect(target: &Target) -> Result<(Conn, PubSubSource), Sto
     }
 }
 
+/// Opens a connection of its own, for blocking reads (`XREAD BLOCK`) that would stall the
+/// shared, multiplexed one: its answers may take `wait` longer than [`OP_TIMEOUT`]. Lazy
+/// for a single Redis and through Sentinel; a Cluster is asked for its slots at once.
+pub(super) async fn connect_dedicated(target: &Target, wait: Duration) -> Result<Conn, StoreError> {
+    let response_timeout = OP_TIMEOUT + wait;
+    match target {
+        Target::Url(url) => {
+            let client = Client::open(url.as_str()).map_err(unavailable)?;
+            let manager =
+                ConnectionManager::new_lazy_with_config(client, manager_config(response_timeout))
+                    .map_err(unavailable)?;
+            Ok(Conn::Single(manager))
+        }
+        Target::Cluster(urls) => Ok(Conn::Cluster(
+            connect_cluster(urls, response_timeout).await?,
+        )),
+        Target::Sentinel { master, sentinels } => {
+            let client = SentinelClient::build(
+                sentinels.iter().map(String::as_str).collect(),
+                master.clone(),
+                None,
+                SentinelServerType::Master,
+            )
+            .map_err(unavailable)?;
+            Ok(Conn::Sentinel(Arc::new(SentinelConn::new(
+                client,
+                response_timeout,
+            ))))
+        }
+    }
+}
+
+async fn connect_cluster(
+    urls: &[String],
+    response_timeout: Duration,
+) -> Result<ClusterConnection, StoreError> {
+    let cluster = ClusterClient::builder(urls.iter().map(String::as_str))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(response_timeout)
+        .retries(2)
+        .build()
+        .map_err(unavailable)?;
+    tokio::time::timeout(OP_TIMEOUT, cluster.get_async_connection())
+        .await
+        .map_err(|_| StoreError::Unavailable("redis cluster: connect timed out".into()))?
+        .map_err(unavailable)
+}
+
 impl SentinelConn {
+    fn new(client: SentinelClient, response_timeout: Duration) -> SentinelConn {
+        SentinelConn {
+            client: tokio::sync::Mutex::new(client),
+            current: parking_lot::RwLock::new(None),
+            response_timeout,
+        }
+    }
+
     async fn master_client(&self) -> redis::RedisResult<Client> {
         self.client.lock().await.async_get_client().await
     }
@@ -132,7 +179,8 @@ impl SentinelConn {
             return Ok(c);
         }
         let client = sentinels.async_get_client().await?;
-        let manager = ConnectionManager::new_lazy_with_config(client, manager_config())?;
+        let manager =
+            ConnectionManager::new_lazy_with_config(client, manager_config(self.response_timeout))?;
         *self.current.write() = Some(manager.clone());
         Ok(manager)
     }
@@ -196,7 +244,14 @@ impl ConnectionLike for Conn {
 async fn bounded<T>(
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, StoreError> {
-    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+    bounded_by(OP_TIMEOUT, fut).await
+}
+
+async fn bounded_by<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, fut).await {
         Ok(r) => r.map_err(unavailable),
         Err(_) => Err(StoreError::Unavailable("redis: no answer in time".into())),
     }
@@ -212,6 +267,17 @@ impl Conn {
     pub(super) async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         let mut c = self.clone();
         bounded(cmd.query_async(&mut c)).await
+    }
+
+    /// Runs one command that may block Redis-side for up to `wait` (on a dedicated
+    /// connection: see [`connect_dedicated`]).
+    pub(super) async fn query_blocking<T: redis::FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        wait: Duration,
+    ) -> Result<T, StoreError> {
+        let mut c = self.clone();
+        bounded_by(OP_TIMEOUT + wait, cmd.query_async(&mut c)).await
     }
 
     /// Runs one pipeline; in a Cluster all its keys must share a slot.

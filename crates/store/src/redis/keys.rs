@@ -20,10 +20,12 @@
 //! | `P{global}:due` | zset | session id → deadline as last scheduled (ms), for the sweep |
 //! | `P{global}:purge` | zset | `<id>:<reason>` → tombstone purge time (ms) |
 //! | `P{global}:stats` | hash | `live`, `users`, `pol:<policy>`, `r:<reason>` counters |
+//! | `P{global}:events` | stream, capped near 100 000 entries | change events (see `events.rs`) |
 //! | `P{global}:nodes` | set | ids of nodes that sent a heartbeat |
 //! | `P{global}:node:<node>` | string with a TTL | one node's heartbeat |
 //!
-//! Invalidations go out on the pub/sub channel `P:invalidate`, one message per session id.
+//! Invalidations go out on the pub/sub channel `Pinvalidate` (the prefix, then `invalidate`),
+//! one message per session id.
 
 use sessiond_core::SessionId;
 
@@ -35,8 +37,8 @@ pub(super) struct Keys {
     prefix: String,
 }
 
-/// The global keys, in the order scripts take them (`KEYS[n..n+3]`).
-pub(super) const GLOBAL_KEY_COUNT: usize = 4;
+/// The global keys, in the order scripts take them (`KEYS[n..n+4]`).
+pub(super) const GLOBAL_KEY_COUNT: usize = 5;
 
 impl Keys {
     /// Refuses a prefix with braces: it would change which part of a key is the hash tag.
@@ -78,13 +80,14 @@ impl Keys {
         format!("{}{{global}}:{name}", self.prefix)
     }
 
-    /// `ids`, `due`, `purge`, `stats`: the order the scripts expect.
+    /// `ids`, `due`, `purge`, `stats`, `events`: the order the scripts expect.
     pub(super) fn globals(&self) -> [String; GLOBAL_KEY_COUNT] {
         [
             self.global("ids"),
             self.global("due"),
             self.global("purge"),
             self.global("stats"),
+            self.events(),
         ]
     }
 
@@ -102,6 +105,11 @@ impl Keys {
 
     pub(super) fn stats(&self) -> String {
         self.global("stats")
+    }
+
+    /// The stream of change events.
+    pub(super) fn events(&self) -> String {
+        self.global("events")
     }
 
     pub(super) fn nodes(&self) -> String {

@@ -9,6 +9,7 @@
 //!   coalesced touches.
 //! - `sweep.rs`: ending what is due and purging old tombstones.
 //! - `nodes.rs`: node heartbeats, for the node count in stats.
+//! - `events.rs`: change events, kept in a Redis Stream, and the feeds that follow it.
 //!
 //! Invariants:
 //! - Time is an input: every script is given the caller's `now`; TTLs are relative to it
@@ -19,12 +20,15 @@
 //!   session is live: every read judges the session's own hash by `Session::status(now)`.
 //! - Validate answers from the near cache only while the invalidation subscription is up;
 //!   otherwise it reads Redis, and if Redis is unreachable it fails with `Unavailable`.
+//! - Every change appends its change event to the stream in the same step as the global
+//!   bookkeeping: atomically with the change on a single Redis, right after it in a Cluster.
 //!
 //! See `docs/redis.md` for the durability settings this relies on.
 
 mod cache;
 mod codec;
 mod conn;
+mod events;
 mod keys;
 mod nodes;
 mod scripts;
@@ -101,6 +105,8 @@ impl Drop for Tasks {
 /// Sessions in Redis, shared by every node on it. See the module docs.
 pub struct RedisStore {
     conn: Conn,
+    /// Where Redis is: event feeds open connections of their own there.
+    target: Target,
     keys: Keys,
     scripts: Scripts,
     cache: Arc<NearCache>,
@@ -114,6 +120,8 @@ pub struct RedisStore {
     node: String,
     /// Set by `close`; every later call fails.
     closed: AtomicBool,
+    /// Turns true on `close`: event feeds end.
+    closing: tokio::sync::watch::Sender<bool>,
     /// The subscription and heartbeat; dropped (aborted) on close.
     tasks: parking_lot::Mutex<Option<Tasks>>,
 }
@@ -168,6 +176,7 @@ impl RedisStore {
         }
         Ok(RedisStore {
             conn,
+            target: config.target,
             keys,
             scripts: Scripts::new(),
             cache,
@@ -177,6 +186,7 @@ impl RedisStore {
             channel,
             node,
             closed: AtomicBool::new(false),
+            closing: tokio::sync::watch::Sender::new(false),
             tasks: parking_lot::Mutex::new(Some(Tasks(tasks))),
         })
     }
@@ -754,10 +764,9 @@ impl SessionStore for RedisStore {
         Ok(stats)
     }
 
-    async fn events(&self, _after: Option<&str>) -> Result<crate::Feed, StoreError> {
-        Err(StoreError::Unavailable(
-            "change events are not available on the Redis store yet".into(),
-        ))
+    async fn events(&self, after: Option<&str>) -> Result<crate::Feed, StoreError> {
+        self.check_open()?;
+        self.feed(after).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -772,6 +781,7 @@ impl SessionStore for RedisStore {
         self.check_open()?;
         let flushed = self.flush_touches().await;
         self.closed.store(true, Ordering::Release);
+        self.closing.send_replace(true);
         drop(self.tasks.lock().take());
         let mut leave = redis::pipe();
         leave

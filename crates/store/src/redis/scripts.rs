@@ -29,19 +29,27 @@
 //! | `m id user_gone` | its hash had already expired in Redis: unindex it |
 //! | `p member reason` | tombstone purged: drop the purge entry, uncount it |
 //! | `q member purge_at` | tombstone not yet due: schedule it again |
+//! | `v kind id user version reason at` | a change event: `XADD` it to the events stream |
 //!
-//! On a single Redis (standalone or Sentinel) the global keys are passed as `KEYS[2..5]`
-//! and `apply` runs inside the same script: the whole step is atomic. In a Cluster they live
-//! in another slot; the script returns the effects and the store applies them at once with
-//! the `global` script (see `docs/redis.md` for why that second step cannot break the
-//! invariants).
+//! Every create, update and end records a `v` effect, so the change event goes wherever the
+//! other effects go. On a single Redis (standalone or Sentinel) the global keys are passed
+//! as `KEYS[2..6]` and `apply` runs inside the same script: the change, its bookkeeping and
+//! its event are one atomic step. In a Cluster they live in another slot; the script returns
+//! the effects and the store applies them at once with the `global` script (see
+//! `docs/redis.md` for why that second step cannot break the invariants, and what it means
+//! for events).
 
 use redis::{Cmd, Script};
 use sessiond_core::{SessionId, Timestamp};
 
 use super::cache::Touch;
 
-/// Applies effects to the global keys `g = {ids, due, purge, stats}`.
+/// Most change events the stream keeps (trimmed approximately, `MAXLEN ~`): a consumer that
+/// is further behind than this gets a reset.
+pub(super) const EVENTS_MAXLEN: u64 = 100_000;
+
+/// Applies effects to the global keys `g = {ids, due, purge, stats, events}`. Expects
+/// `EVENTS_MAXLEN` to be defined before it.
 const APPLY: &str = r#"
 local function apply(g, list)
   local function count(field, by)
@@ -81,6 +89,16 @@ local function apply(g, list)
     elseif k == 'q' then
       redis.call('ZADD', g[3], list[i+2], list[i+1])
       i = i + 3
+    elseif k == 'v' then
+      if list[i+5] == '' then
+        redis.call('XADD', g[5], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'kind', list[i+1],
+          'id', list[i+2], 'user', list[i+3], 'ver', list[i+4], 'at', list[i+6])
+      else
+        redis.call('XADD', g[5], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'kind', list[i+1],
+          'id', list[i+2], 'user', list[i+3], 'ver', list[i+4], 'reason', list[i+5],
+          'at', list[i+6])
+      end
+      i = i + 7
     else
       error('sessiond: unknown effect ' .. tostring(k))
     end
@@ -138,7 +156,7 @@ local function gone(u) return flag(redis.call('EXISTS', u) == 0) end
 -- deadline. Returns 1 if it was live, 0 if it had expired, nil if there is no session.
 local function finish(id, reason)
   local k = sk(id)
-  local f = redis.call('HMGET', k, 'vf', 'user', 'pol', 'cr', 'la', 'idle', 'exp')
+  local f = redis.call('HMGET', k, 'vf', 'user', 'pol', 'cr', 'la', 'idle', 'exp', 'ver')
   if not f[1] then return nil end
   local dl, why = deadline(tonumber(f[5]), tonumber(f[6]), tonumber(f[7]))
   local at, live = now, 1
@@ -152,14 +170,16 @@ local function finish(id, reason)
   local u = uk(f[2])
   redis.call('ZREM', u, id)
   add('e', id, reason, f[3], I(pa), gone(u))
+  -- As the local store does: an end is one more change, so the version moves on.
+  add('v', 'ended', id, f[2], I(tonumber(f[8]) + 1), reason, I(at))
   redis.call('PUBLISH', chan, id)
   return live
 end
 -- The reply: `result` with the effects appended, or applied here when the global keys
 -- were passed (a single Redis).
 local function done(result)
-  if #KEYS >= 5 then
-    apply({KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, fx)
+  if #KEYS >= 6 then
+    apply({KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, fx)
     fx = {}
   end
   result[#result + 1] = fx
@@ -214,6 +234,7 @@ local dl = deadline(tonumber(la), tonumber(idle), tonumber(exp))
 expire(k, dl + ret, now)
 redis.call('ZADD', u, 0, id)
 add('c', id, I(dl), ARGV[a+5], new)
+add('v', 'created', id, user, ARGV[a+10], '', ARGV[a+6])
 return done({'created', displaced})
 "#;
 
@@ -223,7 +244,7 @@ const UPDATE: &str = r#"
 local a = touches()
 local id, seen = ARGV[a], tonumber(ARGV[a+1])
 local k = sk(id)
-local f = redis.call('HMGET', k, 'la', 'idle', 'exp', 'ver')
+local f = redis.call('HMGET', k, 'la', 'idle', 'exp', 'ver', 'user')
 if not f[1] then return done({'gone'}) end
 local la, idle, exp, ver = tonumber(f[1]), tonumber(f[2]), tonumber(f[3]), tonumber(f[4])
 if now >= deadline(la, idle, exp) then return done({'gone'}) end
@@ -232,6 +253,7 @@ if now > la then la = now end
 redis.call('HSET', k, 'd', ARGV[a+2], 'ver', I(ver + 1), 'la', I(la))
 expire(k, deadline(la, idle, exp) + ret, now)
 redis.call('PUBLISH', chan, id)
+add('v', 'updated', id, f[5], I(ver + 1), '', I(now))
 return done({'updated', I(ver + 1), I(la)})
 "#;
 
@@ -312,10 +334,29 @@ local a, moved = touches()
 return done({I(moved)})
 "#;
 
-/// `global`: KEYS the four global keys, ARGV an effect list.
+/// `global`: KEYS the five global keys, ARGV an effect list.
 const GLOBAL: &str = r#"
-apply({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, ARGV)
+apply({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, ARGV)
 return 1
+"#;
+
+/// `events_read`: KEYS[1] the events stream; ARGV `after count`. Replies `lost` when
+/// `after` is no longer in the stream (trimmed away, or never there), else up to `count`
+/// entries after it. `0-0` stands for "before the first entry" (the stream was empty): then
+/// only a trim loses anything, seen as fewer entries than were ever added (Redis 7+).
+const EVENTS_READ: &str = r#"
+local after = ARGV[1]
+if after ~= '0-0' then
+  if #redis.call('XRANGE', KEYS[1], after, after) == 0 then return 'lost' end
+elseif redis.call('EXISTS', KEYS[1]) == 1 then
+  local info, added, len = redis.call('XINFO', 'STREAM', KEYS[1]), nil, nil
+  for i = 1, #info, 2 do
+    if info[i] == 'entries-added' then added = info[i + 1] end
+    if info[i] == 'length' then len = info[i + 1] end
+  end
+  if added and len and added > len then return 'lost' end
+end
+return redis.call('XRANGE', KEYS[1], '(' .. after, '+', 'COUNT', ARGV[2])
 "#;
 
 /// `nodes`: KEYS[1] the node set; ARGV `key_prefix self_or_empty ttl_ms`. Refreshes this
@@ -345,11 +386,13 @@ pub(super) struct Scripts {
     pub(super) touch: Script,
     pub(super) global: Script,
     pub(super) nodes: Script,
+    pub(super) events_read: Script,
 }
 
 impl Scripts {
     pub(super) fn new() -> Scripts {
-        let tag = |body: &str| Script::new(&format!("{APPLY}{PRELUDE}{body}"));
+        let cap = format!("local EVENTS_MAXLEN = '{EVENTS_MAXLEN}'\n");
+        let tag = |body: &str| Script::new(&format!("{cap}{APPLY}{PRELUDE}{body}"));
         Scripts {
             create: tag(CREATE),
             update: tag(UPDATE),
@@ -358,8 +401,9 @@ impl Scripts {
             sweep: tag(SWEEP),
             purge: tag(PURGE),
             touch: tag(TOUCH),
-            global: Script::new(&format!("{APPLY}{GLOBAL}")),
+            global: Script::new(&format!("{cap}{APPLY}{GLOBAL}")),
             nodes: Script::new(NODES),
+            events_read: Script::new(EVENTS_READ),
         }
     }
 }
