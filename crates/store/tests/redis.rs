@@ -1,6 +1,7 @@
 //! The Redis backend against the shared conformance suite, on a real `redis-server` (single
 //! and a three-master cluster) started here, plus what only a shared store must do: one
-//! node sees another's logout within a bound, and an outage fails closed then heals.
+//! node sees another's logout within a bound, an outage fails closed then heals, and the
+//! change-event stream crosses nodes, survives restarts and resets consumers it lost.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,7 +16,10 @@ use common::{RedisCluster, RedisSentinel, RedisServer, redis_available};
 use sessiond_core::policy::{OnLimit, UserLimit};
 use sessiond_core::{EndReason, SessionId, Timestamp};
 use sessiond_store::conformance::{self, OPTIONS};
-use sessiond_store::{Created, Ended, Lookup, RedisConfig, RedisStore, RedisTarget, SessionStore};
+use sessiond_store::{
+    ChangeEvent, ChangeKind, Created, Ended, FeedItem, Lookup, RedisConfig, RedisStore,
+    RedisTarget, SessionStore,
+};
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
 
@@ -344,4 +348,185 @@ async fn an_outage_fails_closed_and_heals() {
     eprintln!("served again {:?} after redis came back", back.elapsed());
     store.ping().await.unwrap();
     until_subscribed(&store).await;
+}
+
+async fn next_item(feed: &mut sessiond_store::Feed, within: Duration) -> FeedItem {
+    tokio::time::timeout(within, feed.recv())
+        .await
+        .expect("a feed item in time")
+        .expect("the feed stays open")
+}
+
+async fn next_change(feed: &mut sessiond_store::Feed) -> ChangeEvent {
+    match next_item(feed, Duration::from_secs(5)).await {
+        FeedItem::Change(e) => e,
+        FeedItem::Reset => panic!("unexpected reset"),
+    }
+}
+
+/// Retries `op` (bounded) while Redis is still coming back.
+async fn soon<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sessiond_store::StoreError>>,
+{
+    let started = Instant::now();
+    for _ in 0..300 {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "{what}: still failing after 15 s: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    panic!("{what}: still failing");
+}
+
+/// A feed on node B sees what node A does; the stream lives in the AOF, so after `kill -9`
+/// of Redis a consumer resumes from its last id with nothing lost, while a feed that was
+/// live during the outage gets a reset and then follows again. Closing the store ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_events_cross_nodes_survive_restarts_and_reset_after_an_outage() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = RedisServer::start(dir.path()).await;
+    let prefix = fresh_prefix();
+    let a = open(RedisTarget::Url(server.url()), &prefix).await;
+    let b = open(RedisTarget::Url(server.url()), &prefix).await;
+    let mut feed = b.events(None).await.unwrap();
+    let s = conformance::session("yara", T0);
+    a.create(s.clone(), UserLimit::UNLIMITED, T0).await.unwrap();
+    let created = next_change(&mut feed).await;
+    assert_eq!((created.kind, created.session), (ChangeKind::Created, s.id));
+    let at = T0.plus(Duration::from_secs(1));
+    a.end(s.id, Some(&s.verifier), EndReason::LoggedOut, at)
+        .await
+        .unwrap();
+    let ended = next_change(&mut feed).await;
+    assert_eq!(
+        (
+            ended.kind,
+            ended.session,
+            ended.version,
+            ended.reason,
+            ended.at
+        ),
+        (ChangeKind::Ended, s.id, 2, Some(EndReason::LoggedOut), at)
+    );
+
+    server.restart().await;
+    let outage = Instant::now();
+    assert_eq!(
+        next_item(&mut feed, Duration::from_secs(15)).await,
+        FeedItem::Reset,
+        "a feed that lived through an outage must reset"
+    );
+    eprintln!(
+        "the live feed reset {:?} after redis restarted",
+        outage.elapsed()
+    );
+    let s2 = conformance::session("yara", T0);
+    soon("create after the restart", || {
+        a.create(s2.clone(), UserLimit::UNLIMITED, T0)
+    })
+    .await;
+    assert_eq!(next_change(&mut feed).await.session, s2.id, "live again");
+
+    let mut resumed = soon("resume", || b.events(Some(&created.event_id))).await;
+    let first = next_change(&mut resumed).await;
+    assert_eq!(first, ended, "resumed from the AOF's stream, nothing lost");
+    assert_eq!(next_change(&mut resumed).await.session, s2.id);
+
+    let unknown = soon("unknown id", || b.events(Some("1-0"))).await;
+    let mut unknown = unknown;
+    assert_eq!(
+        next_item(&mut unknown, Duration::from_secs(5)).await,
+        FeedItem::Reset
+    );
+
+    b.close().await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), feed.recv())
+        .await
+        .expect("closing the store ends its feeds");
+    assert_eq!(end, None);
+}
+
+/// The stream keeps about `100 000` events. A consumer further behind than that (here: one
+/// that stops reading while the stream is flooded) gets a reset, then follows live; an id
+/// trimmed away cannot be resumed from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_behind_the_stream_cap_gets_a_reset() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path()).await;
+    let prefix = fresh_prefix();
+    let store = open(RedisTarget::Url(server.url()), &prefix).await;
+    let mut feed = store.events(None).await.unwrap();
+    let s = conformance::session("zack", T0);
+    store
+        .create(s.clone(), UserLimit::UNLIMITED, T0)
+        .await
+        .unwrap();
+    let seen = next_change(&mut feed).await;
+
+    // Well-formed events, straight into the stream, in one script (one fsync).
+    let client = redis::Client::open(server.url()).unwrap();
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+    let mut raw = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    let flood = |n: u32| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(
+            "for i = 1, tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], 'MAXLEN', '~', \
+             100000, '*', 'kind', 'updated', 'id', ARGV[2], 'user', 'zack', 'ver', '2', \
+             'at', '0') end return 1",
+        )
+        .arg(1)
+        .arg(format!("{prefix}{{global}}:events"))
+        .arg(n)
+        .arg(s.id.to_string());
+        cmd
+    };
+    // The feed fills its buffer and waits on this consumer; then the stream moves on.
+    flood(50_000).query_async::<()>(&mut raw).await.unwrap();
+    flood(80_000).query_async::<()>(&mut raw).await.unwrap();
+
+    let mut resumed = store.events(Some(&seen.event_id)).await.unwrap();
+    assert_eq!(
+        next_item(&mut resumed, Duration::from_secs(5)).await,
+        FeedItem::Reset,
+        "the id was trimmed away"
+    );
+
+    let mut changes = 0;
+    let mut reset = false;
+    for _ in 0..200_000 {
+        match next_item(&mut feed, Duration::from_secs(5)).await {
+            FeedItem::Change(_) => changes += 1,
+            FeedItem::Reset => {
+                reset = true;
+                break;
+            }
+        }
+    }
+    assert!(reset, "a consumer behind the cap must get a reset");
+    eprintln!("the lagging consumer read {changes} buffered events, then a reset");
+    assert!(changes < 130_000, "{changes}");
+    let s2 = conformance::session("zack", T0);
+    store
+        .create(s2.clone(), UserLimit::UNLIMITED, T0)
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut feed).await.session, s2.id, "live again");
 }
