@@ -67,22 +67,6 @@ where
         sweep_ends_what_is_due_and_reschedules_touched_sessions,
         tombstones_are_dropped_after_retention,
         stats_count_per_policy_and_reason,
-    );
-}
-
-/// Runs the change-event cases, each on a fresh store from `open`.
-pub async fn run_events<F, Fut>(open: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn SessionStore>>,
-{
-    macro_rules! cases {
-        ($($case:ident),* $(,)?) => {$(
-            eprintln!("conformance (events): {}", stringify!($case));
-            $case(open().await).await;
-        )*};
-    }
-    cases!(
         events_follow_creates_updates_and_ends,
         events_resume_after_the_last_seen_id,
         events_reset_for_an_unknown_id,
