@@ -12,8 +12,14 @@
 //! in the `Authorization` header, and session tokens only in request bodies. Neither ever
 //! appears in a URL, an error message or `Debug` output.
 //!
+//! Agents that validate on every request can put a [`CachedValidator`] in front of the
+//! client: it answers repeated validations locally for at most a maximum caching time, and
+//! drops entries the moment the server's change-event stream (`GET /v1/events`, read with
+//! [`Client::events`]) says a session changed or ended. See [`cache`] for its trust rule.
+//!
 //! Code map: `lib.rs` holds [`Client`] and its routes, `route.rs` builds and encodes URLs,
-//! `error.rs` maps answers to [`Error`].
+//! `error.rs` maps answers to [`Error`], `events.rs` reads the Server-Sent Events stream,
+//! `cache.rs` (with `cache/`) is the validation cache and its event follower.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sessiond_client::Error> {
@@ -33,7 +39,9 @@
 //! # }
 //! ```
 
+pub mod cache;
 mod error;
+pub mod events;
 mod route;
 
 use std::fmt;
@@ -44,12 +52,15 @@ use reqwest::{Method, RequestBuilder, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use cache::CachedValidator;
 pub use error::Error;
+pub use events::{Event, EventStream};
 pub use sessiond_proto::{EndReason, ErrorCode, ErrorDetail, v1};
 
 /// How long to wait for the TCP connection to the server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a whole request may take, answer included.
+/// How long a whole request may take, answer included. The event stream is exempt: it is
+/// meant to stay open, and is bounded by its idle timeout instead.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A connection to one sessiond server, holding one credential.
@@ -59,6 +70,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Client {
     /// The HTTP client: one connection pool reused by every call.
     http: reqwest::Client,
+    /// The HTTP client for `GET /v1/events`: the same settings without the overall request
+    /// timeout, which would cut a healthy stream.
+    stream_http: reqwest::Client,
     /// The server's base URL, checked once so that every route is built from it safely.
     base: route::Base,
     /// `Bearer <credential>`, marked sensitive; `None` when the credential is empty, so
@@ -95,15 +109,19 @@ impl Client {
             value.set_sensitive(true);
             Some(value)
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
+        let http = http_builder()
             .timeout(REQUEST_TIMEOUT)
-            // The API never redirects; following one could carry the credential elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("sessiond-client/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Transport(format!("cannot set up the HTTP client: {e}")))?;
-        Ok(Client { http, base, auth })
+        let stream_http = http_builder()
+            .build()
+            .map_err(|e| Error::Transport(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            stream_http,
+            base,
+            auth,
+        })
     }
 
     /// The server's base URL, without a trailing `/`.
@@ -286,5 +304,16 @@ impl Client {
     }
 }
 
+/// The settings both HTTP clients share.
+fn http_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        // The API never redirects; following one could carry the credential elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("sessiond-client/", env!("CARGO_PKG_VERSION")))
+}
+
+#[cfg(test)]
+mod fake;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::*;
+use crate::fake::session_json;
 
 const SECRET: &str = "admin-secret-123";
 
@@ -49,15 +50,6 @@ async fn one_shot(status: &str, body: &str) -> (String, JoinHandle<String>) {
         String::from_utf8(request).unwrap()
     });
     (base, task)
-}
-
-fn session_json(id: &str, user: &str) -> String {
-    format!(
-        r#"{{"id":"{id}","user":"{user}","auth_level":0,"attributes":{{}},"client":{{}},
-        "policy":"default","created_at":"2025-01-01T00:00:00Z",
-        "last_access_at":"2025-01-01T00:00:00Z","idle_expires_at":"2025-01-01T00:30:00Z",
-        "expires_at":"2025-01-01T12:00:00Z","version":1}}"#
-    )
 }
 
 fn request_line(raw: &str) -> &str {
