@@ -1,8 +1,8 @@
 //! Several real `sessiond serve` processes on one real `redis-server`: any node serves any
 //! session, a logout on one is refused on the others within a measured bound, the per-user
 //! limit holds across nodes, `kill -9` of nodes (and of Redis, with its AOF) loses nothing
-//! acknowledged, and a Redis outage fails closed and heals without restarts. Skipped
-//! loudly without `redis-server` (fails under `CI=true`).
+//! acknowledged, a Redis outage fails closed and heals without restarts, and change events
+//! cross nodes. Skipped loudly without `redis-server` (fails under `CI=true`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -463,4 +463,55 @@ async fn kill_9_of_nodes_and_redis_during_acknowledged_writes_loses_nothing() {
          {live} live, {ended} acknowledged logouts still ended",
         log.created.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_on_one_node_hears_of_a_logout_on_another() {
+    let Some(cluster) = Cluster::start(2).await else {
+        return;
+    };
+    let (a, b) = (cluster.agent(0), cluster.agent(1));
+    let mut stream = b.events(None).await.unwrap();
+    let made = a.create_session(&req("gina")).await.unwrap();
+    let started = Instant::now();
+    a.logout(&made.token).await.unwrap();
+    let mut seen = Vec::new();
+    let ended = loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .expect("the stream stays open");
+        let session = event.session.clone().expect("a session event");
+        seen.push((event.kind, session.id.clone()));
+        if session.id == made.session.id && event.kind == v1::EventKind::Ended {
+            break session;
+        }
+        assert!(seen.len() < 10, "no ended event among {seen:?}");
+    };
+    eprintln!(
+        "the ended event reached B's stream {:?} after the logout began on A",
+        started.elapsed()
+    );
+    assert_eq!(
+        seen,
+        vec![
+            (v1::EventKind::Created, made.session.id.clone()),
+            (v1::EventKind::Ended, made.session.id.clone())
+        ]
+    );
+    assert_eq!(ended.reason, Some(EndReason::LoggedOut));
+    assert_eq!(ended.version, made.session.version + 1);
+
+    // Event ids are the one stream's: B's last id resumes on A.
+    let last = stream.last_event_id().expect("an event id").to_owned();
+    let next = b.create_session(&req("gina")).await.unwrap();
+    let mut resumed = a.events(Some(&last)).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), resumed.next())
+        .await
+        .expect("an event within 5 s")
+        .unwrap()
+        .expect("the stream stays open");
+    assert_eq!(event.kind, v1::EventKind::Created, "resumed, not reset");
+    assert_eq!(event.session.unwrap().id, next.session.id);
 }
