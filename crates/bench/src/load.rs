@@ -1,0 +1,256 @@
+//! The load generator: a fixed number of HTTP/1.1 keep-alive connections (hyper's client
+//! connection, one per task), each sending its next request as soon as the previous answer
+//! has been read in full. What is sent and what counts as a good answer is a [`Workload`].
+//!
+//! A run has a warm-up (sent, not counted), then a measured window of fixed length. Only
+//! answers that complete inside the window are counted, and the server's CPU time is read
+//! from `/proc` at the window's two ends. Every run is bounded by its window and by a
+//! request count, whichever ends first.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::procs::cpu_time;
+
+/// What the connections send, and how an answer is judged.
+pub trait Workload: Send + Sync + 'static {
+    /// The next request, or `None` when there is nothing left to send.
+    fn request(&self, rng: &mut fastrand::Rng) -> Option<Request<Full<Bytes>>>;
+    /// Judges one answer; an `Err` counts as an error (the first one is kept).
+    fn check(&self, status: StatusCode, body: &Bytes) -> Result<(), String>;
+}
+
+/// The shape of one run.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub connections: usize,
+    /// Sent but not counted, so connections are open and caches warm.
+    pub warmup: Duration,
+    /// The measured window.
+    pub duration: Duration,
+    /// At most this many requests in all (warm-up included).
+    pub max_requests: u64,
+}
+
+/// What one run measured.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Good answers completed inside the window.
+    pub requests: u64,
+    /// Bad answers and connection failures, in the window or not.
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// The window's length (shorter than asked when the workload ran out).
+    pub window: Duration,
+    /// Latency of every counted answer, sorted, in microseconds.
+    pub latencies_us: Vec<u32>,
+    /// The server's CPU time over the window, when a pid was given.
+    pub server_cpu: Option<Duration>,
+    /// This process's (the load generator's) CPU time over the window.
+    pub generator_cpu: Option<Duration>,
+}
+
+impl Outcome {
+    /// Counted answers per second.
+    pub fn rate(&self) -> f64 {
+        let secs = self.window.as_secs_f64();
+        if secs > 0.0 {
+            self.requests as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The `q` quantile (0..=1) of the counted answers' latency, in milliseconds.
+    pub fn latency_ms(&self, q: f64) -> Option<f64> {
+        let n = self.latencies_us.len();
+        if n == 0 {
+            return None;
+        }
+        let i = ((n as f64 * q).ceil() as usize).clamp(1, n) - 1;
+        self.latencies_us.get(i).map(|&us| f64::from(us) / 1000.0)
+    }
+
+    /// Server CPU time per counted answer, in microseconds.
+    pub fn server_cpu_us_per_request(&self) -> Option<f64> {
+        let cpu = self.server_cpu?;
+        (self.requests > 0).then(|| cpu.as_secs_f64() * 1e6 / self.requests as f64)
+    }
+
+    /// Fails with the first error if there was any.
+    pub fn ensure_clean(&self, what: &str) -> Result<()> {
+        if self.errors > 0 {
+            anyhow::bail!(
+                "{what}: {} bad answers or failed connections; first: {}",
+                self.errors,
+                self.first_error.as_deref().unwrap_or("?")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What each connection task brings back.
+#[derive(Default)]
+struct Tally {
+    counted: u64,
+    errors: u64,
+    first_error: Option<String>,
+    latencies_us: Vec<u32>,
+}
+
+impl Tally {
+    fn error(&mut self, e: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(e);
+    }
+}
+
+/// When the window opens and closes, and the shared request budget.
+struct Window {
+    start: Instant,
+    end: Instant,
+    sent: AtomicU64,
+    max_requests: u64,
+}
+
+/// Runs `work` against `addr` as `spec` says; reads `server_pid`'s CPU time at the window's
+/// ends if given.
+pub async fn run(
+    addr: SocketAddr,
+    spec: &Spec,
+    work: Arc<dyn Workload>,
+    server_pid: Option<u32>,
+) -> Result<Outcome> {
+    let start = Instant::now() + spec.warmup;
+    let window = Arc::new(Window {
+        start,
+        end: start + spec.duration,
+        sent: AtomicU64::new(0),
+        max_requests: spec.max_requests,
+    });
+    let mut tasks = Vec::with_capacity(spec.connections);
+    for _ in 0..spec.connections {
+        let (work, window) = (work.clone(), window.clone());
+        tasks.push(tokio::spawn(connection(addr, work, window)));
+    }
+    // Sample CPU at the window's ends, while the connections run.
+    let sampler = tokio::spawn(sample_cpu(window.clone(), server_pid));
+    let mut outcome = Outcome::default();
+    let mut last_done = window.start;
+    for task in tasks {
+        let (tally, done) = task.await.context("a load task panicked")?;
+        last_done = last_done.max(done);
+        outcome.requests += tally.counted;
+        outcome.errors += tally.errors;
+        if outcome.first_error.is_none() {
+            outcome.first_error = tally.first_error;
+        }
+        outcome.latencies_us.extend(tally.latencies_us);
+    }
+    let ran_out = last_done < window.end;
+    if ran_out {
+        // The workload ended early: the window is what actually ran.
+        sampler.abort();
+        outcome.window = last_done.saturating_duration_since(window.start);
+    } else {
+        let (server, generator) = sampler.await.context("the CPU sampler panicked")??;
+        outcome.server_cpu = server;
+        outcome.generator_cpu = generator;
+        outcome.window = spec.duration;
+    }
+    outcome.latencies_us.sort_unstable();
+    Ok(outcome)
+}
+
+type Samples = (Option<Duration>, Option<Duration>);
+
+async fn sample_cpu(window: Arc<Window>, pid: Option<u32>) -> Result<Samples> {
+    let read = |pid: Option<u32>| pid.map(cpu_time).transpose();
+    let own = Some(std::process::id());
+    tokio::time::sleep_until(window.start).await;
+    let (server0, own0) = (read(pid)?, read(own)?);
+    tokio::time::sleep_until(window.end).await;
+    let (server1, own1) = (read(pid)?, read(own)?);
+    let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
+    Ok((diff(server0, server1), diff(own0, own1)))
+}
+
+/// One keep-alive connection, sending until the window closes, the budget is spent or the
+/// workload runs out; returns its tally and when it stopped.
+async fn connection(
+    addr: SocketAddr,
+    work: Arc<dyn Workload>,
+    window: Arc<Window>,
+) -> (Tally, Instant) {
+    let mut tally = Tally::default();
+    if let Err(e) = drive(addr, &*work, &window, &mut tally).await {
+        tally.error(format!("{e:#}"));
+    }
+    (tally, Instant::now())
+}
+
+async fn drive(
+    addr: SocketAddr,
+    work: &dyn Workload,
+    window: &Window,
+    tally: &mut Tally,
+) -> Result<()> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake")?;
+    // Drives the connection; ends when `sender` is dropped or the server closes.
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut rng = fastrand::Rng::new();
+    loop {
+        if Instant::now() >= window.end
+            || window.sent.fetch_add(1, Ordering::Relaxed) >= window.max_requests
+        {
+            return Ok(());
+        }
+        let Some(request) = work.request(&mut rng) else {
+            return Ok(());
+        };
+        sender.ready().await.context("connection closed")?;
+        let sent = Instant::now();
+        let response = sender
+            .send_request(request)
+            .await
+            .context("sending a request")?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading an answer")?
+            .to_bytes();
+        let done = Instant::now();
+        match work.check(status, &body) {
+            Err(e) => tally.error(e),
+            Ok(()) if done >= window.start && done < window.end => {
+                tally.counted += 1;
+                let us = done.duration_since(sent).as_micros();
+                tally
+                    .latencies_us
+                    .push(u32::try_from(us).unwrap_or(u32::MAX));
+            }
+            Ok(()) => {}
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! `sessiond-bench`: measures sessiond side by side with a baseline in the same run and
+//! prints the ratios (issue 5). `all` builds sessiond, starts every server on loopback, runs
+//! each scenario for a bounded time, stops everything, prints one table, writes it as JSON
+//! and into `docs/benchmarks.md`.
+//!
+//! Modules:
+//! - [`scenarios`]: what is measured, in order, and the rows it yields;
+//! - [`load`]: the HTTP/1.1 keep-alive load generator; [`workloads`]: what it sends;
+//! - [`servers`]: sessiond and the baseline as child processes; [`baseline`]: the baseline
+//!   server itself (the hidden `baseline-server` subcommand);
+//! - [`procs`]: process guards and `/proc` readings; [`machine`]: the machine and the
+//!   "is anyone compiling?" monitor; [`report`]: the table, JSON and docs.
+
+mod baseline;
+mod load;
+mod machine;
+mod procs;
+mod report;
+mod scenarios;
+mod servers;
+mod workloads;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::machine::{Machine, Monitor};
+use crate::report::{Report, Verdict};
+use crate::scenarios::{Ctx, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sessiond-bench",
+    about = "Benchmarks sessiond against baselines in the same run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every implemented scenario and print the table.
+    All(AllArgs),
+    /// The baseline HTTP server (started by `all`; not for people).
+    #[command(hide = true)]
+    BaselineServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct AllArgs {
+    /// Tiny populations and ~1 s of load: checks that everything runs, measures nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Live sessions for validate, forward auth, restart and memory (e.g. 10000000).
+    #[arg(long)]
+    sessions: Option<u64>,
+    /// Concurrent keep-alive connections of every load run.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds measured per load run.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Seconds of unmeasured load before each window.
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Where to write the table as JSON (default: target/bench/results.json, or
+    /// target/bench/smoke.json with --smoke).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Do not rewrite the results section of docs/benchmarks.md (implied by --smoke).
+    #[arg(long)]
+    no_docs: bool,
+    /// Longest wait, in seconds, for other rustc/cargo processes to finish before measuring.
+    #[arg(long, default_value_t = 300)]
+    max_wait: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::BaselineServer { listen } => baseline::run(listen).map(|()| ExitCode::SUCCESS),
+        Command::All(args) => all(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sessiond-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn all(args: AllArgs) -> Result<ExitCode> {
+    let settings = Settings {
+        sessions: args
+            .sessions
+            .unwrap_or(if args.smoke { 2_000 } else { 1_000_000 })
+            .max(1),
+        connections: args.connections.max(1),
+        warmup: secs(args.warmup, if args.smoke { 0.25 } else { 2.0 }),
+        duration: secs(args.duration, if args.smoke { 1.0 } else { 10.0 }),
+    };
+    let root = procs::workspace_root();
+    let out_dir = procs::target_dir().join("bench");
+    let json = args.json.clone().unwrap_or_else(|| {
+        out_dir.join(if args.smoke {
+            "smoke.json"
+        } else {
+            "results.json"
+        })
+    });
+    println!("building sessiond ...");
+    let bin = procs::build_sessiond()?;
+    println!("sessiond under test: {}", bin.display());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let machine = Machine::read();
+    if !args.smoke {
+        let quiet = runtime.block_on(machine::wait_for_quiet(
+            Duration::from_secs(15),
+            Duration::from_secs(args.max_wait),
+        ));
+        if !quiet {
+            println!("other builds are still running; measuring anyway (noted in the report)");
+        }
+    }
+    let mut ctx = Ctx {
+        bin,
+        settings,
+        tmp: out_dir.join("tmp"),
+        log: Vec::new(),
+        monitor: Monitor::start(),
+    };
+    let started = std::time::Instant::now();
+    let rows = runtime.block_on(scenarios::run_all(&mut ctx));
+    let took = started.elapsed();
+    let report = Report {
+        machine,
+        command: command_line(),
+        smoke: args.smoke,
+        build_overlaps: ctx.monitor.overlaps(),
+        log: ctx.log,
+        rows,
+    };
+    println!("\nscenarios took {:.1} s in all", took.as_secs_f64());
+    print!("{}", report::plain(&report.rows));
+    if !report.build_overlaps.is_empty() {
+        println!(
+            "note: other rustc/cargo ran during: {}",
+            report.build_overlaps.join(", ")
+        );
+    }
+    report.write_json(&json)?;
+    println!("wrote {}", json.display());
+    if !args.smoke && !args.no_docs {
+        let docs = root.join("docs").join("benchmarks.md");
+        report.write_docs(&docs)?;
+        println!("wrote {}", docs.display());
+    }
+    let failed = report.rows.iter().any(|r| r.meets == Verdict::Failed);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn secs(given: Option<f64>, default: f64) -> Duration {
+    Duration::from_secs_f64(
+        given
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .unwrap_or(default),
+    )
+}
+
+/// The command that reproduces this run.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let release = if cfg!(debug_assertions) {
+        ""
+    } else {
+        " --release"
+    };
+    format!("cargo run{release} -p sessiond-bench -- {}", args.join(" "))
+}

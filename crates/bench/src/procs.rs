@@ -1,0 +1,238 @@
+//! Child processes the benchmark starts (sessiond, the baseline server, redis-server), each
+//! owned by a guard that kills it when dropped, also when a scenario fails or panics; and
+//! what `/proc` says about them (CPU time, resident memory).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// A running child process, killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    // `None` once `terminate` has taken and reaped it.
+    child: Option<Child>,
+    pub pid: u32,
+    /// For messages: "sessiond", "baseline", "redis-server".
+    name: String,
+    // Lines the child printed on stdout, with when each arrived; a thread drains the pipe
+    // for the whole life of the child so it never blocks on a full pipe.
+    lines: Option<Receiver<(Instant, String)>>,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout piped (stderr inherited, stdin closed).
+    pub fn spawn(name: &str, mut cmd: Command) -> Result<Proc> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        let stdout = child.stdout.take();
+        let (tx, rx) = mpsc::channel();
+        if let Some(stdout) = stdout {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    // Once nobody listens, keep draining so the child never blocks.
+                    let _ = tx.send((Instant::now(), line));
+                }
+            });
+        }
+        Ok(Proc {
+            pid: child.id(),
+            child: Some(child),
+            name: name.to_owned(),
+            lines: Some(rx),
+        })
+    }
+
+    /// Waits (at most `timeout`) for a stdout line starting with `prefix`; returns the rest
+    /// of that line and when it arrived.
+    pub fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> Result<(String, Instant)> {
+        let deadline = Instant::now() + timeout;
+        let rx = self
+            .lines
+            .as_ref()
+            .ok_or_else(|| anyhow!("{} has no stdout", self.name))?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((at, line)) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return Ok((rest.trim().to_owned(), at));
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!(
+                        "{} printed no `{prefix}` line within {timeout:?}",
+                        self.name
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    bail!("{} closed its stdout before printing `{prefix}`", self.name)
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, then waits for the exit (at most `timeout`, then SIGKILL); returns the
+    /// status and how long the orderly stop took.
+    pub fn terminate(mut self, timeout: Duration) -> Result<(ExitStatus, Duration)> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("{} already stopped", self.name))?;
+        let started = Instant::now();
+        signal(self.pid, "TERM")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(status) => Ok((status?, started.elapsed())),
+            Err(_) => {
+                let _ = signal(self.pid, "KILL");
+                bail!("{} did not stop within {timeout:?} of SIGTERM", self.name)
+            }
+        }
+    }
+
+    /// Resident set size in bytes (`VmRSS`).
+    pub fn rss(&self) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.pid);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let kib: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow!("no VmRSS in {path}"))?;
+        Ok(kib * 1024)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{sig} {pid} failed: {status}");
+    }
+    Ok(())
+}
+
+/// CPU time (utime + stime, all threads) of process `pid`, from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces: the
+    // first is field 3 (state), so utime (14) and stime (15) are the 12th and 13th.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("unexpected {path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("unexpected {path}"))
+    };
+    let ticks = tick(11)? + tick(12)?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+}
+
+/// `CLK_TCK`, the unit of `/proc/<pid>/stat` times (100 on Linux unless `getconf` differs).
+fn clock_ticks() -> u64 {
+    static TICKS: OnceLock<u64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released), for servers that cannot bind
+/// port 0 and report it (redis-server).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Finds `program` on `PATH` or in the sbin directories a non-root `PATH` may lack.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/bin", "/sbin"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The cargo target directory (`CARGO_TARGET_DIR` or `<root>/target`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        }
+        None => workspace_root().join("target"),
+    }
+}
+
+/// Builds `sessiond` with the same profile as this benchmark (release for real runs, the
+/// dev profile for a smoke pass under `cargo run` without `--release`) and returns its
+/// path. `cargo build` is a no-op when the binary is up to date. `--locked`: whatever
+/// cargo built this benchmark with is what sessiond gets.
+pub fn build_sessiond() -> Result<PathBuf> {
+    let release = !cfg!(debug_assertions);
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root())
+        .args(["build", "-q", "--locked", "-p", "sessiond"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build -p sessiond")?;
+    if !status.success() {
+        bail!("cargo build -p sessiond failed: {status}");
+    }
+    let bin = target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("sessiond");
+    if !bin.is_file() {
+        bail!("{} was not built", bin.display());
+    }
+    Ok(bin)
+}

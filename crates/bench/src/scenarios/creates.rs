@@ -1,0 +1,123 @@
+//! Durable creates: many concurrent clients doing `POST /v1/sessions` against a fresh
+//! embedded store, against the chosen engine (fjall) committing each create on its own with
+//! `PersistMode::SyncAll` (one fsync per create), in this process, on the same filesystem.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use fjall::{Database, KeyspaceCreateOptions, PersistMode};
+use sessiond_core::session::NewSession;
+use sessiond_core::token::sha256;
+use sessiond_core::{Clock as _, Policy, Session, SessionId, SystemClock, Verifier};
+
+use super::Ctx;
+use crate::load;
+use crate::report::{Row, Target};
+use crate::servers::Sessiond;
+use crate::workloads::{Agent, Create, SessionData};
+
+/// Most creates the baseline commits, whatever its time.
+const BASELINE_MAX: u64 = 1_000_000;
+
+pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
+    ctx.phase("durable creates: sessiond");
+    let dir = ctx.tempdir("creates")?;
+    let server = Sessiond::start(&ctx.bin, &dir.path().join("data"))?;
+    let agent = Agent::new(server.addr, &server.agent_key)?;
+    let work = Arc::new(Create {
+        agent,
+        next: AtomicU64::new(0),
+    });
+    let spec = ctx.spec();
+    let out = load::run(server.addr, &spec, work, Some(server.proc.pid)).await?;
+    out.ensure_clean("durable creates")?;
+    let (status, _) = server.proc.terminate(Duration::from_secs(60))?;
+    anyhow::ensure!(status.success(), "sessiond exited with {status}");
+    let sessiond = out.rate();
+    ctx.log(format!(
+        "durable creates: {} over {:?} with {} connections, p50 {:.2} ms, p99 {:.2} ms",
+        out.requests,
+        out.window,
+        spec.connections,
+        out.latency_ms(0.5).unwrap_or(0.0),
+        out.latency_ms(0.99).unwrap_or(0.0)
+    ));
+
+    ctx.phase("durable creates: fjall baseline");
+    let base_dir = ctx.tempdir("fjall")?;
+    let limit = spec.duration;
+    let path = base_dir.path().to_owned();
+    let (commits, took) = tokio::task::spawn_blocking(move || sync_per_create(&path, limit))
+        .await
+        .context("the fjall baseline panicked")??;
+    let baseline = commits as f64 / took.as_secs_f64();
+    ctx.log(format!(
+        "fjall baseline: {commits} creates, each its own SyncAll commit, in {took:?}"
+    ));
+    Ok(vec![
+        Row::measured(
+            "durable creates (64 clients)",
+            "creates/s",
+            sessiond,
+            Some((baseline, "fjall, a sync per create")),
+            Target::RatioAtLeast(10.0),
+        )
+        .note(format!(
+            "p50 {:.2} ms, p99 {:.2} ms per create",
+            out.latency_ms(0.5).unwrap_or(0.0),
+            out.latency_ms(0.99).unwrap_or(0.0)
+        )),
+    ])
+}
+
+/// Commits one real session record per fjall batch, each with `SyncAll`, the way the store
+/// encodes it (format byte, then postcard), for `limit` or [`BASELINE_MAX`] creates.
+fn sync_per_create(dir: &Path, limit: Duration) -> Result<(u64, Duration)> {
+    let db = Database::builder(dir.join("fjall"))
+        .open()
+        .context("opening fjall")?;
+    let sessions = db.keyspace("sessions", KeyspaceCreateOptions::default)?;
+    let policy = Policy::default();
+    let started = Instant::now();
+    let mut n = 0;
+    while n < BASELINE_MAX && started.elapsed() < limit {
+        let record = record(n, &policy)?;
+        let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+        batch.insert(&sessions, record.0.as_slice(), record.1);
+        batch.commit().context("fjall commit")?;
+        n += 1;
+    }
+    let took = started.elapsed();
+    drop(sessions);
+    drop(db);
+    Ok((n, took))
+}
+
+/// Session `i` as the embedded store writes it: its id and its encoded record.
+fn record(i: u64, policy: &Policy) -> Result<([u8; 16], Vec<u8>)> {
+    let data = SessionData::nth(i);
+    let id = SessionId::for_user(&data.user).context("random id")?;
+    let mut secret = [0u8; 32];
+    secret[..16].copy_from_slice(&id.0);
+    let new = NewSession {
+        user: data.user,
+        universal_id: Some(data.universal_id),
+        client_ip: data.ip.parse().ok(),
+        user_agent: Some(data.user_agent.to_owned()),
+        ..NewSession::default()
+    };
+    let session = Session::create(
+        new,
+        id,
+        Verifier(sha256(&secret)),
+        "default",
+        policy,
+        SystemClock.now(),
+    );
+    let mut value = vec![1u8];
+    value.extend(postcard::to_stdvec(&session).context("encoding a session")?);
+    Ok((id.0, value))
+}

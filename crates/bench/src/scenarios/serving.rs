@@ -1,0 +1,232 @@
+//! The scenarios on one populated server, in the order they run:
+//!
+//! 1. population: `POST /v1/sessions` through many connections, timed; the server's RSS
+//!    before and after gives sessiond's bytes per session;
+//! 2. validate and forward auth, each against the hyper baseline with the same requests;
+//! 3. restart: SIGTERM, then the time from a new process's start to its listening line and
+//!    to its first successful validate, with everything on disk.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use hyper::header::HeaderValue;
+
+use super::Ctx;
+use crate::load::{self, Outcome, Spec, Workload};
+use crate::report::{Row, Target};
+use crate::servers::{Baseline, Sessiond};
+use crate::workloads::{Agent, ForwardAuth, Populate, Validate};
+
+/// Populations are bounded in time as well as count.
+const POPULATE_LIMIT: Duration = Duration::from_secs(3600);
+/// Most a restarted server may take to answer its first validate.
+const RESTART_LIMIT: Duration = Duration::from_secs(600);
+
+/// What the serving scenarios found, for the table.
+pub struct Serving {
+    pub validate: Vec<Row>,
+    pub forward: Vec<Row>,
+    pub restart: Vec<Row>,
+    /// sessiond's resident bytes per live session.
+    pub bytes_per_session: f64,
+}
+
+pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
+    let n = ctx.settings.sessions;
+    let dir = ctx.tempdir("serving")?;
+    let data = dir.path().join("data");
+    let server = Sessiond::start(&ctx.bin, &data)?;
+    let rss_empty = server.proc.rss()?;
+
+    ctx.phase("population");
+    let tokens = Arc::new(populate(ctx, &server, n).await?);
+    // Let the last commits and the journal writer settle before reading memory.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_full = server.proc.rss()?;
+    let bytes_per_session = rss_full.saturating_sub(rss_empty) as f64 / n as f64;
+    ctx.log(format!(
+        "sessiond RSS: {:.1} MiB empty, {:.1} MiB with {n} sessions",
+        mib(rss_empty),
+        mib(rss_full)
+    ));
+
+    let baseline = Baseline::start()?;
+    let agent = Agent::new(server.addr, &server.agent_key)?;
+    let validate = Arc::new(Validate {
+        agent,
+        tokens: tokens.clone(),
+    });
+    let validate_rows = compare(ctx, "validate", validate, &server, &baseline).await?;
+    let forward = Arc::new(ForwardAuth {
+        host: HeaderValue::from_str(&server.addr.to_string())?,
+        tokens: tokens.clone(),
+    });
+    let forward_rows = compare(ctx, "forward auth", forward, &server, &baseline).await?;
+    drop(baseline);
+
+    ctx.phase("restart");
+    let restart = restart(ctx, server, &tokens).await?;
+    Ok(Serving {
+        validate: validate_rows,
+        forward: forward_rows,
+        restart,
+        bytes_per_session,
+    })
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+async fn populate(ctx: &mut Ctx, server: &Sessiond, n: u64) -> Result<Vec<String>> {
+    let agent = Agent::new(server.addr, &server.agent_key)?;
+    let work = Arc::new(Populate::new(agent, n));
+    let spec = Spec {
+        connections: ctx.settings.connections,
+        warmup: Duration::ZERO,
+        duration: POPULATE_LIMIT,
+        max_requests: n + u64::try_from(ctx.settings.connections).unwrap_or(0),
+    };
+    let started = Instant::now();
+    let out = load::run(server.addr, &spec, work.clone(), None).await?;
+    let took = started.elapsed();
+    out.ensure_clean("population")?;
+    let tokens = work.take_tokens();
+    ensure!(
+        tokens.len() as u64 == n,
+        "population made {} of {n} sessions within {POPULATE_LIMIT:?}",
+        tokens.len()
+    );
+    ctx.log(format!(
+        "population: {n} sessions in {:.1} s ({} creates/s, {} connections)",
+        took.as_secs_f64(),
+        crate::report::num(n as f64 / took.as_secs_f64()),
+        spec.connections
+    ));
+    Ok(tokens)
+}
+
+/// Runs `work` against sessiond, then the same against the baseline; three rows.
+async fn compare(
+    ctx: &mut Ctx,
+    name: &str,
+    work: Arc<dyn Workload>,
+    server: &Sessiond,
+    baseline: &Baseline,
+) -> Result<Vec<Row>> {
+    let spec = ctx.spec();
+    ctx.phase(&format!("{name}: sessiond"));
+    let ours = load::run(server.addr, &spec, work.clone(), Some(server.proc.pid)).await?;
+    ours.ensure_clean(name)?;
+    ctx.phase(&format!("{name}: baseline"));
+    let base = load::run(baseline.addr, &spec, work, Some(baseline.proc.pid)).await?;
+    base.ensure_clean(&format!("{name} (baseline)"))?;
+    ctx.log(format!("{name}: sessiond {}", describe(&ours)));
+    ctx.log(format!("{name}: baseline {}", describe(&base)));
+    let label = format!("{name} ({} conns)", spec.connections);
+    let mut rows = vec![Row::measured(
+        &format!("{label}: throughput"),
+        "req/s",
+        ours.rate(),
+        Some((base.rate(), "hyper")),
+        Target::RatioAtLeast(0.90),
+    )];
+    if let (Some(a), Some(b)) = (
+        ours.server_cpu_us_per_request(),
+        base.server_cpu_us_per_request(),
+    ) {
+        rows.push(Row::measured(
+            &format!("{label}: server CPU per request"),
+            "us",
+            a,
+            Some((b, "hyper")),
+            Target::RatioAtMost(1.25),
+        ));
+    }
+    for (q, what) in [(0.5, "p50"), (0.99, "p99")] {
+        if let (Some(a), Some(b)) = (ours.latency_ms(q), base.latency_ms(q)) {
+            rows.push(Row::measured(
+                &format!("{label}: {what} latency"),
+                "ms",
+                a,
+                Some((b, "hyper")),
+                Target::Report,
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+fn describe(o: &Outcome) -> String {
+    let cpu =
+        |d: Option<Duration>| d.map_or_else(|| "?".into(), |d| format!("{:.2} s", d.as_secs_f64()));
+    format!(
+        "{} answers in {:?}; server CPU {}, load generator CPU {}",
+        o.requests,
+        o.window,
+        cpu(o.server_cpu),
+        cpu(o.generator_cpu)
+    )
+}
+
+/// Stops `server` (SIGTERM: it flushes touches and closes the store), starts a new one on
+/// the same data dir, and times it.
+async fn restart(ctx: &mut Ctx, server: Sessiond, tokens: &Arc<Vec<String>>) -> Result<Vec<Row>> {
+    let n = ctx.settings.sessions;
+    let data = server.data_dir.clone();
+    let (status, stop) = server.proc.terminate(Duration::from_secs(120))?;
+    ensure!(status.success(), "sessiond exited with {status}");
+    ctx.log(format!(
+        "orderly stop with {n} sessions: {:.2} s",
+        stop.as_secs_f64()
+    ));
+    let again = Sessiond::start(&ctx.bin, &data)?;
+    let first = tokens.first().context("no tokens")?.clone();
+    let work = Arc::new(Validate {
+        agent: Agent::new(again.addr, &again.agent_key)?,
+        tokens: Arc::new(vec![first]),
+    });
+    let one = Spec {
+        connections: 1,
+        warmup: Duration::ZERO,
+        duration: Duration::from_secs(10),
+        max_requests: 1,
+    };
+    let deadline = Instant::now() + RESTART_LIMIT;
+    let answered = loop {
+        let out = load::run(again.addr, &one, work.clone(), None).await?;
+        if out.requests == 1 {
+            break Instant::now();
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no successful validate within {RESTART_LIMIT:?} of the restart: {}",
+            out.first_error.as_deref().unwrap_or("?")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let millions = n as f64 / 1e6;
+    let to_validate = answered.duration_since(again.spawned_at).as_secs_f64();
+    let to_listen = again.to_listening.as_secs_f64();
+    ctx.log(format!(
+        "restart with {n} sessions: listening after {to_listen:.2} s, first validate after {to_validate:.2} s"
+    ));
+    let label = format!("restart, {} sessions", crate::report::num(n as f64));
+    Ok(vec![
+        Row::measured(
+            &format!("{label}: to listening"),
+            "s per million",
+            to_listen / millions,
+            None,
+            Target::AtMost(1.0),
+        ),
+        Row::measured(
+            &format!("{label}: to first validate"),
+            "s per million",
+            to_validate / millions,
+            None,
+            Target::AtMost(1.0),
+        ),
+    ])
+}
