@@ -486,6 +486,14 @@ async fn an_unreachable_store_fails_closed() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     let (s, _) = h.call("GET", "/healthz", None, None).await;
     assert_eq!(s, StatusCode::OK, "the process is up");
+    // Forward auth with a well-formed cookie: 503, never 200.
+    let req = Request::get("/auth/nginx")
+        .header(header::COOKIE, format!("__Host-sessiond={token}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = app(h.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().get("remote-user").is_none());
     // A garbled token is still refused by its MAC, before the store is asked.
     let (s, v) = h
         .agent("/v1/sessions/validate", json!({"token": "k1.x.y"}))
