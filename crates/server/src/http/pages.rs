@@ -29,9 +29,11 @@ input[type=text],input[type=password]{width:100%;padding:.6rem .75rem;font:inher
 input:focus-visible,button:focus-visible{outline:3px solid var(--accent);outline-offset:2px}\
 button{font:inherit;font-weight:600;padding:.6rem 1.1rem;border-radius:8px;border:0;background:var(--accent);color:var(--card);cursor:pointer}\
 button.quiet{background:transparent;color:var(--accent);border:1px solid var(--accent)}.wide{width:100%;margin-top:1.5rem}\
-.error{color:var(--err);font-weight:600}.muted{color:var(--muted);font-size:.9rem}table{width:100%;border-collapse:collapse;margin:1rem 0}\
-th,td{text-align:left;padding:.5rem;border-bottom:1px solid #8884;vertical-align:top}.tag{font-size:.8rem;font-weight:700;color:var(--accent)}\
-.row{display:flex;gap:.75rem;flex-wrap:wrap;align-items:center;justify-content:space-between}form.inline{display:inline}";
+.error{color:var(--err);font-weight:600}.muted{color:var(--muted);font-size:.9rem}h2{font-size:1rem;margin:1.5rem 0 .25rem}\
+.sessions{list-style:none;padding:0;margin:0}.sessions+form{margin-top:1.5rem}.sessions li{padding:.75rem 0;border-bottom:1px solid #8884}.sessions li>div{flex:1 1 16rem}\
+.device{font-weight:600}.tag{font-size:.9rem;font-weight:700;color:var(--accent);margin-left:.5rem}.tag,.nw,button{white-space:nowrap}\
+.row{display:flex;gap:.75rem;flex-wrap:wrap;align-items:center;justify-content:space-between}\
+@media (max-width:30rem){main{margin:1rem auto;padding:0 .5rem}.card{padding:1.25rem}}";
 
 fn page(title: &str, narrow: bool, body: &str) -> String {
     format!(
@@ -58,14 +60,20 @@ pub fn login(rd: &str, csrf: &str, error: Option<&str>, username: &str) -> Strin
     } else {
         " aria-describedby=\"login-error\""
     };
+    // Focus goes where typing starts: the password once the username is filled in.
+    let (focus_user, focus_password) = if username.is_empty() {
+        (" autofocus", "")
+    } else {
+        ("", " autofocus")
+    };
     page(
         "Sign in",
         true,
         &format!(
             "<h1>Sign in</h1>{error}<form method=\"post\" action=\"/login\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"rd\" value=\"{}\">\
-<label for=\"username\">Username</label><input type=\"text\" id=\"username\" name=\"username\" value=\"{}\" autocomplete=\"username\" autocapitalize=\"none\" spellcheck=\"false\" required autofocus{described}>\
-<label for=\"password\">Password</label><input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required{described}>\
+<label for=\"username\">Username</label><input type=\"text\" id=\"username\" name=\"username\" value=\"{}\" autocomplete=\"username\" autocapitalize=\"none\" spellcheck=\"false\" required{focus_user}{described}>\
+<label for=\"password\">Password</label><input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required{focus_password}{described}>\
 <button type=\"submit\" class=\"wide\">Sign in</button></form>",
             escape(csrf),
             escape(rd),
@@ -89,43 +97,94 @@ pub fn message(title: &str, text: &str, link: (&str, &str)) -> String {
     )
 }
 
+/// A timestamp as HTML: `2026-11-21T10:00:00.000Z` → `2026-11-21 10:00 UTC`, which may
+/// wrap between date and time but never inside either.
 fn when(rfc3339: &str) -> String {
-    // `2026-11-21T10:00:00.000Z` → `2026-11-21 10:00 UTC`
     match (rfc3339.get(..10), rfc3339.get(11..16)) {
-        (Some(d), Some(t)) => format!("{d} {t} UTC"),
-        _ => rfc3339.to_owned(),
+        (Some(d), Some(t)) => format!(
+            "<time datetime=\"{}\"><span class=\"nw\">{}</span> <span class=\"nw\">{} UTC</span></time>",
+            escape(rfc3339),
+            escape(d),
+            escape(t)
+        ),
+        _ => escape(rfc3339),
+    }
+}
+
+/// A short name for a browser's user agent, such as `Firefox 128 on Windows`. A user agent
+/// it does not recognise is shown as sent.
+fn device(user_agent: &str) -> String {
+    // First match wins: Edge and Opera also claim Chrome, Chrome also claims Safari.
+    const BROWSERS: [(&str, &str); 9] = [
+        ("Edg/", "Edge"),
+        ("OPR/", "Opera"),
+        ("Firefox/", "Firefox"),
+        ("FxiOS/", "Firefox"),
+        ("HeadlessChrome/", "Headless Chrome"),
+        ("Chromium/", "Chromium"),
+        ("Chrome/", "Chrome"),
+        ("CriOS/", "Chrome"),
+        ("Version/", "Safari"),
+    ];
+    // iOS also claims macOS; Android and ChromeOS also claim Linux.
+    const SYSTEMS: [(&str, &str); 7] = [
+        ("iPhone", "iOS"),
+        ("iPad", "iPadOS"),
+        ("Android", "Android"),
+        ("CrOS", "ChromeOS"),
+        ("Windows", "Windows"),
+        ("Mac OS X", "macOS"),
+        ("Linux", "Linux"),
+    ];
+    let browser = BROWSERS.iter().find_map(|(token, name)| {
+        let version = &user_agent[user_agent.find(token)? + token.len()..];
+        let major = version.split(|c: char| !c.is_ascii_digit()).next()?;
+        (!major.is_empty()).then(|| format!("{name} {major}"))
+    });
+    let system = SYSTEMS
+        .iter()
+        .find(|(token, _)| user_agent.contains(token))
+        .map(|(_, name)| name);
+    match (user_agent.starts_with("Mozilla/5.0 ("), browser, system) {
+        (true, Some(browser), Some(system)) => format!("{browser} on {system}"),
+        _ => user_agent.to_owned(),
     }
 }
 
 /// The self-service page: the user's sessions, this one marked, the others endable.
 pub fn sessions(user: &str, sessions: &[v1::Session], current: &str, csrf: &str) -> String {
-    let mut rows = String::new();
-    for s in sessions {
-        let device = s.client.user_agent.as_deref().unwrap_or("unknown device");
+    let mut items = String::new();
+    // This session first: it is the one people look for.
+    let (this, others): (Vec<_>, Vec<_>) = sessions.iter().partition(|s| s.id == current);
+    for s in this.iter().chain(&others) {
+        let user_agent = s.client.user_agent.as_deref().unwrap_or("unknown device");
+        let device = device(user_agent);
         let ip = s.client.ip.as_deref().unwrap_or("unknown address");
-        let action = if s.id == current {
-            "<span class=\"tag\">This session</span>".to_owned()
+        let (tag, action) = if s.id == current {
+            ("<span class=\"tag\">This session</span>", String::new())
         } else {
-            format!(
-                "<form class=\"inline\" method=\"post\" action=\"/sessions/end\">\
+            let form = format!(
+                "<form method=\"post\" action=\"/sessions/end\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"id\" value=\"{}\">\
 <button type=\"submit\" class=\"quiet\" aria-label=\"Sign out the session from {} at {}\">Sign out</button></form>",
                 escape(csrf),
                 escape(&s.id),
-                escape(device),
+                escape(&device),
                 escape(ip),
-            )
+            );
+            ("", form)
         };
-        rows.push_str(&format!(
-            "<tr><td>{}<br><span class=\"muted\">{}</span></td><td>{}</td><td>{}</td><td>{action}</td></tr>",
-            escape(device),
+        items.push_str(&format!(
+            "<li class=\"row\"><div><span class=\"device\" title=\"{}\">{}</span>{tag}<br>\
+<span class=\"muted\">{} · signed in {} · last active {}</span></div>{action}</li>",
+            escape(user_agent),
+            escape(&device),
             escape(ip),
-            escape(&when(&s.created_at)),
-            escape(&when(&s.last_access_at)),
+            when(&s.created_at),
+            when(&s.last_access_at),
         ));
     }
-    let others = sessions.iter().filter(|s| s.id != current).count();
-    let end_all = if others > 0 {
+    let end_all = if !others.is_empty() {
         format!(
             "<form method=\"post\" action=\"/sessions/end-others\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
 <button type=\"submit\" class=\"quiet\">Sign out all other sessions</button></form>",
@@ -141,8 +200,7 @@ pub fn sessions(user: &str, sessions: &[v1::Session], current: &str, csrf: &str)
             "<div class=\"row\"><h1>Your sessions</h1><form method=\"post\" action=\"/logout\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Sign out</button></form></div>\
 <p class=\"muted\">Signed in as <strong>{}</strong>. {} active session{}.</p>\
-<table><caption class=\"muted\">Where you are signed in</caption><thead><tr><th scope=\"col\">Device</th><th scope=\"col\">Signed in</th><th scope=\"col\">Last active</th><th scope=\"col\"><span class=\"muted\">Action</span></th></tr></thead>\
-<tbody>{rows}</tbody></table>{end_all}",
+<h2 id=\"where\">Where you are signed in</h2><ul class=\"sessions\" aria-labelledby=\"where\">{items}</ul>{end_all}",
             escape(csrf),
             escape(user),
             sessions.len(),
@@ -161,6 +219,58 @@ mod tests {
         assert!(!html.contains("<script>x"));
         assert!(!html.contains("<img src=x>"));
         assert!(html.contains("&lt;b&gt;"));
+    }
+
+    #[test]
+    fn devices_are_named_briefly_and_unknown_ones_as_sent() {
+        let cases = [
+            (
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/156.0.0.0 Safari/537.36",
+                "Headless Chrome 156 on Linux",
+            ),
+            (
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.51",
+                "Edge 124 on Windows",
+            ),
+            (
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 10.15; rv:128.0) Gecko/20100101 Firefox/128.0",
+                "Firefox 128 on macOS",
+            ),
+            (
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+                "Safari 17 on iOS",
+            ),
+            (
+                "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
+                "Chrome 124 on Android",
+            ),
+            ("Other device/1.0", "Other device/1.0"),
+            ("curl/8.5.0", "curl/8.5.0"),
+            (
+                "Mozilla/5.0 (compatible; Something)",
+                "Mozilla/5.0 (compatible; Something)",
+            ),
+        ];
+        for (user_agent, name) in cases {
+            assert_eq!(device(user_agent), name, "{user_agent}");
+        }
+    }
+
+    #[test]
+    fn times_wrap_between_date_and_time_only() {
+        let html = when("2026-11-21T10:00:00.000Z");
+        assert!(html.contains("datetime=\"2026-11-21T10:00:00.000Z\""));
+        assert!(html.contains(">2026-11-21</span> <span class=\"nw\">10:00 UTC<"));
+        assert_eq!(when("<odd>"), "&lt;odd&gt;");
+    }
+
+    #[test]
+    fn focus_goes_to_the_password_once_the_username_is_known() {
+        let fresh = login("/", "c", None, "");
+        assert!(fresh.contains("autocomplete=\"username\" autocapitalize=\"none\" spellcheck=\"false\" required autofocus"));
+        let retry = login("/", "c", Some("Wrong username or password."), "alice");
+        assert!(retry.contains("autocomplete=\"current-password\" required autofocus"));
+        assert_eq!(retry.matches("autofocus").count(), 1);
     }
 
     #[test]
