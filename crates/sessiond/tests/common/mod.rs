@@ -12,6 +12,7 @@ use std::time::Duration;
 use sessiond_client::Client;
 
 pub mod redis;
+pub mod web;
 
 /// The binary under test, built by cargo for this test target.
 pub const BIN: &str = env!("CARGO_BIN_EXE_sessiond");

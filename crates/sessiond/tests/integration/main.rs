@@ -9,6 +9,7 @@ mod common;
 
 mod admin;
 mod agent_flow;
+mod browser;
 mod cluster;
 mod durability;
 mod errors;

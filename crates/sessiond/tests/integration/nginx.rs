@@ -1,58 +1,13 @@
 //! End to end with a real nginx from Debian running `examples/nginx/sessiond.conf`, a small
 //! upstream that echoes the headers it receives, and sessiond, all on loopback ports.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::redirect::Policy;
 
-use crate::common::{Reaper, Server, data_dir, echo_upstream, free_port, require, wait_for_port};
-
-const EXAMPLE: &str = include_str!("../../../../examples/nginx/sessiond.conf");
-
-fn users(dir: &Path, alice_disabled: bool) -> std::path::PathBuf {
-    let path = dir.join("users.toml");
-    let hash = sessiond_server::directory::hash_password("alice-pw").expect("hash");
-    let text = format!(
-        "[users.alice]\npassword = \"{hash}\"\ngroups = [\"staff\"]\ndisabled = {alice_disabled}\n"
-    );
-    // Written whole, then renamed: the server never reads half a file.
-    let tmp = dir.join("users.toml.tmp");
-    std::fs::write(&tmp, text).expect("write users");
-    std::fs::rename(&tmp, &path).expect("rename users");
-    path
-}
-
-/// nginx with the example config, its ports rewritten; killed on drop.
-fn start_nginx(nginx: &Path, dir: &Path, port: u16, sessiond: &str, upstream: u16) -> Reaper {
-    let site = EXAMPLE
-        .replace("127.0.0.1:7480", sessiond)
-        .replace("127.0.0.1:8081", &format!("127.0.0.1:{upstream}"))
-        .replace("listen 127.0.0.1:8080", &format!("listen 127.0.0.1:{port}"));
-    assert_ne!(site, EXAMPLE);
-    std::fs::write(dir.join("sessiond.conf"), site).expect("site");
-    for d in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-        std::fs::create_dir_all(dir.join(d)).expect("temp dir");
-    }
-    let d = dir.display();
-    let main = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nuser root root;\n\
-events {{ worker_connections 256; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
- fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n include {d}/sessiond.conf;\n}}\n"
-    );
-    std::fs::write(dir.join("nginx.conf"), main).expect("nginx.conf");
-    let child = Command::new(nginx)
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    Reaper(child)
-}
+use crate::common::require;
+use crate::common::web::{Site, users};
 
 fn cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
     resp.headers()
@@ -165,21 +120,8 @@ async fn nginx_auth_request_protects_an_upstream() {
     let Some(nginx) = require("nginx") else {
         return;
     };
-    let (tmp, dir) = data_dir();
-    let users_file = users(tmp.path(), false);
-    let config = format!(
-        "[session]\nidle_timeout = \"2s\"\n[users]\nfile = \"{}\"\n[portal]\nallowed_redirect_hosts = [\"127.0.0.1\"]\n\
-trusted_proxies = [\"127.0.0.1/32\"]\n[cookie]\nname = \"sid\"\nsecure = false\n",
-        users_file.display()
-    );
-    let server = Server::start(&dir, Some(&config));
-    let upstream = echo_upstream().await;
-    let port = free_port();
-    let nginx_dir = tmp.path().join("nginx");
-    std::fs::create_dir_all(&nginx_dir).unwrap();
-    let sessiond_addr = server.url.trim_start_matches("http://").to_owned();
-    let _nginx = start_nginx(&nginx, &nginx_dir, port, &sessiond_addr, upstream);
-    wait_for_port(port).await;
+    let site = Site::start(&nginx, "2s").await;
+    let (server, tmp, port) = (&site.server, &site.tmp, site.port);
 
     let http = reqwest::Client::builder()
         .redirect(Policy::none())
