@@ -82,8 +82,9 @@ fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SESSIOND_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn")),
+            tracing_subscriber::EnvFilter::try_from_env("SESSIOND_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -18,8 +18,7 @@ async fn embedded_store_conforms() {
         let dirs = dirs.clone();
         async move {
             let dir = tempfile::tempdir().unwrap();
-            let store =
-                LocalStore::open_embedded(&dir.path().join("store"), OPTIONS).unwrap();
+            let store = LocalStore::open_embedded(&dir.path().join("store"), OPTIONS).unwrap();
             dirs.lock().push(dir);
             Arc::new(store) as Arc<dyn SessionStore>
         }

@@ -27,7 +27,7 @@ pub struct Site {
 }
 
 impl Site {
-    /// Starts sessiond (cookie `sid`, not `Secure`: the test speaks plain HTTP; idle timeout
+    /// Starts sessiond (cookie `sessiond_session`, not `Secure`: the test speaks plain HTTP; idle timeout
     /// `idle_timeout`), the echo upstream and nginx, and waits until nginx accepts
     /// connections. The upstream lives as long as the test's runtime.
     pub async fn start(nginx: &Path, idle_timeout: &str) -> Site {
@@ -35,7 +35,7 @@ impl Site {
         let users_file = users(tmp.path(), false);
         let config = format!(
             "[session]\nidle_timeout = \"{idle_timeout}\"\n[users]\nfile = \"{}\"\n[portal]\nallowed_redirect_hosts = [\"127.0.0.1\"]\n\
-trusted_proxies = [\"127.0.0.1/32\"]\n[cookie]\nname = \"sid\"\nsecure = false\n",
+trusted_proxies = [\"127.0.0.1/32\"]\n[cookie]\nsecure = false\n",
             users_file.display()
         );
         let server = Server::start(&dir, Some(&config));

@@ -8,6 +8,7 @@
 mod common;
 
 mod admin;
+mod agent_cache;
 mod agent_flow;
 mod browser;
 mod cluster;

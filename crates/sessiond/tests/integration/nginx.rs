@@ -49,7 +49,7 @@ impl Browser {
     async fn get(&self, path: &str, extra: &[(&str, &str)]) -> reqwest::Response {
         let mut req = self.http.get(format!("{}{path}", self.base));
         if let Some(sid) = &self.sid {
-            req = req.header(COOKIE, format!("sid={sid}"));
+            req = req.header(COOKIE, format!("sessiond_session={sid}"));
         }
         for (k, v) in extra {
             req = req.header(*k, *v);
@@ -73,12 +73,12 @@ impl Browser {
             .to_owned();
         assert!(to.starts_with("/login?rd="), "{to}");
         let form = self.get(&to, &[]).await;
-        let csrf_cookie = cookie(&form, "sid-csrf").expect("csrf cookie");
+        let csrf_cookie = cookie(&form, "sessiond_session-csrf").expect("csrf cookie");
         let html = form.text().await.unwrap();
         let resp = self
             .http
             .post(format!("{}/login", self.base))
-            .header(COOKIE, format!("sid-csrf={csrf_cookie}"))
+            .header(COOKIE, format!("sessiond_session-csrf={csrf_cookie}"))
             .form(&[
                 ("username", user),
                 ("password", password),
@@ -88,7 +88,7 @@ impl Browser {
             .send()
             .await
             .unwrap();
-        if let Some(sid) = cookie(&resp, "sid") {
+        if let Some(sid) = cookie(&resp, "sessiond_session") {
             self.sid = Some(sid);
         }
         resp
@@ -101,14 +101,17 @@ impl Browser {
         let resp = self
             .http
             .post(format!("{}/logout", self.base))
-            .header(COOKIE, format!("sid={}", self.sid.as_deref().unwrap_or("")))
+            .header(
+                COOKIE,
+                format!("sessiond_session={}", self.sid.as_deref().unwrap_or("")),
+            )
             .form(&[("csrf", hidden(&html, "csrf"))])
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 302);
         assert_eq!(
-            cookie(&resp, "sid").as_deref(),
+            cookie(&resp, "sessiond_session").as_deref(),
             Some(""),
             "the cookie is cleared"
         );
@@ -153,6 +156,11 @@ async fn nginx_auth_request_protects_an_upstream() {
     assert!(
         !echoed.contains("mallory") && !echoed.contains("admins"),
         "client-sent identity reached the upstream: {echoed}"
+    );
+    let token = browser.sid.clone().unwrap().to_ascii_lowercase();
+    assert!(
+        !echoed.contains(&token),
+        "the session token reached the upstream: {echoed}"
     );
     let anonymous_forgery = reqwest::Client::builder()
         .redirect(Policy::none())
