@@ -95,7 +95,13 @@ pub async fn run(ctx: &mut Ctx) -> Result<Option<RedisMemory>> {
 async fn connect(client: &redis::Client) -> Result<MultiplexedConnection> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(mut con) = client.get_multiplexed_async_connection().await
+        // The default 500 ms answer timeout is too short for a 1,000-session pipeline on a
+        // busy 2-core machine; a minute still bounds a stuck server.
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+        if let Ok(mut con) = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
             && redis::cmd("PING")
                 .query_async::<String>(&mut con)
                 .await

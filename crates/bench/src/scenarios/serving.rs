@@ -175,7 +175,7 @@ fn describe(o: &Outcome) -> String {
 async fn restart(ctx: &mut Ctx, server: Sessiond, tokens: &Arc<Vec<String>>) -> Result<Vec<Row>> {
     let n = ctx.settings.sessions;
     let data = server.data_dir.clone();
-    let (status, stop) = server.proc.terminate(Duration::from_secs(120))?;
+    let (status, stop) = server.proc.terminate(Duration::from_secs(1200))?;
     ensure!(status.success(), "sessiond exited with {status}");
     ctx.log(format!(
         "orderly stop with {n} sessions: {:.2} s",
