@@ -65,7 +65,9 @@ impl std::fmt::Debug for LocalStore {
 
 #[derive(Default)]
 struct Shard {
-    live: BTreeMap<SessionId, Entry>,
+    // Boxed: tree nodes then hold 8-byte pointers, not ~250-byte records, so a lookup
+    // walks small nodes (profiled: node reads dominated validate's own time).
+    live: BTreeMap<SessionId, Box<Entry>>,
     ended: HashMap<SessionId, Tombstone>,
 }
 
@@ -150,11 +152,11 @@ impl LocalStore {
         self.expiry.lock().insert((deadline, id));
         shard.live.insert(
             id,
-            Entry {
+            Box::new(Entry {
                 session,
                 scheduled: deadline,
                 dirty: false,
-            },
+            }),
         );
     }
 
@@ -176,7 +178,7 @@ impl LocalStore {
         reason: EndReason,
         now: Timestamp,
     ) -> Option<(Tombstone, bool, Pending)> {
-        let entry = shard.live.remove(&id)?;
+        let entry = *shard.live.remove(&id)?;
         let session = entry.session;
         let (tomb, was_live) = match session.status(now) {
             SessionStatus::Live => (session.end(reason, now, self.options.ended_retention), true),
@@ -664,19 +666,25 @@ impl SessionStore for LocalStore {
 
     async fn flush_touches(&self) -> Result<u64, StoreError> {
         self.journal.check()?;
-        let ids = std::mem::take(&mut *self.dirty.lock());
+        let mut ids = std::mem::take(&mut *self.dirty.lock());
+        // Sorted ids come grouped by shard: one lock and one journal batch per shard.
+        ids.sort_unstable();
         let mut pendings = Vec::new();
-        for id in &ids {
-            let mut shard = self.shard(id).write();
-            if let Some(entry) = shard.live.get_mut(id).filter(|e| e.dirty) {
-                entry.dirty = false;
-                pendings.push(
-                    self.journal
-                        .append(vec![Change::Put(entry.session.clone())]),
-                );
+        let mut n = 0;
+        for group in ids.chunk_by(|a, b| Self::shard_index(a) == Self::shard_index(b)) {
+            let mut shard = self.shards[Self::shard_index(&group[0])].write();
+            let mut puts = Vec::new();
+            for id in group {
+                if let Some(entry) = shard.live.get_mut(id).filter(|e| e.dirty) {
+                    entry.dirty = false;
+                    puts.push(Change::Put(entry.session.clone()));
+                }
+            }
+            if !puts.is_empty() {
+                n += puts.len() as u64;
+                pendings.push(self.journal.append(puts));
             }
         }
-        let n = pendings.len() as u64;
         all_durable(pendings).await?;
         Ok(n)
     }
