@@ -25,23 +25,29 @@ pub fn reason_sentence(reason: EndReason) -> &'static str {
     }
 }
 
-/// The timeline of a live session: what happened, and when and why it will end.
-pub fn live(s: &Session, now: Timestamp) -> Explanation {
-    let (end_at, end_reason) = s.deadline();
+/// The first steps of every timeline: created, and last seen active if ever after that.
+fn beginning(created_at: Timestamp, last_access_at: Timestamp, policy: &str) -> Vec<TimelineEvent> {
     let mut timeline = vec![event(
-        s.created_at,
+        created_at,
         "created",
         None,
-        format!("created under policy `{}`", s.policy),
+        format!("created under policy `{policy}`"),
     )];
-    if s.last_access_at > s.created_at {
+    if last_access_at > created_at {
         timeline.push(event(
-            s.last_access_at,
+            last_access_at,
             "last_access",
             None,
             "last seen active".into(),
         ));
     }
+    timeline
+}
+
+/// The timeline of a live session: what happened, and when and why it will end.
+pub fn live(s: &Session, now: Timestamp) -> Explanation {
+    let (end_at, end_reason) = s.deadline();
+    let mut timeline = beginning(s.created_at, s.last_access_at, &s.policy);
     let in_words = sessiond_core::clock::format_duration(end_at.since(now));
     let detail = match end_reason {
         EndReason::IdleTimeout => format!(
@@ -66,20 +72,7 @@ pub fn live(s: &Session, now: Timestamp) -> Explanation {
 
 /// The timeline of an ended session, from its tombstone.
 pub fn ended(t: &Tombstone) -> Explanation {
-    let mut timeline = vec![event(
-        t.created_at,
-        "created",
-        None,
-        format!("created under policy `{}`", t.policy),
-    )];
-    if t.last_access_at > t.created_at {
-        timeline.push(event(
-            t.last_access_at,
-            "last_access",
-            None,
-            "last seen active".into(),
-        ));
-    }
+    let mut timeline = beginning(t.created_at, t.last_access_at, &t.policy);
     let why = reason_sentence(t.reason);
     let detail = match t.reason {
         EndReason::IdleTimeout => format!(
