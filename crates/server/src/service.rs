@@ -36,22 +36,24 @@ pub struct Service {
     pub clock: Arc<dyn Clock>,
 }
 
-/// Session → wire view (never with the token or its verifier).
-pub fn view(s: &Session) -> v1::Session {
+/// Session → wire view (never with the token or its verifier). Takes the session by value:
+/// every caller is done with it, so its strings and attributes move instead of being copied
+/// (this runs on every validate).
+pub fn view(s: Session) -> v1::Session {
     v1::Session {
         id: s.id.to_string(),
-        user: s.user.clone(),
-        universal_id: s.universal_id.clone(),
+        idle_expires_at: s.idle_expires_at().to_rfc3339(),
+        user: s.user,
+        universal_id: s.universal_id,
         auth_level: s.auth_level,
-        attributes: s.attributes.clone(),
+        attributes: s.attributes,
         client: v1::ClientInfo {
             ip: s.client_ip.map(|ip| ip.to_string()),
-            user_agent: s.user_agent.clone(),
+            user_agent: s.user_agent,
         },
-        policy: s.policy.clone(),
+        policy: s.policy,
         created_at: s.created_at.to_rfc3339(),
         last_access_at: s.last_access_at.to_rfc3339(),
-        idle_expires_at: s.idle_expires_at().to_rfc3339(),
         expires_at: s.expires_at.to_rfc3339(),
         version: s.version,
     }
@@ -147,7 +149,7 @@ impl Service {
                 }
                 Ok(v1::CreatedSession {
                     token: minted.token,
-                    session: view(&session),
+                    session: view(session),
                 })
             }
             Created::LimitReached { limit } => Err(ApiError::SessionLimitReached { limit }),
@@ -240,7 +242,7 @@ impl Service {
         }
         let page = self.store.list(user, cursor, limit, self.now()).await?;
         Ok(v1::SessionPage {
-            sessions: page.sessions.iter().map(view).collect(),
+            sessions: page.sessions.into_iter().map(view).collect(),
             next_cursor: page.next_cursor.map(|c| c.to_string()),
         })
     }

@@ -55,7 +55,7 @@ pub(super) async fn show(
     let id = parse_id("id", &path(id)?)?;
     let session = state.service.get(id).await?;
     Ok(Json(v1::SessionEnvelope {
-        session: view(&session),
+        session: view(session),
     }))
 }
 

@@ -26,7 +26,7 @@ pub(super) async fn validate(
 ) -> Result<Json<v1::SessionEnvelope>, ApiError> {
     let session = state.service.validate(&req.token, req.touch).await?;
     Ok(Json(v1::SessionEnvelope {
-        session: view(&session),
+        session: view(session),
     }))
 }
 
@@ -37,7 +37,7 @@ pub(super) async fn update(
 ) -> Result<Json<v1::SessionEnvelope>, ApiError> {
     let session = state.service.update(req).await?;
     Ok(Json(v1::SessionEnvelope {
-        session: view(&session),
+        session: view(session),
     }))
 }
 
