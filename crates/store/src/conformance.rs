@@ -620,6 +620,19 @@ async fn sweep_ends_what_is_due_and_reschedules_touched_sessions(store: Arc<dyn 
     assert_eq!(store.stats().await.unwrap().live, 2);
     let again = store.sweep(T0.plus(31 * MIN)).await.unwrap();
     assert_eq!(again.expired, 0, "nothing is due twice");
+    // The touched session was scheduled again at its new deadline (25m + 30m): a sweep
+    // then ends it, and the untouched `fresh` one (20m + 30m) before it.
+    let report = store.sweep(T0.plus(56 * MIN)).await.unwrap();
+    assert_eq!(
+        report.expired, 2,
+        "the rescheduled session is swept at its new deadline"
+    );
+    let t = ended(store.get(active.id, T0.plus(56 * MIN)).await.unwrap());
+    assert_eq!(
+        (t.reason, t.ended_at),
+        (EndReason::IdleTimeout, T0.plus(55 * MIN))
+    );
+    assert_eq!(store.stats().await.unwrap().live, 0);
 }
 
 async fn tombstones_are_dropped_after_retention(store: Arc<dyn SessionStore>) {
