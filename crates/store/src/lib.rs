@@ -26,6 +26,8 @@ pub mod redis;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod testkit;
 
 use std::time::Duration;
 

@@ -5,17 +5,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{RedisCluster, RedisSentinel, RedisServer, redis_available};
 use sessiond_core::policy::{OnLimit, UserLimit};
 use sessiond_core::{EndReason, SessionId, Timestamp};
 use sessiond_store::conformance::{self, OPTIONS};
+use sessiond_store::testkit::{RedisCluster, RedisSentinel, RedisServer, redis_available};
 use sessiond_store::{
     ChangeEvent, ChangeKind, Created, Ended, FeedItem, Lookup, RedisConfig, RedisStore,
     RedisTarget, SessionStore,

@@ -1,8 +1,9 @@
-//! The test harness for the Redis backend: real `redis-server` processes on loopback ports,
-//! started by the tests themselves and killed when dropped, even on panic.
+//! Real `redis-server` processes for tests (feature `conformance`): on loopback ports,
+//! started by the tests themselves and killed when dropped, even on panic. Used by this
+//! crate's Redis tests and by the binary's multi-node tests, so there is one harness.
 
 // A test harness: a failed unwrap is a failed test, with its message.
-#![allow(clippy::unwrap_used, dead_code)]
+#![allow(clippy::unwrap_used)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
