@@ -254,7 +254,7 @@ impl Conn {
 }
 
 /// Reads one request: its head (lower-cased header names kept as sent) and body.
-async fn read_request(socket: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+pub(crate) async fn read_request(socket: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     let mut request = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::fake::session_json;
+use crate::fake::{read_request, session_json};
 
 const SECRET: &str = "admin-secret-123";
 
@@ -24,30 +24,12 @@ async fn one_shot(status: &str, body: &str) -> (String, JoinHandle<String>) {
     );
     let task = tokio::spawn(async move {
         let (mut socket, _) = listener.accept().await.unwrap();
-        let mut request = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = socket.read(&mut buf).await.unwrap();
-            assert!(n > 0, "client closed early");
-            request.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&request).to_string();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse::<usize>().unwrap())
-                    })
-                    .unwrap_or(0);
-                if request.len() >= end + 4 + length {
-                    break;
-                }
-            }
-        }
+        let (head, body) = read_request(&mut socket)
+            .await
+            .expect("client closed early");
         socket.write_all(response.as_bytes()).await.unwrap();
         socket.shutdown().await.unwrap();
-        String::from_utf8(request).unwrap()
+        format!("{head}\r\n\r\n{}", String::from_utf8(body).unwrap())
     });
     (base, task)
 }
