@@ -45,15 +45,39 @@ impl Timestamp {
 
     /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-21T10:00:00.000Z`.
     pub fn to_rfc3339(self) -> String {
+        self.to_string()
+    }
+
+    /// The 24 bytes of [`Timestamp::to_rfc3339`], without an allocation (every validate
+    /// answer formats four timestamps). Instants outside years 0-9999 read as the last
+    /// millisecond of 9999.
+    fn rfc3339_bytes(self) -> [u8; 24] {
+        const LAST: &[u8; 24] = b"9999-12-31T23:59:59.999Z";
         let nanos = i128::from(self.0) * 1_000_000;
-        match OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-            Ok(t) => {
-                let (y, mo, d) = (t.year(), u8::from(t.month()), t.day());
-                let (h, mi, s, ms) = (t.hour(), t.minute(), t.second(), t.millisecond());
-                format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
-            }
-            Err(_) => String::from("9999-12-31T23:59:59.999Z"),
+        let Ok(t) = OffsetDateTime::from_unix_timestamp_nanos(nanos) else {
+            return *LAST;
+        };
+        let Ok(year) = u16::try_from(t.year()) else {
+            return *LAST;
+        };
+        if year > 9999 {
+            return *LAST;
         }
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut v: u16| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, u16::from(u8::from(t.month())));
+        put(8, 2, u16::from(t.day()));
+        put(11, 2, u16::from(t.hour()));
+        put(14, 2, u16::from(t.minute()));
+        put(17, 2, u16::from(t.second()));
+        put(20, 3, t.millisecond());
+        out
     }
 
     /// Parses RFC 3339 (any offset) into a timestamp.
@@ -66,7 +90,9 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_rfc3339())
+        let bytes = self.rfc3339_bytes();
+        // Only ASCII digits and separators are ever written.
+        f.write_str(std::str::from_utf8(&bytes).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -140,6 +166,39 @@ mod tests {
         assert_eq!(s, "2026-11-18T11:06:40.123Z");
         assert_eq!(Timestamp::parse_rfc3339(&s), Some(t));
         assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn rfc3339_matches_the_time_crate_everywhere_in_range() {
+        let reference = |ms: i64| {
+            let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .expect("in range");
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.millisecond()
+            )
+        };
+        // Year 0 to 9999, leap days and the epoch's neighbours included.
+        let (first, last) = (-62_167_219_200_000_i64, 253_402_300_799_999_i64);
+        let mut ms = first;
+        let step = (last - first) / 100_003;
+        while ms <= last {
+            assert_eq!(Timestamp(ms).to_rfc3339(), reference(ms), "at {ms}");
+            ms += step;
+        }
+        for ms in [first, last, -1, 0, 1, 951_782_400_000, 1_709_164_800_999] {
+            assert_eq!(Timestamp(ms).to_rfc3339(), reference(ms), "at {ms}");
+        }
+        assert_eq!(Timestamp(-1).to_rfc3339(), "1969-12-31T23:59:59.999Z");
+        for out in [first - 1, last + 1, i64::MIN, i64::MAX] {
+            assert_eq!(Timestamp(out).to_rfc3339(), "9999-12-31T23:59:59.999Z");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What store operations answer, besides failing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use sessiond_core::input::InputError;
 use sessiond_core::{EndReason, Session, SessionId, Tombstone};
@@ -8,7 +9,9 @@ use sessiond_core::{EndReason, Session, SessionId, Tombstone};
 /// A session looked up by token or id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    Live(Session),
+    /// Shared with the store's own copy where the backend keeps one (the embedded store
+    /// answers every validate without copying the record).
+    Live(Arc<Session>),
     /// Ended (or past its deadline), and its tombstone is still retained.
     Ended(Tombstone),
     NotFound,

@@ -5,7 +5,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use sessiond_core::EndReason;
+use sessiond_core::{EndReason, Session};
 use sessiond_proto::v1;
 
 use super::AppState;
@@ -55,7 +55,7 @@ pub(super) async fn show(
     let id = parse_id("id", &path(id)?)?;
     let session = state.service.get(id).await?;
     Ok(Json(v1::SessionEnvelope {
-        session: view(session),
+        session: view(Session::clone(&session)),
     }))
 }
 

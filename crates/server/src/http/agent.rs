@@ -3,12 +3,13 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use sessiond_proto::v1;
 
 use super::AppState;
 use super::extract::{Agent, Body};
 use crate::error::ApiError;
-use crate::service::view;
+use crate::service::{SessionEnvelopeJson, SessionJson, view};
 
 pub(super) async fn create(
     _: Agent,
@@ -23,11 +24,13 @@ pub(super) async fn validate(
     _: Agent,
     State(state): State<AppState>,
     Body(req): Body<v1::ValidateRequest>,
-) -> Result<Json<v1::SessionEnvelope>, ApiError> {
+) -> Result<Response, ApiError> {
     let session = state.service.validate(&req.token, req.touch).await?;
-    Ok(Json(v1::SessionEnvelope {
-        session: view(session),
-    }))
+    // Serialized from the store's shared record: the hot path copies no session strings.
+    Ok(Json(SessionEnvelopeJson {
+        session: SessionJson(&session),
+    })
+    .into_response())
 }
 
 pub(super) async fn update(

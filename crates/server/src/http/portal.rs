@@ -4,6 +4,8 @@
 //! signed-in user by a MAC of their session id. Every login issues a new session id and
 //! token; a cookie from before the login never becomes valid.
 
+use std::sync::Arc;
+
 use axum::Form;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{FromRequestParts, State};
@@ -125,7 +127,7 @@ async fn current(
     state: &AppState,
     cookies: &Cookies,
     touch: bool,
-) -> Result<Option<Session>, ApiError> {
+) -> Result<Option<Arc<Session>>, ApiError> {
     let Some(token) = &cookies.session else {
         return Ok(None);
     };
@@ -379,7 +381,7 @@ async fn signed_in(
     state: &AppState,
     cookies: &Cookies,
     form: Result<Form<CsrfForm>, FormRejection>,
-) -> Result<Result<(Session, CsrfForm), Response>, ApiError> {
+) -> Result<Result<(Arc<Session>, CsrfForm), Response>, ApiError> {
     let form = read_form(form);
     let Some(me) = current(state, cookies, true).await? else {
         return Ok(Err(redirect("/login?rd=%2Fsessions")));

@@ -35,8 +35,8 @@ const MAX_BATCHES_PER_COMMIT: usize = 8192;
 /// One durable change.
 #[derive(Debug)]
 pub(super) enum Change {
-    /// Insert or replace a live session.
-    Put(Session),
+    /// Insert or replace a live session (shared with memory: nothing is copied to queue it).
+    Put(Arc<Session>),
     /// Delete the session and write its tombstone, in one transaction.
     End(Tombstone),
     /// Delete a tombstone past retention.
@@ -61,7 +61,7 @@ impl Pending {
 /// Where changes go: nowhere (memory store) or to the fjall writer.
 pub(super) enum Journal {
     None,
-    Redb(Writer),
+    Fjall(Writer),
 }
 
 pub(super) struct Writer {
@@ -89,12 +89,12 @@ pub(super) struct Loaded {
 
 impl Journal {
     pub(super) fn is_durable(&self) -> bool {
-        matches!(self, Journal::Redb(_))
+        matches!(self, Journal::Fjall(_))
     }
 
     /// Queues `changes`; they are durable when the returned ticket resolves `Ok`.
     pub(super) fn append(&self, changes: Vec<Change>) -> Pending {
-        let Journal::Redb(w) = self else {
+        let Journal::Fjall(w) = self else {
             return Pending(None);
         };
         let (done, rx) = oneshot::channel();
@@ -109,7 +109,7 @@ impl Journal {
     pub(super) fn commits(&self) -> u64 {
         match self {
             Journal::None => 0,
-            Journal::Redb(w) => w.commits.load(Ordering::Relaxed),
+            Journal::Fjall(w) => w.commits.load(Ordering::Relaxed),
         }
     }
 
@@ -117,19 +117,19 @@ impl Journal {
     pub(super) fn check(&self) -> Result<(), StoreError> {
         match self {
             Journal::None => Ok(()),
-            Journal::Redb(w) if w.failed.load(Ordering::Acquire) => Err(StoreError::Unavailable(
+            Journal::Fjall(w) if w.failed.load(Ordering::Acquire) => Err(StoreError::Unavailable(
                 "a write to the data file failed; restart sessiond".into(),
             )),
-            Journal::Redb(w) if w.tx.lock().is_none() => {
+            Journal::Fjall(w) if w.tx.lock().is_none() => {
                 Err(StoreError::Unavailable("the store is closed".into()))
             }
-            Journal::Redb(_) => Ok(()),
+            Journal::Fjall(_) => Ok(()),
         }
     }
 
     /// Stops the writer after it has made everything queued durable.
     pub(super) async fn close(&self) -> Result<(), StoreError> {
-        let Journal::Redb(w) = self else {
+        let Journal::Fjall(w) = self else {
             return Ok(());
         };
         drop(w.tx.lock().take());
@@ -191,7 +191,7 @@ pub(super) fn open(path: &Path) -> Result<(Journal, Loaded), StoreError> {
         failed,
         commits,
     };
-    Ok((Journal::Redb(writer), loaded))
+    Ok((Journal::Fjall(writer), loaded))
 }
 
 fn load(db: &Tables) -> Result<Loaded, StoreError> {
@@ -256,7 +256,9 @@ fn commit(db: &Tables, batches: &[Batch]) -> Result<(), StoreError> {
     let mut batch = db.db.batch().durability(Some(PersistMode::SyncAll));
     for change in batches.iter().flat_map(|b| &b.changes) {
         match change {
-            Change::Put(s) => batch.insert(&db.sessions, s.id.as_bytes().as_slice(), encode(s)?),
+            Change::Put(s) => {
+                batch.insert(&db.sessions, s.id.as_bytes().as_slice(), encode(&**s)?);
+            }
             Change::End(t) => {
                 batch.remove(&db.sessions, t.id.as_bytes().as_slice());
                 batch.insert(&db.tombstones, t.id.as_bytes().as_slice(), encode(t)?);

@@ -34,7 +34,8 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 /// A cached answer.
 #[derive(Clone, Debug)]
 pub(super) enum Cached {
-    Live(Session),
+    /// Shared with the answers handed out, like the embedded store's records.
+    Live(Arc<Session>),
     Ended(Tombstone),
 }
 

@@ -335,7 +335,7 @@ impl RedisStore {
                         // Another node may have touched it: ask Redis before saying ended.
                         return None;
                     }
-                    if touch && s.touch(now) {
+                    if touch && now > s.last_access_at && Arc::make_mut(s).touch(now) {
                         self.touches.record(id, now);
                     }
                     Some(Lookup::Live(s.clone()))
@@ -454,7 +454,7 @@ impl SessionStore for RedisStore {
                     self.cache.invalidate(id);
                 }
                 self.cache
-                    .fill(ticket, session.id, Cached::Live(session.clone()));
+                    .fill(ticket, session.id, Cached::Live(Arc::new(session.clone())));
                 Ok(Created::Created { session, displaced })
             }
             "limit" => Ok(Created::LimitReached { limit: limit.max }),
@@ -486,6 +486,7 @@ impl SessionStore for RedisStore {
             if touch && s.touch(now) {
                 self.touches.record(id, now);
             }
+            let s = Arc::new(s);
             self.cache.fill(ticket, id, Cached::Live(s.clone()));
             return Ok(Lookup::Live(s));
         }
@@ -505,7 +506,7 @@ impl SessionStore for RedisStore {
             return Ok(
                 match s.expired_tombstone(now, self.options.ended_retention) {
                     Some(t) => Lookup::Ended(t),
-                    None => Lookup::Live(s),
+                    None => Lookup::Live(Arc::new(s)),
                 },
             );
         }
