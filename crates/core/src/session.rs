@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -18,14 +19,17 @@ use crate::{Policy, SessionId, Timestamp, Verifier};
 pub struct Session {
     pub id: SessionId,
     pub verifier: Verifier,
-    pub user: String,
+    /// Shared (`Arc<str>`) with the store's per-user index and the session's tombstone.
+    pub user: Arc<str>,
     pub universal_id: Option<String>,
     pub auth_level: i32,
     pub attributes: BTreeMap<String, String>,
     pub client_ip: Option<IpAddr>,
-    pub user_agent: Option<String>,
+    /// Shared: a store keeps one copy of each distinct user agent (see the embedded
+    /// store's interner); a browser fleet has few.
+    pub user_agent: Option<Arc<str>>,
     /// Name of the policy it was created under.
-    pub policy: String,
+    pub policy: Arc<str>,
     pub created_at: Timestamp,
     pub last_access_at: Timestamp,
     /// Copied from the policy at creation, so a config change never rewrites old sessions.
@@ -70,13 +74,13 @@ impl Session {
         Session {
             id,
             verifier,
-            user: new.user,
+            user: Arc::from(new.user),
             universal_id: new.universal_id,
             auth_level: new.auth_level,
             attributes: new.attributes,
             client_ip: new.client_ip,
-            user_agent: new.user_agent,
-            policy: policy_name.to_owned(),
+            user_agent: new.user_agent.map(Arc::from),
+            policy: Arc::from(policy_name),
             created_at: now,
             last_access_at: now,
             idle_timeout_ms: u64::try_from(policy.idle_timeout.as_millis()).unwrap_or(u64::MAX),
@@ -157,8 +161,8 @@ pub struct Tombstone {
     /// Kept so a token for the ended session is answered `session_ended` only if it really
     /// was that session's token.
     pub verifier: Verifier,
-    pub user: String,
-    pub policy: String,
+    pub user: Arc<str>,
+    pub policy: Arc<str>,
     pub reason: EndReason,
     pub created_at: Timestamp,
     pub last_access_at: Timestamp,

@@ -60,9 +60,9 @@ pub fn live(s: &Session, now: Timestamp) -> Explanation {
     timeline.push(event(end_at, "will_end", Some(end_reason), detail.clone()));
     Explanation {
         id: s.id.to_string(),
-        user: s.user.clone(),
+        user: s.user.to_string(),
         state: SessionState::Active,
-        policy: Some(s.policy.clone()),
+        policy: Some(s.policy.to_string()),
         end_at: end_at.to_rfc3339(),
         end_reason,
         timeline,
@@ -84,9 +84,9 @@ pub fn ended(t: &Tombstone) -> Explanation {
     timeline.push(event(t.ended_at, "ended", Some(t.reason), detail.clone()));
     Explanation {
         id: t.id.to_string(),
-        user: t.user.clone(),
+        user: t.user.to_string(),
         state: SessionState::Ended,
-        policy: Some(t.policy.clone()),
+        policy: Some(t.policy.to_string()),
         end_at: t.ended_at.to_rfc3339(),
         end_reason: t.reason,
         timeline,

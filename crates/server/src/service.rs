@@ -36,22 +36,21 @@ pub struct Service {
     pub clock: Arc<dyn Clock>,
 }
 
-/// Session → wire view (never with the token or its verifier). Takes the session by value:
-/// every caller is done with it, so its strings and attributes move instead of being copied
-/// (this runs on every validate).
+/// Session → wire view (never with the token or its verifier), for creates, updates and
+/// admin answers. Validate answers with [`SessionJson`] instead, which copies nothing.
 pub fn view(s: Session) -> v1::Session {
     v1::Session {
         id: s.id.to_string(),
         idle_expires_at: s.idle_expires_at().to_rfc3339(),
-        user: s.user,
+        user: s.user.to_string(),
         universal_id: s.universal_id,
         auth_level: s.auth_level,
         attributes: s.attributes,
         client: v1::ClientInfo {
             ip: s.client_ip.map(|ip| ip.to_string()),
-            user_agent: s.user_agent,
+            user_agent: s.user_agent.as_deref().map(str::to_owned),
         },
-        policy: s.policy,
+        policy: s.policy.to_string(),
         created_at: s.created_at.to_rfc3339(),
         last_access_at: s.last_access_at.to_rfc3339(),
         expires_at: s.expires_at.to_rfc3339(),

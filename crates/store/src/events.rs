@@ -11,6 +11,7 @@
 //! random per process start, so ids from before a restart are recognised as unresumable.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use sessiond_core::{EndReason, SessionId, Timestamp};
@@ -37,7 +38,7 @@ pub struct ChangeEvent {
     pub event_id: String,
     pub kind: ChangeKind,
     pub session: SessionId,
-    pub user: String,
+    pub user: Arc<str>,
     pub version: u64,
     /// For `Ended`.
     pub reason: Option<EndReason>,
@@ -60,7 +61,7 @@ pub type Feed = mpsc::Receiver<FeedItem>;
 pub struct Change {
     pub kind: ChangeKind,
     pub session: SessionId,
-    pub user: String,
+    pub user: Arc<str>,
     pub version: u64,
     pub reason: Option<EndReason>,
     pub at: Timestamp,

@@ -64,7 +64,7 @@ fn to_sse(item: FeedItem) -> Event {
             };
             let data = v1::SessionEvent {
                 id: c.session.to_string(),
-                user: c.user,
+                user: c.user.to_string(),
                 version: c.version,
                 reason: c.reason,
                 at: c.at.to_rfc3339(),

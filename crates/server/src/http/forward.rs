@@ -89,15 +89,16 @@ async fn check(
     let mut r = StatusCode::OK.into_response();
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let values = [
-        (&names.user, session.user.clone()),
-        (&names.groups, groups),
+    let (id, level) = (session.id.to_string(), session.auth_level.to_string());
+    let values: [(&str, &str); 5] = [
+        (&names.user, &session.user),
+        (&names.groups, &groups),
         (
             &names.universal_id,
-            session.universal_id.clone().unwrap_or_default(),
+            session.universal_id.as_deref().unwrap_or_default(),
         ),
-        (&names.session_id, session.id.to_string()),
-        (&names.auth_level, session.auth_level.to_string()),
+        (&names.session_id, &id),
+        (&names.auth_level, &level),
     ];
     for (name, value) in values {
         if value.is_empty() {
@@ -105,7 +106,7 @@ async fn check(
         }
         let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
+            HeaderValue::from_str(value),
         ) else {
             return Ok(Check::Denied);
         };

@@ -12,6 +12,7 @@
 //! record, table `tombstones` maps a 16-byte id to a tombstone. Each value is one format
 //! byte ([`FORMAT`]) followed by the postcard encoding of the core type.
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -80,10 +81,10 @@ struct Batch {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
-/// What was on disk at open.
-#[derive(Default)]
-pub(super) struct Loaded {
-    pub sessions: Vec<Session>,
+/// What was on disk at open: the sessions as folded into `parts` (see [`open`]), and the
+/// tombstones.
+pub(super) struct Loaded<P> {
+    pub parts: Vec<P>,
     pub tombstones: Vec<Tombstone>,
 }
 
@@ -161,7 +162,18 @@ struct Tables {
 }
 
 /// Opens (or creates) the data directory, reads everything back, and starts the writer.
-pub(super) fn open(path: &Path) -> Result<(Journal, Loaded), StoreError> {
+///
+/// The sessions are read by `parts` threads at once (a power of two up to 64), each
+/// scanning one contiguous range of ids (by their first byte) and folding every session
+/// into its own `P` with `add`, in id order; part `i` covers ids whose first byte is in
+/// `[i * 256 / parts, (i + 1) * 256 / parts)`.
+pub(super) fn open<P: Send>(
+    path: &Path,
+    parts: usize,
+    new_part: impl Fn() -> P + Sync,
+    add: impl Fn(&mut P, Session) + Sync,
+) -> Result<(Journal, Loaded<P>), StoreError> {
+    let opened = std::time::Instant::now();
     let db = Database::builder(path).open().map_err(unavailable)?;
     let sessions = db
         .keyspace(SESSIONS, KeyspaceCreateOptions::default)
@@ -174,7 +186,14 @@ pub(super) fn open(path: &Path) -> Result<(Journal, Loaded), StoreError> {
         sessions,
         tombstones,
     };
-    let loaded = load(&db)?;
+    let started = std::time::Instant::now();
+    let loaded = load(&db, parts, &new_part, &add)?;
+    tracing::debug!(
+        open_ms = (started - opened).as_millis() as u64,
+        scan_ms = started.elapsed().as_millis() as u64,
+        parts,
+        "read the journal"
+    );
     let (tx, rx) = mpsc::channel();
     let failed = Arc::new(AtomicBool::new(false));
     let commits = Arc::new(AtomicU64::new(0));
@@ -194,17 +213,51 @@ pub(super) fn open(path: &Path) -> Result<(Journal, Loaded), StoreError> {
     Ok((Journal::Fjall(writer), loaded))
 }
 
-fn load(db: &Tables) -> Result<Loaded, StoreError> {
-    let mut loaded = Loaded::default();
-    for row in db.sessions.iter() {
-        let (_, v) = row.into_inner().map_err(unavailable)?;
-        loaded.sessions.push(decode(&v)?);
-    }
+fn load<P: Send>(
+    db: &Tables,
+    parts: usize,
+    new_part: &(impl Fn() -> P + Sync),
+    add: &(impl Fn(&mut P, Session) + Sync),
+) -> Result<Loaded<P>, StoreError> {
+    assert!(
+        parts.is_power_of_two() && parts <= 64,
+        "parts must be a power of two up to 64"
+    );
+    let step = 256 / parts;
+    let scan = |i: usize| -> Result<P, StoreError> {
+        let lower = Bound::Included(vec![(i * step) as u8]);
+        let upper = match (i + 1) * step {
+            256 => Bound::Unbounded,
+            end => Bound::Excluded(vec![end as u8]),
+        };
+        let mut part = new_part();
+        for row in db.sessions.range((lower, upper)) {
+            let (_, v) = row.into_inner().map_err(unavailable)?;
+            add(&mut part, decode(&v)?);
+        }
+        Ok(part)
+    };
+    let scan = &scan;
+    let parts = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..parts).map(|i| scope.spawn(move || scan(i))).collect();
+        let mut out = vec![scan(0)];
+        for h in handles {
+            out.push(
+                h.join()
+                    .unwrap_or_else(|_| Err(unavailable("a loading thread panicked"))),
+            );
+        }
+        out.into_iter().collect::<Result<Vec<P>, StoreError>>()
+    })?;
+    let mut tombs = Vec::new();
     for row in db.tombstones.iter() {
         let (_, v) = row.into_inner().map_err(unavailable)?;
-        loaded.tombstones.push(decode(&v)?);
+        tombs.push(decode(&v)?);
     }
-    Ok(loaded)
+    Ok(Loaded {
+        parts,
+        tombstones: tombs,
+    })
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -248,6 +301,15 @@ fn write_loop(
         }
         for b in batches {
             let _ = b.done.send(result.clone());
+        }
+    }
+    // Closing: write the memtables out as tables, so the next start reads sorted tables
+    // instead of replaying every journaled change since the last flush.
+    if !failed.load(Ordering::Acquire) {
+        for keyspace in [&db.sessions, &db.tombstones] {
+            if let Err(e) = keyspace.rotate_memtable_and_wait() {
+                tracing::warn!(error = %e, "flushing the memtable at close failed; the next start replays the journal");
+            }
         }
     }
 }

@@ -17,6 +17,7 @@
 //! Every journal append for a session happens while its shard lock is held, so the journal
 //! sees changes to one session in the order memory saw them.
 
+mod intern;
 mod journal;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -30,7 +31,9 @@ use rustc_hash::FxHashMap;
 use sessiond_core::input::apply_attributes;
 use sessiond_core::policy::UserLimit;
 use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Tombstone, Verifier};
+use smallvec::SmallVec;
 
+use self::intern::Interner;
 use self::journal::{Change, Journal, Pending};
 use crate::events::{self, ChangeKind, EventLog, Feed};
 use crate::{
@@ -55,6 +58,8 @@ pub struct LocalStore {
     journal: Journal,
     /// Every create, update and end, for `/v1/events`.
     events: EventLog,
+    /// The one copy of each user agent and policy name the records share.
+    strings: Interner,
     options: StoreOptions,
 }
 
@@ -84,11 +89,72 @@ struct Entry {
     dirty: bool,
 }
 
+/// What one loading thread builds from its range of ids (see `open_embedded`).
+struct LoadPart {
+    /// All [`SHARDS`]; only those in this part's range are filled.
+    shards: Vec<Shard>,
+    deadlines: Vec<(Timestamp, SessionId)>,
+    by_user: HashMap<Arc<str>, UserIds>,
+    per_policy: HashMap<Arc<str>, u64>,
+    live: u64,
+    strings: Interner,
+}
+
+impl Default for LoadPart {
+    fn default() -> Self {
+        LoadPart {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            deadlines: Vec::new(),
+            by_user: HashMap::new(),
+            per_policy: HashMap::new(),
+            live: 0,
+            strings: Interner::default(),
+        }
+    }
+}
+
+impl LoadPart {
+    /// Sessions arrive in id order, so each user's list stays sorted as it is appended to.
+    fn add(&mut self, mut session: Session) {
+        let (deadline, _) = session.deadline();
+        let id = session.id;
+        session.user_agent = self.strings.intern_opt(session.user_agent);
+        session.policy = self.strings.intern(session.policy);
+        match self.by_user.get_mut(&*session.user) {
+            Some(ids) => ids.push(id),
+            None => {
+                self.by_user
+                    .insert(session.user.clone(), SmallVec::from_slice(&[id]));
+            }
+        }
+        match self.per_policy.get_mut(&*session.policy) {
+            Some(n) => *n += 1,
+            None => {
+                self.per_policy.insert(session.policy.clone(), 1);
+            }
+        }
+        self.live += 1;
+        self.deadlines.push((deadline, id));
+        self.shards[LocalStore::shard_index(&id)].live.insert(
+            id,
+            Entry {
+                session: Arc::new(session),
+                scheduled: deadline,
+                dirty: false,
+            },
+        );
+    }
+}
+
+/// One user's live ids, sorted. Most users have one or two sessions (a phone and a laptop),
+/// which then sit in the index itself with no allocation of their own.
+type UserIds = SmallVec<[SessionId; 2]>;
+
 #[derive(Default)]
 struct Members {
-    /// Each user's live ids, sorted (a user has a handful: a tree node would be larger).
-    by_user: HashMap<String, Vec<SessionId>>,
-    per_policy: HashMap<String, u64>,
+    /// Keyed by the sessions' own shared user string.
+    by_user: HashMap<Arc<str>, UserIds>,
+    per_policy: HashMap<Arc<str>, u64>,
     live: u64,
     ended_by_reason: BTreeMap<EndReason, u64>,
 }
@@ -99,20 +165,71 @@ impl LocalStore {
         LocalStore::with_journal(Journal::None, options)
     }
 
-    /// The embedded durable store in directory `path` (a fjall database), loaded back into memory. Runs
-    /// blocking I/O: call it from a blocking context.
+    /// The embedded durable store in directory `path` (a fjall database), loaded back into
+    /// memory. Runs blocking I/O: call it from a blocking context.
+    ///
+    /// Loading is parallel: each thread scans one range of ids, which is a whole number of
+    /// shards, and builds those shards and its share of the indexes on its own (a user's
+    /// sessions share their id's first bytes, so each user's list is built by one thread).
+    /// The shares are then moved into place and the deadline index is built in one pass.
     pub fn open_embedded(path: &Path, options: StoreOptions) -> Result<LocalStore, StoreError> {
-        let (journal, loaded) = journal::open(path)?;
+        let started = std::time::Instant::now();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(SHARDS);
+        // A power of two, so every range is a whole number of shards.
+        let parts = 1 << threads.ilog2();
+        let (journal, loaded) = journal::open(path, parts, LoadPart::default, LoadPart::add)?;
+        let read = started.elapsed();
         let store = LocalStore::with_journal(journal, options);
-        for session in loaded.sessions {
-            store.insert_loaded(session);
-        }
+        let sessions = store.install(loaded.parts);
+        let tombstones = loaded.tombstones.len();
         for tomb in loaded.tombstones {
             store.insert_tombstone(tomb);
         }
+        tracing::info!(
+            sessions,
+            tombstones,
+            threads = parts,
+            read_ms = read.as_millis() as u64,
+            indexed_ms = (started.elapsed() - read).as_millis() as u64,
+            "loaded the embedded store"
+        );
         Ok(store)
     }
 
+    /// Moves loaded parts into the empty store; returns how many sessions they held.
+    fn install(&self, parts: Vec<LoadPart>) -> u64 {
+        let mut m = self.members.lock();
+        let mut deadlines = Vec::new();
+        for part in parts {
+            for (i, shard) in part.shards.into_iter().enumerate() {
+                if !shard.live.is_empty() {
+                    self.shards[i].write().live = shard.live;
+                }
+            }
+            m.live += part.live;
+            for (policy, n) in part.per_policy {
+                *m.per_policy.entry(policy).or_default() += n;
+            }
+            // Ids made by `SessionId::for_user` put a user in one part only; anything else
+            // (ids from an older format, say) is merged rather than trusted to be disjoint.
+            if m.by_user.is_empty() {
+                m.by_user = part.by_user;
+            } else {
+                for (user, ids) in part.by_user {
+                    let all = m.by_user.entry(user).or_default();
+                    all.extend(ids);
+                    all.sort_unstable();
+                }
+            }
+            deadlines.extend(part.deadlines);
+            self.strings.absorb(part.strings);
+        }
+        deadlines.sort_unstable();
+        *self.expiry.lock() = deadlines.into_iter().collect();
+        m.live
+    }
     /// Durable transactions committed since open (0 for the memory store). Many concurrent
     /// writes share one commit; tests and metrics read this to see how many.
     pub fn durable_commits(&self) -> u64 {
@@ -128,6 +245,7 @@ impl LocalStore {
             dirty: Mutex::new(Vec::new()),
             journal,
             events: EventLog::new(),
+            strings: Interner::default(),
             options,
         }
     }
@@ -138,12 +256,6 @@ impl LocalStore {
 
     fn shard(&self, id: &SessionId) -> &RwLock<Shard> {
         &self.shards[Self::shard_index(id)]
-    }
-
-    fn insert_loaded(&self, session: Session) {
-        let mut m = self.members.lock();
-        let mut shard = self.shard(&session.id).write();
-        self.insert_live(&mut m, &mut shard, Arc::new(session));
     }
 
     fn insert_live(&self, m: &mut Members, shard: &mut Shard, session: Arc<Session>) {
@@ -192,18 +304,18 @@ impl LocalStore {
                 (session.end(reason, at, self.options.ended_retention), false)
             }
         };
-        if let Some(ids) = m.by_user.get_mut(&session.user) {
+        if let Some(ids) = m.by_user.get_mut(&*session.user) {
             if let Ok(at) = ids.binary_search(&id) {
                 ids.remove(at);
             }
             if ids.is_empty() {
-                m.by_user.remove(&session.user);
+                m.by_user.remove(&*session.user);
             }
         }
-        if let Some(n) = m.per_policy.get_mut(&session.policy) {
+        if let Some(n) = m.per_policy.get_mut(&*session.policy) {
             *n -= 1;
             if *n == 0 {
-                m.per_policy.remove(&session.policy);
+                m.per_policy.remove(&*session.policy);
             }
         }
         m.live -= 1;
@@ -416,18 +528,20 @@ impl SessionStore for LocalStore {
 
     async fn create(
         &self,
-        session: Session,
+        mut session: Session,
         limit: UserLimit,
         now: Timestamp,
     ) -> Result<Created, StoreError> {
         self.journal.check()?;
+        session.user_agent = self.strings.intern_opt(session.user_agent.take());
+        session.policy = self.strings.intern(session.policy.clone());
         let mut pendings = Vec::new();
         let mut displaced = Vec::new();
         let denied = 'locked: {
             let mut m = self.members.lock();
             // The user's live sessions, oldest first; any past their deadline end here.
             let mut live: Vec<(Timestamp, SessionId)> = Vec::new();
-            let ids: Vec<SessionId> = m.by_user.get(&session.user).cloned().unwrap_or_default();
+            let ids: UserIds = m.by_user.get(&*session.user).cloned().unwrap_or_default();
             for id in ids {
                 let mut shard = self.shard(&id).write();
                 let Some(e) = shard.live.get(&id) else {
@@ -644,7 +758,7 @@ impl SessionStore for LocalStore {
         let mut count = 0;
         {
             let mut m = self.members.lock();
-            let ids: Vec<SessionId> = m.by_user.get(user).cloned().unwrap_or_default();
+            let ids: UserIds = m.by_user.get(user).cloned().unwrap_or_default();
             for id in ids {
                 let mut shard = self.shard(&id).write();
                 if let Some((_, was_live, p)) = self.end_locked(&mut m, &mut shard, id, reason, now)
@@ -675,6 +789,7 @@ impl SessionStore for LocalStore {
 
     async fn sweep(&self, now: Timestamp) -> Result<SweepReport, StoreError> {
         self.journal.check()?;
+        self.strings.purge();
         let mut report = SweepReport::default();
         let mut pendings = self.sweep_expired(now, &mut report);
         pendings.extend(self.sweep_tombstones(now, &mut report));
@@ -712,7 +827,11 @@ impl SessionStore for LocalStore {
         let m = self.members.lock();
         Ok(StoreStats {
             live: m.live,
-            per_policy: m.per_policy.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            per_policy: m
+                .per_policy
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             ended_by_reason: m
                 .ended_by_reason
                 .iter()

@@ -95,8 +95,8 @@ pub(super) fn decode_tombstone(
     Ok(Some(Tombstone {
         id,
         verifier: Verifier(verifier),
-        user: text(fields, "user")?.to_owned(),
-        policy: text(fields, "pol")?.to_owned(),
+        user: text(fields, "user")?.into(),
+        policy: text(fields, "pol")?.into(),
         reason,
         created_at: Timestamp(number(fields, "cr")?),
         last_access_at: Timestamp(number(fields, "la")?),

@@ -341,7 +341,7 @@ fn decode(id: StreamId, pairs: &[(String, String)]) -> Option<ChangeEvent> {
         event_id: id.to_string(),
         kind,
         session: get("id")?.parse::<SessionId>().ok()?,
-        user: get("user")?.to_owned(),
+        user: get("user")?.into(),
         version: get("ver")?.parse().ok()?,
         reason,
         at: Timestamp(get("at")?.parse().ok()?),

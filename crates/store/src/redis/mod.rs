@@ -429,7 +429,7 @@ impl SessionStore for RedisStore {
                 now,
                 |c| {
                     c.arg(s.id.to_string())
-                        .arg(s.user.as_str())
+                        .arg(&*s.user)
                         .arg(limit.max)
                         .arg(if limit.on_limit == OnLimit::DisplaceOldest {
                             "1"
@@ -437,7 +437,7 @@ impl SessionStore for RedisStore {
                             "0"
                         })
                         .arg(&s.verifier.0[..])
-                        .arg(s.policy.as_str())
+                        .arg(&*s.policy)
                         .arg(s.created_at.as_millis())
                         .arg(s.last_access_at.as_millis())
                         .arg(s.idle_timeout_ms)

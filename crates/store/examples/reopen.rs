@@ -1,0 +1,85 @@
+//! Times how long the embedded store takes to open with N sessions on disk: the part of a
+//! restart that grows with the population. For profiling (`perf record -g -- ...`), not a
+//! test; the end-to-end restart figure is `sessiond-bench`'s.
+//!
+//! ```sh
+//! cargo run --release -p sessiond-store --example reopen -- 1000000 /tmp/reopen
+//! ```
+//! The first run fills the directory (durable creates, 64 at a time) and closes it; every run
+//! then opens it once more and prints how long that took.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sessiond_core::session::NewSession;
+use sessiond_core::{Policy, Session, SessionId, Timestamp, Verifier};
+use sessiond_store::{LocalStore, SessionStore, StoreOptions};
+
+const AGENTS: [&str; 2] = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0",
+];
+
+fn session(i: u64, now: Timestamp, policy: &Policy) -> Session {
+    let new = NewSession {
+        user: format!("user{:08}", i / 2),
+        universal_id: Some(format!("{:036x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
+        client_ip: Some(std::net::IpAddr::from([198, 51, 100, (i % 256) as u8])),
+        user_agent: Some(AGENTS[(i % 2) as usize].to_owned()),
+        ..NewSession::default()
+    };
+    let id = SessionId::for_user(&new.user).expect("random ids");
+    let mut v = [0u8; 32];
+    v[..8].copy_from_slice(&i.to_le_bytes());
+    Session::create(new, id, Verifier(v), "default", policy, now)
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter("sessiond_store=debug")
+        .init();
+    let mut args = std::env::args().skip(1);
+    let n: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("usage: reopen N DIR");
+    let dir = PathBuf::from(args.next().expect("usage: reopen N DIR"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let policy = Policy {
+        idle_timeout: std::time::Duration::from_secs(24 * 3600),
+        ..Policy::default()
+    };
+    let now = Timestamp(1_795_000_000_000);
+    if !dir.exists() {
+        let store =
+            Arc::new(LocalStore::open_embedded(&dir, StoreOptions::default()).expect("open"));
+        let started = Instant::now();
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..64)
+                .map(|t| {
+                    let (store, policy) = (store.clone(), policy);
+                    tokio::spawn(async move {
+                        for i in (t..n).step_by(64) {
+                            let s = session(i, now, &policy);
+                            store.create(s, policy.limit(), now).await.expect("create");
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("task");
+            }
+            store.close().await.expect("close");
+        });
+        println!(
+            "filled {n} sessions in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let started = Instant::now();
+    let store = LocalStore::open_embedded(&dir, StoreOptions::default()).expect("reopen");
+    let took = started.elapsed().as_secs_f64();
+    println!("opened {n} sessions in {took:.2} s");
+    rt.block_on(store.close()).expect("close");
+}

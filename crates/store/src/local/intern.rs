@@ -1,0 +1,101 @@
+//! One shared copy of each distinct user agent and policy name among the live sessions.
+//!
+//! A fleet of browsers sends a few hundred distinct user agents, each 100-150 bytes, so
+//! sharing them is most of what a session record would otherwise spend on strings. The
+//! strings come from clients, so the set must not grow without bound: [`Interner::purge`]
+//! drops every string no session holds any more, and runs (from the sweep) only once the
+//! set has doubled since the last purge, so its cost is amortised over the inserts.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// Below this many strings a purge is not worth a pass.
+const MIN_PURGE: usize = 1024;
+
+#[derive(Default)]
+pub(super) struct Interner {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    set: HashSet<Arc<str>>,
+    /// Purge once the set holds this many.
+    purge_at: usize,
+}
+
+impl Interner {
+    /// The shared copy of `s` (which becomes the shared copy if there was none).
+    pub(super) fn intern(&self, s: Arc<str>) -> Arc<str> {
+        let mut inner = self.inner.lock();
+        if let Some(shared) = inner.set.get(&*s) {
+            return shared.clone();
+        }
+        inner.set.insert(s.clone());
+        s
+    }
+
+    /// [`Interner::intern`] for an optional string.
+    pub(super) fn intern_opt(&self, s: Option<Arc<str>>) -> Option<Arc<str>> {
+        s.map(|s| self.intern(s))
+    }
+
+    /// Adds every string of `other` this one lacks (after a parallel load).
+    pub(super) fn absorb(&self, other: Interner) {
+        let other = other.inner.into_inner().set;
+        let mut inner = self.inner.lock();
+        inner.set.extend(other);
+    }
+
+    /// Drops the strings only this set still holds, if the set has doubled since the last
+    /// purge; returns how many were dropped.
+    pub(super) fn purge(&self) -> usize {
+        let mut inner = self.inner.lock();
+        if inner.set.len() < inner.purge_at.max(MIN_PURGE) {
+            return 0;
+        }
+        let before = inner.set.len();
+        inner.set.retain(|s| Arc::strong_count(s) > 1);
+        inner.purge_at = inner.set.len() * 2;
+        before - inner.set.len()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner.lock().set.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_strings_share_one_copy() {
+        let i = Interner::default();
+        let a = i.intern(Arc::from("Mozilla/5.0"));
+        let b = i.intern(Arc::from(String::from("Mozilla/5.0")));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(i.intern_opt(None), None);
+        assert_eq!(i.len(), 1);
+    }
+
+    #[test]
+    fn a_purge_drops_only_unheld_strings_and_only_after_doubling() {
+        let i = Interner::default();
+        let kept: Vec<Arc<str>> = (0..10)
+            .map(|n| i.intern(Arc::from(format!("kept {n}"))))
+            .collect();
+        for n in 0..MIN_PURGE {
+            drop(i.intern(Arc::from(format!("gone {n}"))));
+        }
+        assert_eq!(i.purge(), MIN_PURGE);
+        assert_eq!(i.len(), kept.len());
+        // The next purge waits for the set to double (but at least MIN_PURGE strings).
+        drop(i.intern(Arc::from("gone again")));
+        assert_eq!(i.purge(), 0);
+        assert!(Arc::ptr_eq(&kept[3], &i.intern(Arc::from("kept 3"))));
+    }
+}
