@@ -81,6 +81,13 @@ struct AllArgs {
     /// Longest wait, in seconds, for other rustc/cargo processes to finish before measuring.
     #[arg(long, default_value_t = 300)]
     max_wait: u64,
+    /// Run only these scenario groups (comma-separated); implies --no-docs.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<scenarios::Group>,
+    /// Record a `perf` profile of sessiond during each measured load window into this
+    /// directory (`perf report -i DIR/<window>.data`); needs `perf` on PATH.
+    #[arg(long)]
+    perf: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -107,6 +114,8 @@ fn all(args: AllArgs) -> Result<ExitCode> {
         connections: args.connections.max(1),
         warmup: secs(args.warmup, if args.smoke { 0.25 } else { 2.0 }),
         duration: secs(args.duration, if args.smoke { 1.0 } else { 10.0 }),
+        only: args.only.clone(),
+        perf: args.perf.clone(),
     };
     let root = procs::workspace_root();
     let out_dir = procs::target_dir().join("bench");
@@ -162,7 +171,7 @@ fn all(args: AllArgs) -> Result<ExitCode> {
     }
     report.write_json(&json)?;
     println!("wrote {}", json.display());
-    if !args.smoke && !args.no_docs {
+    if !args.smoke && !args.no_docs && args.only.is_empty() && args.perf.is_none() {
         let docs = root.join("docs").join("benchmarks.md");
         report.write_docs(&docs)?;
         println!("wrote {}", docs.display());

@@ -170,6 +170,47 @@ fn clock_ticks() -> u64 {
     })
 }
 
+/// A `perf record` of one process while a load window runs.
+pub struct Perf {
+    proc: Proc,
+    out: PathBuf,
+}
+
+impl Perf {
+    /// Starts sampling `pid` (with call graphs) for `length`, into `<dir>/<name>.data`.
+    pub fn record(dir: &Path, name: &str, pid: u32, length: Duration) -> Result<Perf> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let out = dir.join(format!("{name}.data"));
+        let perf = find_program("perf").ok_or_else(|| anyhow!("--perf needs `perf` on PATH"))?;
+        let mut cmd = Command::new(perf);
+        cmd.args(["record", "-q", "-F", "499", "-g", "-p"])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&out)
+            .arg("--")
+            .arg("sleep")
+            .arg(format!("{:.1}", length.as_secs_f64()));
+        Ok(Perf {
+            proc: Proc::spawn("perf", cmd)?,
+            out,
+        })
+    }
+
+    /// Waits for the recording to end; a line saying where it is.
+    pub fn finish(mut self) -> Result<String> {
+        let mut child = self
+            .proc
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("perf already stopped"))?;
+        let status = child.wait().context("waiting for perf")?;
+        if !status.success() {
+            bail!("perf record failed: {status}");
+        }
+        Ok(format!("profile: perf report -i {}", self.out.display()))
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released), for servers that cannot bind
 /// port 0 and report it (redis-server).
 pub fn free_port() -> Result<u16> {

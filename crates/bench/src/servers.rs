@@ -37,9 +37,22 @@ pub struct Sessiond {
 impl Sessiond {
     /// Starts `bin serve` on `127.0.0.1:0` with `data_dir` and [`CONFIG`].
     pub fn start(bin: &Path, data_dir: &Path) -> Result<Sessiond> {
+        Sessiond::start_under(&[], bin, data_dir)
+    }
+
+    /// [`Sessiond::start`] with `bin` run by `wrapper` (e.g. `perf record -o F --`); the
+    /// process watched is then the wrapper's.
+    pub fn start_under(wrapper: &[String], bin: &Path, data_dir: &Path) -> Result<Sessiond> {
         let config = data_dir.with_extension("toml");
         std::fs::write(&config, CONFIG).with_context(|| format!("writing {}", config.display()))?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")

@@ -26,6 +26,27 @@ pub struct Settings {
     pub warmup: Duration,
     /// The measured window of every load run.
     pub duration: Duration,
+    /// Scenario groups to run; empty means all.
+    pub only: Vec<Group>,
+    /// Where to write a `perf` profile of each measured sessiond window, if anywhere.
+    pub perf: Option<PathBuf>,
+}
+
+/// The scenario groups `--only` can pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Group {
+    /// Population, validate, forward auth, restart, sessiond's memory.
+    Serving,
+    /// Durable creates against a sync per create.
+    Creates,
+    /// Redis's memory for the same sessions.
+    Memory,
+}
+
+impl Settings {
+    fn runs(&self, g: Group) -> bool {
+        self.only.is_empty() || self.only.contains(&g)
+    }
 }
 
 /// What every scenario needs.
@@ -78,23 +99,37 @@ impl Ctx {
 pub async fn run_all(ctx: &mut Ctx) -> Vec<Row> {
     let mut rows = Vec::new();
     let n = crate::report::num(ctx.settings.sessions as f64);
-    let serving = serving::run(ctx).await;
-    let creates = creates::run(ctx).await;
-    let redis = memory::run(ctx).await;
+    let serving = if ctx.settings.runs(Group::Serving) {
+        Some(serving::run(ctx).await)
+    } else {
+        None
+    };
+    let creates = if ctx.settings.runs(Group::Creates) {
+        Some(creates::run(ctx).await)
+    } else {
+        None
+    };
+    let redis = if ctx.settings.runs(Group::Memory) {
+        memory::run(ctx).await
+    } else {
+        Ok(None)
+    };
     ctx.phase("done");
     let mut memory_row = None;
     match serving {
-        Ok(s) => {
+        None => {}
+        Some(Ok(s)) => {
             rows.extend(s.validate);
             rows.extend(s.forward);
             rows.extend(s.restart);
             memory_row = Some(s.bytes_per_session);
         }
-        Err(e) => rows.push(Row::failed("validate, forward auth, restart", &e)),
+        Some(Err(e)) => rows.push(Row::failed("validate, forward auth, restart", &e)),
     }
     match creates {
-        Ok(r) => rows.extend(r),
-        Err(e) => rows.push(Row::failed("durable creates", &e)),
+        None => {}
+        Some(Ok(r)) => rows.extend(r),
+        Some(Err(e)) => rows.push(Row::failed("durable creates", &e)),
     }
     let label = format!("memory per live session, {n} sessions");
     match (memory_row, redis) {
@@ -108,13 +143,13 @@ pub async fn run_all(ctx: &mut Ctx) -> Vec<Row> {
             )
             .note("sessiond: VmRSS after population minus before; Redis: used_memory delta"),
         ),
-        (_, Ok(None)) => rows.push(Row::not_measured(
+        (_, Ok(None)) if ctx.settings.runs(Group::Memory) => rows.push(Row::not_measured(
             &label,
             Target::RatioAtMost(0.75),
             "redis-server is not installed",
         )),
         (_, Err(e)) => rows.push(Row::failed(&label, &e)),
-        (None, Ok(Some(_))) => {}
+        (None, Ok(Some(_))) | (_, Ok(None)) => {}
     }
     rows.extend(not_measured());
     rows

@@ -117,7 +117,19 @@ async fn compare(
 ) -> Result<Vec<Row>> {
     let spec = ctx.spec();
     ctx.phase(&format!("{name}: sessiond"));
+    let perf = match &ctx.settings.perf {
+        Some(dir) => Some(crate::procs::Perf::record(
+            dir,
+            &name.replace(' ', "-"),
+            server.proc.pid,
+            spec.warmup + spec.duration,
+        )?),
+        None => None,
+    };
     let ours = load::run(server.addr, &spec, work.clone(), Some(server.proc.pid)).await?;
+    if let Some(perf) = perf {
+        ctx.log(perf.finish()?);
+    }
     ours.ensure_clean(name)?;
     ctx.phase(&format!("{name}: baseline"));
     let base = load::run(baseline.addr, &spec, work, Some(baseline.proc.pid)).await?;
@@ -212,6 +224,32 @@ async fn restart(ctx: &mut Ctx, server: Sessiond, tokens: &Arc<Vec<String>>) -> 
     ctx.log(format!(
         "restart with {n} sessions: listening after {to_listen:.2} s, first validate after {to_validate:.2} s"
     ));
+    if let Some(dir) = ctx.settings.perf.clone() {
+        // Once more under `perf record`, for the profile only (perf slows the start).
+        let (status, _) = again.proc.terminate(Duration::from_secs(1200))?;
+        ensure!(status.success(), "sessiond exited with {status}");
+        std::fs::create_dir_all(&dir)?;
+        let out = dir.join("restart.data");
+        let wrapper = [
+            "perf".to_owned(),
+            "record".to_owned(),
+            "-q".to_owned(),
+            "-F".to_owned(),
+            "999".to_owned(),
+            "-g".to_owned(),
+            "-o".to_owned(),
+            out.display().to_string(),
+            "--".to_owned(),
+        ];
+        let profiled = Sessiond::start_under(&wrapper, &ctx.bin, &data)?;
+        ctx.log(format!(
+            "restart under perf: listening after {:.2} s; profile: perf report -i {}",
+            profiled.to_listening.as_secs_f64(),
+            out.display()
+        ));
+        // SIGTERM to perf stops the recording and, with it, sessiond.
+        profiled.proc.terminate(Duration::from_secs(1200))?;
+    }
     let label = format!("restart, {} sessions", crate::report::num(n as f64));
     Ok(vec![
         Row::measured(
