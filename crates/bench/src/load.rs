@@ -56,6 +56,9 @@ pub struct Outcome {
     pub latencies_us: Vec<u32>,
     /// The server's CPU time over the window, when a pid was given.
     pub server_cpu: Option<Duration>,
+    /// The CPU time over the window of the other processes [`run_watching`] was given
+    /// (e.g. the redis-server behind sessiond), in their order.
+    pub others_cpu: Vec<Duration>,
     /// This process's (the load generator's) CPU time over the window.
     pub generator_cpu: Option<Duration>,
 }
@@ -100,6 +103,26 @@ impl Outcome {
     }
 }
 
+/// The figures of one run that another scenario compares against.
+#[derive(Clone, Copy, Debug)]
+pub struct Figures {
+    /// Counted answers per second.
+    pub rate: f64,
+    /// Server CPU time per counted answer, in microseconds.
+    pub cpu_us_per_request: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl Outcome {
+    pub fn figures(&self) -> Figures {
+        Figures {
+            rate: self.rate(),
+            cpu_us_per_request: self.server_cpu_us_per_request(),
+            p99_ms: self.latency_ms(0.99),
+        }
+    }
+}
+
 /// What each connection task brings back.
 #[derive(Default)]
 struct Tally {
@@ -132,6 +155,18 @@ pub async fn run(
     work: Arc<dyn Workload>,
     server_pid: Option<u32>,
 ) -> Result<Outcome> {
+    run_watching(addr, spec, work, server_pid, &[]).await
+}
+
+/// [`run`], also reading the CPU time of `others` (processes the server relies on) at the
+/// window's ends, into [`Outcome::others_cpu`].
+pub async fn run_watching(
+    addr: SocketAddr,
+    spec: &Spec,
+    work: Arc<dyn Workload>,
+    server_pid: Option<u32>,
+    others: &[u32],
+) -> Result<Outcome> {
     let start = Instant::now() + spec.warmup;
     let window = Arc::new(Window {
         start,
@@ -145,7 +180,7 @@ pub async fn run(
         tasks.push(tokio::spawn(connection(addr, work, window)));
     }
     // Sample CPU at the window's ends, while the connections run.
-    let sampler = tokio::spawn(sample_cpu(window.clone(), server_pid));
+    let sampler = tokio::spawn(sample_cpu(window.clone(), server_pid, others.to_vec()));
     let mut outcome = Outcome::default();
     let mut last_done = window.start;
     for task in tasks {
@@ -164,26 +199,39 @@ pub async fn run(
         sampler.abort();
         outcome.window = last_done.saturating_duration_since(window.start);
     } else {
-        let (server, generator) = sampler.await.context("the CPU sampler panicked")??;
+        let (server, generator, others) = sampler.await.context("the CPU sampler panicked")??;
         outcome.server_cpu = server;
         outcome.generator_cpu = generator;
+        outcome.others_cpu = others;
         outcome.window = spec.duration;
     }
     outcome.latencies_us.sort_unstable();
     Ok(outcome)
 }
 
-type Samples = (Option<Duration>, Option<Duration>);
+/// The server's, this process's and the others' CPU time over the window.
+type Samples = (Option<Duration>, Option<Duration>, Vec<Duration>);
 
-async fn sample_cpu(window: Arc<Window>, pid: Option<u32>) -> Result<Samples> {
+async fn sample_cpu(window: Arc<Window>, pid: Option<u32>, others: Vec<u32>) -> Result<Samples> {
     let read = |pid: Option<u32>| pid.map(cpu_time).transpose();
+    let read_others = || {
+        others
+            .iter()
+            .map(|&p| cpu_time(p))
+            .collect::<Result<Vec<_>>>()
+    };
     let own = Some(std::process::id());
     tokio::time::sleep_until(window.start).await;
-    let (server0, own0) = (read(pid)?, read(own)?);
+    let (server0, own0, others0) = (read(pid)?, read(own)?, read_others()?);
     tokio::time::sleep_until(window.end).await;
-    let (server1, own1) = (read(pid)?, read(own)?);
+    let (server1, own1, others1) = (read(pid)?, read(own)?, read_others()?);
     let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
-    Ok((diff(server0, server1), diff(own0, own1)))
+    let others = others1
+        .iter()
+        .zip(&others0)
+        .map(|(b, a)| b.saturating_sub(*a))
+        .collect();
+    Ok((diff(server0, server1), diff(own0, own1), others))
 }
 
 /// One keep-alive connection, sending until the window closes, the budget is spent or the

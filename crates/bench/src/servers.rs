@@ -1,14 +1,16 @@
 //! Starting the servers under test on loopback: `sessiond serve` with a data dir of its own,
-//! and the baseline (this same binary's hidden `baseline-server` subcommand).
+//! the baseline (this same binary's hidden `baseline-server` subcommand), and a
+//! redis-server of the benchmark's own.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
+use redis::aio::MultiplexedConnection;
 
-use crate::procs::Proc;
+use crate::procs::{Proc, find_program, free_port};
 
 /// How long a server may take to print its listening line (a 10M-session restart reads
 /// every session first).
@@ -17,6 +19,24 @@ const START_TIMEOUT: Duration = Duration::from_secs(600);
 /// The configuration every sessiond in the benchmark runs with: forward auth reads the
 /// session from a plain-HTTP cookie named `sid` (the default name needs HTTPS).
 pub const CONFIG: &str = "[cookie]\nname = \"sid\"\nsecure = false\n";
+
+/// Config sections (for [`Sessiond::start_with`]) putting a sessiond on the Redis store at
+/// `url`. Nodes sharing a store must share their token keys: give them the same `secret`
+/// (at least 32 bytes), e.g. from [`token_secret`].
+pub fn redis_store_config(url: &str, secret: &str) -> String {
+    format!(
+        "[store]\nkind = \"redis\"\n[store.redis]\nurl = \"{url}\"\n\
+         [[token.keys]]\nid = \"k1\"\nsecret = \"{secret}\"\n"
+    )
+}
+
+/// 64 hex digits for a token key shared by the nodes of one run (a benchmark's keys guard
+/// nothing, so a non-cryptographic generator will do).
+pub fn token_secret() -> String {
+    (0..4)
+        .map(|_| format!("{:016x}", fastrand::u64(..)))
+        .collect()
+}
 
 /// The name of the session cookie in [`CONFIG`].
 pub const COOKIE_NAME: &str = "sid";
@@ -40,11 +60,22 @@ impl Sessiond {
         Sessiond::start_under(&[], bin, data_dir)
     }
 
+    /// [`Sessiond::start`] with `extra` (whole TOML sections, e.g. `[store]`) after
+    /// [`CONFIG`].
+    pub fn start_with(bin: &Path, data_dir: &Path, extra: &str) -> Result<Sessiond> {
+        Sessiond::launch(&[], bin, data_dir, extra)
+    }
+
     /// [`Sessiond::start`] with `bin` run by `wrapper` (e.g. `perf record -o F --`); the
     /// process watched is then the wrapper's.
     pub fn start_under(wrapper: &[String], bin: &Path, data_dir: &Path) -> Result<Sessiond> {
+        Sessiond::launch(wrapper, bin, data_dir, "")
+    }
+
+    fn launch(wrapper: &[String], bin: &Path, data_dir: &Path, extra: &str) -> Result<Sessiond> {
         let config = data_dir.with_extension("toml");
-        std::fs::write(&config, CONFIG).with_context(|| format!("writing {}", config.display()))?;
+        std::fs::write(&config, format!("{CONFIG}{extra}"))
+            .with_context(|| format!("writing {}", config.display()))?;
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
@@ -102,6 +133,83 @@ impl Baseline {
             proc,
             addr: parse_url(&url)?,
         })
+    }
+}
+
+/// A redis-server of the benchmark's own on `127.0.0.1`, without persistence
+/// (`--save "" --appendonly no`), its files in a directory of the caller's.
+pub struct RedisServer {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Where redis-server is installed. `None` when it is not (the caller's row then says
+    /// so), except under `CI=true`, where CI must install it and its absence is an error.
+    pub fn program() -> Result<Option<PathBuf>> {
+        match find_program("redis-server") {
+            Some(p) => Ok(Some(p)),
+            None if std::env::var("CI").as_deref() == Ok("true") => {
+                bail!("redis-server is not installed, and CI=true: .ci/run must install it")
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Starts `program` on a free port with its files in `dir` (created if need be), and
+    /// waits for its `PONG`.
+    pub async fn start(program: &Path, dir: &Path) -> Result<RedisServer> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let port = free_port()?;
+        let mut cmd = Command::new(program);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(dir);
+        let server = RedisServer {
+            proc: Proc::spawn("redis-server", cmd)?,
+            port,
+        };
+        server.connect().await?;
+        Ok(server)
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// A connection that has answered `PING` (tries for 10 s).
+    pub async fn connect(&self) -> Result<MultiplexedConnection> {
+        let client = redis::Client::open(self.url())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The default 500 ms answer timeout is too short for a 1,000-session pipeline on
+            // a busy 2-core machine; a minute still bounds a stuck server.
+            let config = redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(60)));
+            if let Ok(mut con) = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut con)
+                    .await
+                    .is_ok()
+            {
+                return Ok(con);
+            }
+            if Instant::now() >= deadline {
+                bail!("redis-server did not answer PING within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

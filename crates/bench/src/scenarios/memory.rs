@@ -7,14 +7,13 @@
 //! token verifier, policy or version, which sessiond keeps, so the baseline is if anything
 //! smaller than a real Redis session store would be.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use redis::aio::MultiplexedConnection;
 
 use super::Ctx;
-use crate::procs::{Proc, find_program, free_port};
+use crate::servers::RedisServer;
 use crate::workloads::SessionData;
 
 /// Sessions per pipeline, and pipelines in flight at once.
@@ -27,30 +26,17 @@ pub struct RedisMemory {
     pub version: String,
 }
 
-/// `None` when redis-server is not installed (the row then says so).
+/// `None` when redis-server is not installed outside CI (the row then says so); under
+/// `CI=true` that is an error.
 pub async fn run(ctx: &mut Ctx) -> Result<Option<RedisMemory>> {
-    let Some(program) = find_program("redis-server") else {
+    let Some(program) = RedisServer::program()? else {
         return Ok(None);
     };
     ctx.phase("memory: redis baseline");
     let n = ctx.settings.sessions;
     let dir = ctx.tempdir("redis")?;
-    let port = free_port()?;
-    let mut cmd = Command::new(program);
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "yes",
-        ])
-        .arg("--dir")
-        .arg(dir.path());
-    let _redis = Proc::spawn("redis-server", cmd)?;
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
-    let mut con = connect(&client).await?;
+    let redis = RedisServer::start(&program, dir.path()).await?;
+    let mut con = redis.connect().await?;
     let before = info(&mut con).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -90,30 +76,6 @@ pub async fn run(ctx: &mut Ctx) -> Result<Option<RedisMemory>> {
         bytes_per_session: used as f64 / n as f64,
         version,
     }))
-}
-
-async fn connect(client: &redis::Client) -> Result<MultiplexedConnection> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        // The default 500 ms answer timeout is too short for a 1,000-session pipeline on a
-        // busy 2-core machine; a minute still bounds a stuck server.
-        let config =
-            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
-        if let Ok(mut con) = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            && redis::cmd("PING")
-                .query_async::<String>(&mut con)
-                .await
-                .is_ok()
-        {
-            return Ok(con);
-        }
-        if Instant::now() >= deadline {
-            bail!("redis-server did not answer PING within 10 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn info(con: &mut MultiplexedConnection) -> Result<String> {

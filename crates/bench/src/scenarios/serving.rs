@@ -13,7 +13,7 @@ use anyhow::{Context, Result, ensure};
 use hyper::header::HeaderValue;
 
 use super::Ctx;
-use crate::load::{self, Outcome, Spec, Workload};
+use crate::load::{self, Figures, Outcome, Spec, Workload};
 use crate::report::{Row, Target};
 use crate::servers::{Baseline, Sessiond};
 use crate::workloads::{Agent, ForwardAuth, Populate, Validate};
@@ -26,6 +26,8 @@ const RESTART_LIMIT: Duration = Duration::from_secs(600);
 /// What the serving scenarios found, for the table.
 pub struct Serving {
     pub validate: Vec<Row>,
+    /// sessiond's own validate figures, for the Redis-mode comparison.
+    pub validate_figures: Figures,
     pub forward: Vec<Row>,
     pub restart: Vec<Row>,
     /// sessiond's resident bytes per live session.
@@ -40,7 +42,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
     let rss_empty = server.proc.rss()?;
 
     ctx.phase("population");
-    let tokens = Arc::new(populate(ctx, &server, n).await?);
+    let tokens = Arc::new(populate(ctx, &server, n, "population").await?);
     // Let the last commits and the journal writer settle before reading memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_full = server.proc.rss()?;
@@ -57,18 +59,20 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
         agent,
         tokens: tokens.clone(),
     });
-    let validate_rows = compare(ctx, "validate", validate, &server, &baseline).await?;
+    let (validate_rows, validate_figures) =
+        compare(ctx, "validate", validate, &server, &baseline).await?;
     let forward = Arc::new(ForwardAuth {
         host: HeaderValue::from_str(&server.addr.to_string())?,
         tokens: tokens.clone(),
     });
-    let forward_rows = compare(ctx, "forward auth", forward, &server, &baseline).await?;
+    let (forward_rows, _) = compare(ctx, "forward auth", forward, &server, &baseline).await?;
     drop(baseline);
 
     ctx.phase("restart");
     let restart = restart(ctx, server, &tokens).await?;
     Ok(Serving {
         validate: validate_rows,
+        validate_figures,
         forward: forward_rows,
         restart,
         bytes_per_session,
@@ -79,7 +83,13 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-async fn populate(ctx: &mut Ctx, server: &Sessiond, n: u64) -> Result<Vec<String>> {
+/// Creates `n` sessions through `server`'s API, timed (logged as `what`); their tokens.
+pub(super) async fn populate(
+    ctx: &mut Ctx,
+    server: &Sessiond,
+    n: u64,
+    what: &str,
+) -> Result<Vec<String>> {
     let agent = Agent::new(server.addr, &server.agent_key)?;
     let work = Arc::new(Populate::new(agent, n));
     let spec = Spec {
@@ -91,15 +101,15 @@ async fn populate(ctx: &mut Ctx, server: &Sessiond, n: u64) -> Result<Vec<String
     let started = Instant::now();
     let out = load::run(server.addr, &spec, work.clone(), None).await?;
     let took = started.elapsed();
-    out.ensure_clean("population")?;
+    out.ensure_clean(what)?;
     let tokens = work.take_tokens();
     ensure!(
         tokens.len() as u64 == n,
-        "population made {} of {n} sessions within {POPULATE_LIMIT:?}",
+        "{what} made {} of {n} sessions within {POPULATE_LIMIT:?}",
         tokens.len()
     );
     ctx.log(format!(
-        "population: {n} sessions in {:.1} s ({} creates/s, {} connections)",
+        "{what}: {n} sessions in {:.1} s ({} creates/s, {} connections)",
         took.as_secs_f64(),
         crate::report::num(n as f64 / took.as_secs_f64()),
         spec.connections
@@ -107,14 +117,15 @@ async fn populate(ctx: &mut Ctx, server: &Sessiond, n: u64) -> Result<Vec<String
     Ok(tokens)
 }
 
-/// Runs `work` against sessiond, then the same against the baseline; three rows.
+/// Runs `work` against sessiond, then the same against the baseline; the rows, and
+/// sessiond's figures.
 async fn compare(
     ctx: &mut Ctx,
     name: &str,
     work: Arc<dyn Workload>,
     server: &Sessiond,
     baseline: &Baseline,
-) -> Result<Vec<Row>> {
+) -> Result<(Vec<Row>, Figures)> {
     let spec = ctx.spec();
     ctx.phase(&format!("{name}: sessiond"));
     let perf = match &ctx.settings.perf {
@@ -167,7 +178,7 @@ async fn compare(
             ));
         }
     }
-    Ok(rows)
+    Ok((rows, ours.figures()))
 }
 
 fn describe(o: &Outcome) -> String {

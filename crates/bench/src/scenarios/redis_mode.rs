@@ -1,0 +1,192 @@
+//! Validate in Redis mode, near cache on, against the embedded store.
+//!
+//! A redis-server of the benchmark's own (loopback, no persistence) and one sessiond on it
+//! (`[store] kind = "redis"`, the near cache at its defaults), populated through the API
+//! like the serving scenario, then the same validate load (touch on, a token drawn at random
+//! from the whole population). Server CPU is sessiond's plus redis-server's: in Redis mode
+//! both do the work of a validate.
+//!
+//! The embedded side is the serving scenario's validate in the same run. When that did not
+//! run (`--only`), an embedded sessiond is populated with as many sessions as the Redis one
+//! and measured here.
+
+use std::sync::Arc;
+
+use anyhow::{Result, ensure};
+use sessiond_store::{RedisConfig, RedisTarget};
+
+use super::Ctx;
+use super::serving::populate;
+use crate::load::{self, Figures};
+use crate::report::{Row, Target};
+use crate::servers::{RedisServer, Sessiond, redis_store_config, token_secret};
+use crate::workloads::{Agent, Validate};
+
+/// The most sessions put in Redis: at sessiond's Redis layout (about 1.5 KB each with the
+/// due index) 10M would take most of the machine's memory.
+pub const MAX_SESSIONS: u64 = 1_000_000;
+
+/// The embedded figures to compare with, and the population they were measured on.
+#[derive(Clone, Copy, Debug)]
+pub struct Embedded {
+    pub figures: Figures,
+    pub sessions: u64,
+}
+
+const LABEL: &str = "validate in Redis mode, near cache on";
+
+pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> {
+    let Some(program) = RedisServer::program()? else {
+        return Ok(vec![Row::not_measured(
+            LABEL,
+            Target::RatioAtLeast(0.80),
+            "redis-server is not installed",
+        )]);
+    };
+    let n = ctx.settings.sessions.min(MAX_SESSIONS);
+    let (embedded, source) = match embedded {
+        Some(e) => (e, "the validate row above"),
+        None => {
+            let e = embedded_validate(ctx, n).await?;
+            (e, "measured here, the serving scenario did not run")
+        }
+    };
+
+    ctx.phase("redis mode: population");
+    let dir = ctx.tempdir("redis-mode")?;
+    let redis = RedisServer::start(&program, &dir.path().join("redis")).await?;
+    let extra = redis_store_config(&redis.url(), &token_secret());
+    let server = Sessiond::start_with(&ctx.bin, &dir.path().join("node"), &extra)?;
+    let tokens = Arc::new(populate(ctx, &server, n, "redis mode population").await?);
+    let mut con = redis.connect().await?;
+    let info: String = redis::cmd("INFO").query_async(&mut con).await?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .unwrap_or("?")
+            .trim()
+            .to_owned()
+    };
+    let version = field("redis_version");
+    ctx.log(format!(
+        "redis mode: redis {version} holds {n} sessions in {} (used_memory_human)",
+        field("used_memory_human")
+    ));
+
+    ctx.phase("redis mode: validate");
+    let work = Arc::new(Validate {
+        agent: Agent::new(server.addr, &server.agent_key)?,
+        tokens,
+    });
+    let spec = ctx.spec();
+    let out = load::run_watching(
+        server.addr,
+        &spec,
+        work,
+        Some(server.proc.pid),
+        &[redis.proc.pid],
+    )
+    .await?;
+    out.ensure_clean("validate in Redis mode")?;
+    let redis_cpu = out.others_cpu.first().copied();
+    let secs = |d: Option<std::time::Duration>| d.map_or(0.0, |d| d.as_secs_f64());
+    ctx.log(format!(
+        "redis mode validate: {} answers in {:?}; sessiond CPU {:.2} s, redis-server CPU {:.2} s, \
+         load generator CPU {:.2} s",
+        out.requests,
+        out.window,
+        secs(out.server_cpu),
+        secs(redis_cpu),
+        secs(out.generator_cpu)
+    ));
+    ensure!(out.requests > 0, "no validate answered in Redis mode");
+
+    let near_cache = RedisConfig::new(RedisTarget::Url(redis.url())).cache_capacity;
+    let capped = if n < ctx.settings.sessions {
+        format!(
+            " (--sessions capped at {}: Redis memory)",
+            crate::report::num(n as f64)
+        )
+    } else {
+        String::new()
+    };
+    let population = if embedded.sessions == n {
+        String::new()
+    } else {
+        format!(
+            "; the embedded figure is from {} sessions",
+            crate::report::num(embedded.sessions as f64)
+        )
+    };
+    let label = format!("{LABEL} ({} conns)", spec.connections);
+    let mut rows = vec![
+        Row::measured(
+            &format!("{label}: throughput"),
+            "req/s",
+            out.rate(),
+            Some((embedded.figures.rate, "embedded")),
+            Target::RatioAtLeast(0.80),
+        )
+        .note(format!(
+            "{} sessions{capped}{population}; redis-server {version} on loopback without \
+             persistence; the near cache at its default {} entries holds at most {:.0}% of \
+             them; embedded: {source}",
+            crate::report::num(n as f64),
+            crate::report::num(near_cache as f64),
+            (100.0 * near_cache as f64 / n as f64).min(100.0),
+        )),
+    ];
+    let cpu = out.server_cpu.map(|s| s + redis_cpu.unwrap_or_default());
+    if let (Some(cpu), Some(base)) = (cpu, embedded.figures.cpu_us_per_request) {
+        let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / out.requests as f64;
+        rows.push(
+            Row::measured(
+                &format!("{label}: server CPU per request"),
+                "us",
+                per(cpu),
+                Some((base, "embedded")),
+                Target::Report,
+            )
+            .note(format!(
+                "sessiond {:.1} us + redis-server {:.1} us",
+                out.server_cpu.map_or(0.0, per),
+                redis_cpu.map_or(0.0, per)
+            )),
+        );
+    }
+    if let (Some(ours), Some(base)) = (out.latency_ms(0.99), embedded.figures.p99_ms) {
+        rows.push(Row::measured(
+            &format!("{label}: p99 latency"),
+            "ms",
+            ours,
+            Some((base, "embedded")),
+            Target::Report,
+        ));
+    }
+    Ok(rows)
+}
+
+/// The embedded side when the serving scenario did not run: `n` sessions, the same load.
+async fn embedded_validate(ctx: &mut Ctx, n: u64) -> Result<Embedded> {
+    ctx.phase("redis mode: embedded population");
+    let dir = ctx.tempdir("redis-mode-embedded")?;
+    let server = Sessiond::start(&ctx.bin, &dir.path().join("data"))?;
+    let tokens = Arc::new(populate(ctx, &server, n, "redis mode: embedded population").await?);
+    ctx.phase("redis mode: embedded validate");
+    let work = Arc::new(Validate {
+        agent: Agent::new(server.addr, &server.agent_key)?,
+        tokens,
+    });
+    let out = load::run(server.addr, &ctx.spec(), work, Some(server.proc.pid)).await?;
+    out.ensure_clean("validate, embedded")?;
+    ctx.log(format!(
+        "redis mode: embedded validate {} answers in {:?}, server CPU {:.2} s",
+        out.requests,
+        out.window,
+        out.server_cpu.map_or(0.0, |d| d.as_secs_f64())
+    ));
+    Ok(Embedded {
+        figures: out.figures(),
+        sessions: n,
+    })
+}
