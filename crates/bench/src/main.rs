@@ -116,6 +116,7 @@ fn all(args: AllArgs) -> Result<ExitCode> {
         duration: secs(args.duration, if args.smoke { 1.0 } else { 10.0 }),
         only: args.only.clone(),
         perf: args.perf.clone(),
+        smoke: args.smoke,
     };
     let root = procs::workspace_root();
     let out_dir = procs::target_dir().join("bench");
