@@ -14,6 +14,9 @@ use http_body_util::Full;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use serde::Deserialize;
+use sessiond_core::session::NewSession;
+use sessiond_core::token::sha256;
+use sessiond_core::{Policy, Session, SessionId, Timestamp, Verifier};
 
 use crate::load::Workload;
 use crate::servers::COOKIE_NAME;
@@ -51,6 +54,27 @@ impl SessionData {
             ip: format!("198.51.100.{}", i % 256),
             user_agent: USER_AGENTS[(i % 4) as usize],
         }
+    }
+
+    /// This session as the server makes it on a create at `now` under `policy` (named
+    /// `policy_name`): a fresh id tagged with its user, the attributes, the policy's
+    /// deadlines. Its verifier is SHA-256 of its id, since nothing validates these by token.
+    pub fn into_session(
+        self,
+        policy_name: &str,
+        policy: &Policy,
+        now: Timestamp,
+    ) -> anyhow::Result<Session> {
+        let id = SessionId::for_user(&self.user)?;
+        let new = NewSession {
+            user: self.user,
+            universal_id: Some(self.universal_id),
+            client_ip: self.ip.parse().ok(),
+            user_agent: Some(self.user_agent.to_owned()),
+            ..NewSession::default()
+        };
+        let verifier = Verifier(sha256(&id.0));
+        Ok(Session::create(new, id, verifier, policy_name, policy, now))
     }
 
     /// The `POST /v1/sessions` body.

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
-use sessiond_core::session::NewSession;
-use sessiond_core::token::sha256;
-use sessiond_core::{Clock as _, Policy, Session, SessionId, SystemClock, Verifier};
+use sessiond_core::{Clock as _, Policy, SystemClock};
 
 use super::Ctx;
 use crate::load;
@@ -98,26 +96,8 @@ fn sync_per_create(dir: &Path, limit: Duration) -> Result<(u64, Duration)> {
 
 /// Session `i` as the embedded store writes it: its id and its encoded record.
 fn record(i: u64, policy: &Policy) -> Result<([u8; 16], Vec<u8>)> {
-    let data = SessionData::nth(i);
-    let id = SessionId::for_user(&data.user).context("random id")?;
-    let mut secret = [0u8; 32];
-    secret[..16].copy_from_slice(&id.0);
-    let new = NewSession {
-        user: data.user,
-        universal_id: Some(data.universal_id),
-        client_ip: data.ip.parse().ok(),
-        user_agent: Some(data.user_agent.to_owned()),
-        ..NewSession::default()
-    };
-    let session = Session::create(
-        new,
-        id,
-        Verifier(sha256(&secret)),
-        "default",
-        policy,
-        SystemClock.now(),
-    );
+    let session = SessionData::nth(i).into_session("default", policy, SystemClock.now())?;
     let mut value = vec![1u8];
     value.extend(postcard::to_stdvec(&session).context("encoding a session")?);
-    Ok((id.0, value))
+    Ok((session.id.0, value))
 }
