@@ -35,6 +35,18 @@ fn session(i: u64, now: Timestamp, policy: &Policy) -> Session {
     Session::create(new, id, Verifier(v), "default", policy, now)
 }
 
+/// `VmRSS` of this process, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter("sessiond_store=debug")
@@ -77,9 +89,11 @@ fn main() {
             started.elapsed().as_secs_f64()
         );
     }
+    let rss_before = rss_kib();
     let started = Instant::now();
     let store = LocalStore::open_embedded(&dir, StoreOptions::default()).expect("reopen");
     let took = started.elapsed().as_secs_f64();
-    println!("opened {n} sessions in {took:.2} s");
+    let rss = rss_kib().saturating_sub(rss_before) as f64 * 1024.0 / n as f64;
+    println!("opened {n} sessions in {took:.2} s; resident memory +{rss:.0} bytes per session");
     rt.block_on(store.close()).expect("close");
 }

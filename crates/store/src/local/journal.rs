@@ -21,15 +21,22 @@ use std::thread::JoinHandle;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
-use sessiond_core::{Session, SessionId, Tombstone};
+use rustc_hash::FxHashMap;
+use sessiond_core::{Session, SessionId, Timestamp, Tombstone};
 use tokio::sync::oneshot;
 
 use crate::StoreError;
 
 const SESSIONS: &str = "sessions";
 const TOMBSTONES: &str = "tombstones";
+/// A session's last access, when a touch moved it after its record was written.
+const TOUCHES: &str = "touches";
 /// The format byte in front of every stored value.
 const FORMAT: u8 = 1;
+/// fjall's block cache (its default is 32 MiB).
+const CACHE_BYTES: u64 = 4 << 20;
+/// Size at which a keyspace's memtable is written out as a table (fjall's default: 64 MiB).
+const MEMTABLE_BYTES: u64 = 16 << 20;
 /// Most batches folded into one transaction.
 const MAX_BATCHES_PER_COMMIT: usize = 8192;
 
@@ -38,6 +45,8 @@ const MAX_BATCHES_PER_COMMIT: usize = 8192;
 pub(super) enum Change {
     /// Insert or replace a live session (shared with memory: nothing is copied to queue it).
     Put(Arc<Session>),
+    /// A touch: the session's new last access, in a 9-byte record instead of a whole one.
+    Touch(SessionId, Timestamp),
     /// Delete the session and write its tombstone, in one transaction.
     End(Tombstone),
     /// Delete a tombstone past retention.
@@ -159,6 +168,7 @@ struct Tables {
     db: Database,
     sessions: Keyspace,
     tombstones: Keyspace,
+    touches: Keyspace,
 }
 
 /// Opens (or creates) the data directory, reads everything back, and starts the writer.
@@ -174,17 +184,22 @@ pub(super) fn open<P: Send>(
     add: impl Fn(&mut P, Session) + Sync,
 ) -> Result<(Journal, Loaded<P>), StoreError> {
     let opened = std::time::Instant::now();
-    let db = Database::builder(path).open().map_err(unavailable)?;
-    let sessions = db
-        .keyspace(SESSIONS, KeyspaceCreateOptions::default)
+    // Every session lives in memory, so fjall is only written, and read once at start: its
+    // block cache would hold copies nobody asks for, and a large memtable would be a second
+    // copy of the newest sessions (docs/benchmarks.md has the memory figures).
+    let db = Database::builder(path)
+        .cache_size(CACHE_BYTES)
+        .open()
         .map_err(unavailable)?;
-    let tombstones = db
-        .keyspace(TOMBSTONES, KeyspaceCreateOptions::default)
-        .map_err(unavailable)?;
+    let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+    let sessions = db.keyspace(SESSIONS, options).map_err(unavailable)?;
+    let tombstones = db.keyspace(TOMBSTONES, options).map_err(unavailable)?;
+    let touches = db.keyspace(TOUCHES, options).map_err(unavailable)?;
     let db = Tables {
         db,
         sessions,
         tombstones,
+        touches,
     };
     let started = std::time::Instant::now();
     let loaded = load(&db, parts, &new_part, &add)?;
@@ -230,10 +245,20 @@ fn load<P: Send>(
             256 => Bound::Unbounded,
             end => Bound::Excluded(vec![end as u8]),
         };
+        // This range's touches first, then its records with their last access moved on.
+        let mut touched = FxHashMap::default();
+        for row in db.touches.range((lower.clone(), upper.clone())) {
+            let (k, v) = row.into_inner().map_err(unavailable)?;
+            touched.insert(key_id(&k)?, decode_touch(&v)?);
+        }
         let mut part = new_part();
         for row in db.sessions.range((lower, upper)) {
             let (_, v) = row.into_inner().map_err(unavailable)?;
-            add(&mut part, decode(&v)?);
+            let mut session: Session = decode(&v)?;
+            if let Some(&at) = touched.get(&session.id) {
+                session.last_access_at = session.last_access_at.max(at);
+            }
+            add(&mut part, session);
         }
         Ok(part)
     };
@@ -258,6 +283,27 @@ fn load<P: Send>(
         parts,
         tombstones: tombs,
     })
+}
+
+fn key_id(key: &[u8]) -> Result<SessionId, StoreError> {
+    <[u8; 16]>::try_from(key)
+        .map(SessionId)
+        .map_err(|_| StoreError::Corrupt("a key is not a 16-byte session id".into()))
+}
+
+fn encode_touch(at: Timestamp) -> [u8; 9] {
+    let mut out = [FORMAT; 9];
+    out[1..].copy_from_slice(&at.0.to_le_bytes());
+    out
+}
+
+fn decode_touch(bytes: &[u8]) -> Result<Timestamp, StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => <[u8; 8]>::try_from(rest)
+            .map(|b| Timestamp(i64::from_le_bytes(b)))
+            .map_err(|_| StoreError::Corrupt("a touch record is not 8 bytes".into())),
+        _ => Err(StoreError::Corrupt("unknown touch record format".into())),
+    }
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -306,7 +352,7 @@ fn write_loop(
     // Closing: write the memtables out as tables, so the next start reads sorted tables
     // instead of replaying every journaled change since the last flush.
     if !failed.load(Ordering::Acquire) {
-        for keyspace in [&db.sessions, &db.tombstones] {
+        for keyspace in [&db.sessions, &db.tombstones, &db.touches] {
             if let Err(e) = keyspace.rotate_memtable_and_wait() {
                 tracing::warn!(error = %e, "flushing the memtable at close failed; the next start replays the journal");
             }
@@ -321,8 +367,12 @@ fn commit(db: &Tables, batches: &[Batch]) -> Result<(), StoreError> {
             Change::Put(s) => {
                 batch.insert(&db.sessions, s.id.as_bytes().as_slice(), encode(&**s)?);
             }
+            Change::Touch(id, at) => {
+                batch.insert(&db.touches, id.as_bytes().as_slice(), encode_touch(*at));
+            }
             Change::End(t) => {
                 batch.remove(&db.sessions, t.id.as_bytes().as_slice());
+                batch.remove(&db.touches, t.id.as_bytes().as_slice());
                 batch.insert(&db.tombstones, t.id.as_bytes().as_slice(), encode(t)?);
             }
             Change::Purge(id) => batch.remove(&db.tombstones, id.as_bytes().as_slice()),

@@ -810,7 +810,7 @@ impl SessionStore for LocalStore {
             for id in group {
                 if let Some(entry) = shard.live.get_mut(id).filter(|e| e.dirty) {
                     entry.dirty = false;
-                    puts.push(Change::Put(entry.session.clone()));
+                    puts.push(Change::Touch(*id, entry.session.last_access_at));
                 }
             }
             if !puts.is_empty() {
