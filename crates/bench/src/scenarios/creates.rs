@@ -30,7 +30,19 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
         next: AtomicU64::new(0),
     });
     let spec = ctx.spec();
+    let perf = match &ctx.settings.perf {
+        Some(dir) => Some(crate::procs::Perf::record(
+            dir,
+            "creates",
+            server.proc.pid,
+            spec.warmup + spec.duration,
+        )?),
+        None => None,
+    };
     let out = load::run(server.addr, &spec, work, Some(server.proc.pid)).await?;
+    if let Some(perf) = perf {
+        ctx.log(perf.finish()?);
+    }
     out.ensure_clean("durable creates")?;
     let (status, _) = server.proc.terminate(Duration::from_secs(60))?;
     anyhow::ensure!(status.success(), "sessiond exited with {status}");
@@ -42,6 +54,20 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
         spec.connections,
         out.latency_ms(0.5).unwrap_or(0.0),
         out.latency_ms(0.99).unwrap_or(0.0)
+    ));
+    // What a create costs both processes on the shared cores: with both busy, this is what
+    // bounds the rate (the fsyncs are shared by the group commit).
+    let per = |cpu: Option<Duration>| {
+        cpu.map_or(f64::NAN, |c| {
+            c.as_secs_f64() * 1e6 / out.requests.max(1) as f64
+        })
+    };
+    let (server_us, generator_us) = (per(out.server_cpu), per(out.generator_cpu));
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    ctx.log(format!(
+        "durable creates: CPU per create {server_us:.1} us in sessiond + {generator_us:.1} us in the load generator; {} cores at that cost allow at most {:.0} creates/s",
+        cores,
+        cores as f64 * 1e6 / (server_us + generator_us)
     ));
 
     ctx.phase("durable creates: fjall baseline");

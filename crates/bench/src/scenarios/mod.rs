@@ -9,6 +9,7 @@
 
 mod creates;
 mod expiry;
+mod floor;
 mod memory;
 mod redis_mode;
 mod revocation;

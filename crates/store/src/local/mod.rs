@@ -20,7 +20,7 @@
 mod intern;
 mod journal;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,8 +94,8 @@ struct LoadPart {
     /// All [`SHARDS`]; only those in this part's range are filled.
     shards: Vec<Shard>,
     deadlines: Vec<(Timestamp, SessionId)>,
-    by_user: HashMap<Arc<str>, UserIds>,
-    per_policy: HashMap<Arc<str>, u64>,
+    by_user: FxHashMap<Arc<str>, UserIds>,
+    per_policy: FxHashMap<Arc<str>, u64>,
     live: u64,
     strings: Interner,
 }
@@ -105,8 +105,8 @@ impl Default for LoadPart {
         LoadPart {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             deadlines: Vec::new(),
-            by_user: HashMap::new(),
-            per_policy: HashMap::new(),
+            by_user: FxHashMap::default(),
+            per_policy: FxHashMap::default(),
             live: 0,
             strings: Interner::default(),
         }
@@ -152,9 +152,11 @@ type UserIds = SmallVec<[SessionId; 2]>;
 
 #[derive(Default)]
 struct Members {
-    /// Keyed by the sessions' own shared user string.
-    by_user: HashMap<Arc<str>, UserIds>,
-    per_policy: HashMap<Arc<str>, u64>,
+    /// Keyed by the sessions' own shared user string. Fx hashing: user names come from
+    /// authenticated agents or from the users directory, not from anonymous clients (the
+    /// user-agent interner, whose keys do, keeps std's keyed hashing).
+    by_user: FxHashMap<Arc<str>, UserIds>,
+    per_policy: FxHashMap<Arc<str>, u64>,
     live: u64,
     ended_by_reason: BTreeMap<EndReason, u64>,
 }
