@@ -72,6 +72,12 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn SessionStore>, St
             };
             let mut config = RedisConfig::new(target);
             config.key_prefix = r.key_prefix.clone();
+            if let Some(n) = r.near_cache_entries {
+                config.cache_capacity = n;
+            }
+            if let Some(age) = r.near_cache_max_age {
+                config.cache_max_age = age;
+            }
             Ok(Arc::new(RedisStore::connect(config, options).await?))
         }
     }

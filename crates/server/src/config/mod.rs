@@ -153,6 +153,10 @@ pub struct RedisSection {
     pub sentinel_master: Option<String>,
     pub sentinels: Option<Vec<String>>,
     pub key_prefix: Option<String>,
+    /// Most validate answers a node keeps in its near cache.
+    pub near_cache_entries: Option<u64>,
+    /// Longest a near-cache answer is used, even while invalidations flow.
+    pub near_cache_max_age: Option<String>,
 }
 
 /// Flags given to `sessiond serve`; they win over everything.
@@ -183,7 +187,13 @@ pub struct RedisSettings {
     pub sentinel_master: Option<String>,
     pub sentinels: Vec<String>,
     pub key_prefix: String,
+    /// `None`: the store's defaults (`RedisConfig::new`).
+    pub near_cache_entries: Option<usize>,
+    pub near_cache_max_age: Option<Duration>,
 }
+
+/// More entries than this is a typo, not a cache (each holds a session record).
+const MAX_NEAR_CACHE_ENTRIES: u64 = 100_000_000;
 
 /// The resolved configuration.
 #[derive(Clone, Debug)]
@@ -439,12 +449,30 @@ impl FileConfig {
                         "token.keys: nodes that share a Redis store must share their token keys; list them in [[token.keys]]",
                     ));
                 }
+                let near_cache_entries = match r.near_cache_entries {
+                    None => None,
+                    Some(n) if n <= MAX_NEAR_CACHE_ENTRIES => Some(n as usize),
+                    Some(n) => {
+                        return Err(invalid(format!(
+                            "store.redis.near_cache_entries: {n} is more than {MAX_NEAR_CACHE_ENTRIES}"
+                        )));
+                    }
+                };
                 StoreKind::Redis(RedisSettings {
                     url: r.url,
                     cluster: r.cluster.unwrap_or_default(),
                     sentinel_master: r.sentinel_master,
                     sentinels: r.sentinels.unwrap_or_default(),
                     key_prefix: r.key_prefix.unwrap_or_else(|| "sessiond:".into()),
+                    near_cache_entries,
+                    near_cache_max_age: match &r.near_cache_max_age {
+                        None => None,
+                        given => Some(duration(
+                            "store.redis.near_cache_max_age",
+                            given,
+                            Duration::ZERO,
+                        )?),
+                    },
                 })
             }
             Some(other) => {
@@ -592,6 +620,35 @@ kind = "embedded"
         assert!(
             err(load("[[agents]]\nname = \"a\"", &[], Overrides::default())).contains("agents[0]")
         );
+    }
+
+    #[test]
+    fn the_near_cache_is_sized_by_config_within_bounds() {
+        let redis = "[[token.keys]]\nid = \"k\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n[store]\nkind = \"redis\"\n[store.redis]\nurl = \"redis://127.0.0.1\"\n";
+        let cache = |s: Settings| match s.store {
+            StoreKind::Redis(r) => (r.near_cache_entries, r.near_cache_max_age),
+            StoreKind::Embedded => panic!("not redis"),
+        };
+        let defaults = load(redis, &[], Overrides::default()).unwrap();
+        assert_eq!(cache(defaults), (None, None));
+        let sized = load(
+            &format!("{redis}near_cache_entries = 2000000\nnear_cache_max_age = \"10m\"\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            cache(sized),
+            (Some(2_000_000), Some(Duration::from_secs(600)))
+        );
+        for (bad, key) in [
+            ("near_cache_entries = 1000000000", "near_cache_entries"),
+            ("near_cache_max_age = \"0s\"", "near_cache_max_age"),
+            ("near_cache_max_age = \"soon\"", "near_cache_max_age"),
+        ] {
+            let e = err(load(&format!("{redis}{bad}\n"), &[], Overrides::default()));
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]
