@@ -45,7 +45,7 @@ use sessiond_core::input::apply_attributes;
 use sessiond_core::policy::{OnLimit, UserLimit};
 use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Verifier};
 
-use self::cache::{Cached, NearCache, Touches};
+use self::cache::{Cached, NearCache, Touch, Touches};
 use self::codec::Fields;
 use self::conn::Conn;
 pub use self::conn::Target;
@@ -66,6 +66,28 @@ const SWEEP_ROUNDS: usize = 64;
 const UPDATE_TRIES: usize = 8;
 /// Ids read per round of a listing, and the most rounds per page.
 const LIST_ROUNDS: usize = 32;
+
+/// Most touches one `touch_many` call carries: a script blocks Redis while it runs
+/// (about a microsecond or two per touch).
+const TOUCHES_PER_CALL: usize = 512;
+
+/// Splits groups (a tag and its items) into runs that each hold at least one group and stop
+/// taking groups once they hold `max` items; a group is never split.
+fn chunk_groups<T>(groups: Vec<(String, Vec<T>)>, max: usize) -> Vec<Vec<(String, Vec<T>)>> {
+    let mut chunks: Vec<Vec<(String, Vec<T>)>> = Vec::new();
+    let mut size = max;
+    for group in groups {
+        if size >= max {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += group.1.len();
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(group);
+        }
+    }
+    chunks
+}
 
 /// How to reach Redis and how to behave there.
 #[derive(Clone, Debug)]
@@ -315,6 +337,73 @@ impl RedisStore {
         now: Timestamp,
     ) -> Option<sessiond_core::Tombstone> {
         t.filter(|t| now < t.purge_at && verifier.is_none_or(|v| t.verifier.matches(v)))
+    }
+
+    /// One Redis (not a Cluster): the touches of many tags go in one `touch_many` call of
+    /// at most [`TOUCHES_PER_CALL`] touches (a tag's touches are never split), instead of one
+    /// call per tag. A uniform validate load over many users touches one session per tag,
+    /// and per-tag calls then cost a script call per validate.
+    async fn flush_touches_batched(
+        &self,
+        pending: Vec<(String, Vec<(SessionId, Touch)>)>,
+    ) -> Result<u64, StoreError> {
+        let chunks = chunk_groups(pending, TOUCHES_PER_CALL);
+        let retention_ms = ms(self.options.ended_retention);
+        let calls = chunks.into_iter().map(|chunk| async move {
+            let Some((route_tag, Some((route_id, _)))) =
+                chunk.first().map(|(tag, touches)| (tag, touches.first()))
+            else {
+                return Ok(0);
+            };
+            let base = self.keys.base(route_tag);
+            let header = Header {
+                base: &base,
+                now: Timestamp(0),
+                retention_ms,
+                slack_ms: ms(TTL_SLACK),
+                channel: &self.channel,
+            };
+            let mut call = Call::tag(
+                &self.scripts.touch_many,
+                self.keys.session(route_id),
+                None,
+                header,
+                &[],
+            );
+            call.arg(chunk.len());
+            for (tag, touches) in &chunk {
+                call.arg(self.keys.base(tag)).arg(touches.len());
+                for (id, t) in touches {
+                    call.arg(id.to_string())
+                        .arg(t.first.as_millis())
+                        .arg(t.last.as_millis());
+                }
+            }
+            match self.conn.eval(&call).await {
+                Ok(reply) => {
+                    let items = codec::array(&reply)?;
+                    Ok(u64::try_from(codec::int(item(items, 0)?)?).unwrap_or(0))
+                }
+                Err(e) => {
+                    for (_, touches) in chunk {
+                        self.touches.restore(touches);
+                    }
+                    Err(e)
+                }
+            }
+        });
+        let mut moved = 0;
+        let mut failure = None;
+        for r in futures_util::future::join_all(calls).await {
+            match r {
+                Ok(n) => moved += n,
+                Err(e) => failure = Some(e),
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(moved),
+        }
     }
 
     /// What validate answers from the near cache, if it can.
@@ -692,6 +781,9 @@ impl SessionStore for RedisStore {
         if pending.is_empty() {
             return Ok(0);
         }
+        if self.inline_globals.is_some() {
+            return self.flush_touches_batched(pending).await;
+        }
         // One script call per tag, all sent at once: they share the connection's pipeline.
         let header_ret = ms(self.options.ended_retention);
         let calls = pending.into_iter().map(|(tag, touches)| async move {
@@ -796,5 +888,33 @@ impl SessionStore for RedisStore {
         }
         // Every acknowledged change is already durable (appendfsync always): see docs/redis.md.
         flushed.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touch_batches_hold_whole_tags_up_to_the_cap() {
+        let group = |tag: &str, n: usize| (tag.to_owned(), vec![0u8; n]);
+        let sizes = |chunks: Vec<Vec<(String, Vec<u8>)>>| -> Vec<Vec<usize>> {
+            chunks
+                .into_iter()
+                .map(|c| c.into_iter().map(|(_, v)| v.len()).collect())
+                .collect()
+        };
+        assert!(chunk_groups(Vec::<(String, Vec<u8>)>::new(), 4).is_empty());
+        let chunks = chunk_groups(
+            vec![
+                group("a", 1),
+                group("b", 2),
+                group("c", 1),
+                group("d", 9),
+                group("e", 1),
+            ],
+            4,
+        );
+        assert_eq!(sizes(chunks), vec![vec![1, 2, 1], vec![9], vec![1]]);
     }
 }

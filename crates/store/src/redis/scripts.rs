@@ -334,6 +334,24 @@ local a, moved = touches()
 return done({I(moved)})
 "#;
 
+/// `touch_many`: touches of many tags in one call, for one Redis only (never a Cluster: it
+/// touches keys of many slots). The header carries no touches of its own; ARGV[7] is the
+/// number of tags, then for each tag its key base, its number of touches `n` and `n`
+/// triples `id`, first, last touch. Replies `{moved}`.
+const TOUCH_MANY: &str = r#"
+local moved, j = 0, 8
+for _ = 1, tonumber(ARGV[7]) do
+  base = ARGV[j]
+  local n = tonumber(ARGV[j + 1])
+  j = j + 2
+  for _ = 1, n do
+    moved = moved + touch(ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]))
+    j = j + 3
+  end
+end
+return done({I(moved)})
+"#;
+
 /// `global`: KEYS the five global keys, ARGV an effect list.
 const GLOBAL: &str = r#"
 apply({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, ARGV)
@@ -384,6 +402,7 @@ pub(super) struct Scripts {
     pub(super) sweep: Script,
     pub(super) purge: Script,
     pub(super) touch: Script,
+    pub(super) touch_many: Script,
     pub(super) global: Script,
     pub(super) nodes: Script,
     pub(super) events_read: Script,
@@ -401,6 +420,7 @@ impl Scripts {
             sweep: tag(SWEEP),
             purge: tag(PURGE),
             touch: tag(TOUCH),
+            touch_many: tag(TOUCH_MANY),
             global: Script::new(&format!("{cap}{APPLY}{GLOBAL}")),
             nodes: Script::new(NODES),
             events_read: Script::new(EVENTS_READ),
