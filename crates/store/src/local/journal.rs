@@ -176,11 +176,12 @@ struct Tables {
 /// The sessions are read by `parts` threads at once (a power of two up to 64), each
 /// scanning one contiguous range of ids (by their first byte) and folding every session
 /// into its own `P` with `add`, in id order; part `i` covers ids whose first byte is in
-/// `[i * 256 / parts, (i + 1) * 256 / parts)`.
+/// `[i * 256 / parts, (i + 1) * 256 / parts)`. `new_part(i, n)` makes part `i`, which can
+/// expect about `n` sessions.
 pub(super) fn open<P: Send>(
     path: &Path,
     parts: usize,
-    new_part: impl Fn() -> P + Sync,
+    new_part: impl Fn(usize, usize) -> P + Sync,
     add: impl Fn(&mut P, Session) + Sync,
 ) -> Result<(Journal, Loaded<P>), StoreError> {
     let opened = std::time::Instant::now();
@@ -231,7 +232,7 @@ pub(super) fn open<P: Send>(
 fn load<P: Send>(
     db: &Tables,
     parts: usize,
-    new_part: &(impl Fn() -> P + Sync),
+    new_part: &(impl Fn(usize, usize) -> P + Sync),
     add: &(impl Fn(&mut P, Session) + Sync),
 ) -> Result<Loaded<P>, StoreError> {
     assert!(
@@ -239,6 +240,8 @@ fn load<P: Send>(
         "parts must be a power of two up to 64"
     );
     let step = 256 / parts;
+    // Ids are uniform over the key space, so each range holds about its share.
+    let expected = db.sessions.approximate_len() / parts;
     let scan = |i: usize| -> Result<P, StoreError> {
         let lower = Bound::Included(vec![(i * step) as u8]);
         let upper = match (i + 1) * step {
@@ -251,7 +254,7 @@ fn load<P: Send>(
             let (k, v) = row.into_inner().map_err(unavailable)?;
             touched.insert(key_id(&k)?, decode_touch(&v)?);
         }
-        let mut part = new_part();
+        let mut part = new_part(i, expected);
         for row in db.sessions.range((lower, upper)) {
             let (_, v) = row.into_inner().map_err(unavailable)?;
             let mut session: Session = decode(&v)?;

@@ -100,20 +100,25 @@ struct LoadPart {
     strings: Interner,
 }
 
-impl Default for LoadPart {
-    fn default() -> Self {
+impl LoadPart {
+    /// Part `index` of `parts`, sized for about `expected` sessions (so loading does not
+    /// grow and rehash its maps as it goes).
+    fn new(index: usize, parts: usize, expected: usize) -> LoadPart {
+        let per_part = SHARDS / parts;
+        let mut shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::default()).collect();
+        for shard in &mut shards[index * per_part..(index + 1) * per_part] {
+            shard.live.reserve(expected / per_part);
+        }
         LoadPart {
-            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
-            deadlines: Vec::new(),
-            by_user: FxHashMap::default(),
+            shards,
+            deadlines: Vec::with_capacity(expected),
+            by_user: FxHashMap::with_capacity_and_hasher(expected / 2, Default::default()),
             per_policy: FxHashMap::default(),
             live: 0,
             strings: Interner::default(),
         }
     }
-}
 
-impl LoadPart {
     /// Sessions arrive in id order, so each user's list stays sorted as it is appended to.
     fn add(&mut self, mut session: Session) {
         let (deadline, _) = session.deadline();
@@ -181,7 +186,12 @@ impl LocalStore {
             .min(SHARDS);
         // A power of two, so every range is a whole number of shards.
         let parts = 1 << threads.ilog2();
-        let (journal, loaded) = journal::open(path, parts, LoadPart::default, LoadPart::add)?;
+        let (journal, loaded) = journal::open(
+            path,
+            parts,
+            |i, expected| LoadPart::new(i, parts, expected),
+            LoadPart::add,
+        )?;
         let read = started.elapsed();
         let store = LocalStore::with_journal(journal, options);
         let sessions = store.install(loaded.parts);
@@ -232,6 +242,7 @@ impl LocalStore {
         *self.expiry.lock() = deadlines.into_iter().collect();
         m.live
     }
+
     /// Durable transactions committed since open (0 for the memory store). Many concurrent
     /// writes share one commit; tests and metrics read this to see how many.
     pub fn durable_commits(&self) -> u64 {
