@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use crate::bootstrap::Secrets;
 use crate::config::{Settings, StoreKind};
 use crate::directory::{Directory, FileDirectory};
-use crate::http::{AppState, WebState};
+use crate::http::{AppState, Shared, WebState};
 use crate::login::Login;
 use crate::regulation::Regulator;
 use crate::service::Service;
@@ -118,13 +118,13 @@ pub fn state(
             regulator: Regulator::new(settings.web.regulation),
         },
     };
-    AppState {
+    AppState::new(Shared {
         service: Arc::new(service),
         agents: secrets.agents.into(),
         admin_sha256: secrets.admin_sha256,
         web: Arc::new(web),
         closing: Arc::new(tokio::sync::watch::channel(false).0),
-    }
+    })
 }
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests, stops the

