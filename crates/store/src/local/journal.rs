@@ -4,13 +4,15 @@
 //!
 //! Callers [`Journal::append`] changes (in memory order, under the session's shard lock)
 //! and await the returned [`Pending`]. The writer thread takes every batch waiting in its
-//! channel, applies them all in one write transaction, commits it with
-//! `Durability::Immediate` (an fsync), and only then resolves their tickets. Many concurrent
+//! channel, puts them all in one atomic write batch, commits it with
+//! `PersistMode::SyncAll` (an fsync), and only then resolves their tickets. Many concurrent
 //! creates therefore share one sync.
 //!
-//! On-disk format (see `docs/storage.md`): table `sessions` maps a 16-byte id to a
-//! record, table `tombstones` maps a 16-byte id to a tombstone. Each value is one format
-//! byte ([`FORMAT`]) followed by the postcard encoding of the core type.
+//! On-disk format (see `docs/storage.md`): keyspace `sessions` maps a 16-byte id to a
+//! record, `tombstones` a 16-byte id to a tombstone, and `touches` a 16-byte id to the
+//! session's last access when a touch moved it after the record was written. Each value is
+//! one format byte ([`FORMAT`]) followed by the postcard encoding of the core type (for a
+//! touch, the 8-byte little-endian milliseconds).
 
 use std::ops::Bound;
 use std::path::Path;
