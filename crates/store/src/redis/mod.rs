@@ -67,8 +67,8 @@ const UPDATE_TRIES: usize = 8;
 /// Ids read per round of a listing, and the most rounds per page.
 const LIST_ROUNDS: usize = 32;
 
-/// Most touches one `touch_many` call carries: a script blocks Redis while it runs
-/// (about a microsecond or two per touch).
+/// Most touches one `touch_many` call carries on a single Redis: a script blocks Redis
+/// while it runs (a few microseconds per touch).
 const TOUCHES_PER_CALL: usize = 512;
 
 /// Splits groups (a tag and its items) into runs that each hold at least one group and stop
@@ -339,15 +339,21 @@ impl RedisStore {
         t.filter(|t| now < t.purge_at && verifier.is_none_or(|v| t.verifier.matches(v)))
     }
 
-    /// One Redis (not a Cluster): the touches of many tags go in one `touch_many` call of
-    /// at most [`TOUCHES_PER_CALL`] touches (a tag's touches are never split), instead of one
-    /// call per tag. A uniform validate load over many users touches one session per tag,
-    /// and per-tag calls then cost a script call per validate.
-    async fn flush_touches_batched(
+    /// Writes taken touches with `touch_many`, all calls at once on the connection's
+    /// pipeline. On one Redis a call carries whole tags up to [`TOUCHES_PER_CALL`] touches (a
+    /// uniform validate load touches one session per tag, and a call per tag would be a
+    /// script call per validate); in a Cluster a script may touch one slot only, so each
+    /// call carries one tag. Touches whose call fails are put back for the next flush.
+    async fn write_touches(
         &self,
         pending: Vec<(String, Vec<(SessionId, Touch)>)>,
     ) -> Result<u64, StoreError> {
-        let chunks = chunk_groups(pending, TOUCHES_PER_CALL);
+        let per_call = if self.inline_globals.is_some() {
+            TOUCHES_PER_CALL
+        } else {
+            1
+        };
+        let chunks = chunk_groups(pending, per_call);
         let retention_ms = ms(self.options.ended_retention);
         let calls = chunks.into_iter().map(|chunk| async move {
             let Some((route_tag, Some((route_id, _)))) =
@@ -781,54 +787,7 @@ impl SessionStore for RedisStore {
         if pending.is_empty() {
             return Ok(0);
         }
-        if self.inline_globals.is_some() {
-            return self.flush_touches_batched(pending).await;
-        }
-        // One script call per tag, all sent at once: they share the connection's pipeline.
-        let header_ret = ms(self.options.ended_retention);
-        let calls = pending.into_iter().map(|(tag, touches)| async move {
-            let base = self.keys.base(&tag);
-            let header = Header {
-                base: &base,
-                now: Timestamp(0),
-                retention_ms: header_ret,
-                slack_ms: ms(TTL_SLACK),
-                channel: &self.channel,
-            };
-            let Some((first, _)) = touches.first() else {
-                return Ok(0);
-            };
-            let call = Call::tag(
-                &self.scripts.touch,
-                self.keys.session(first),
-                None,
-                header,
-                &touches,
-            );
-            match self.conn.eval(&call).await {
-                Ok(reply) => {
-                    let items = codec::array(&reply)?;
-                    Ok(u64::try_from(codec::int(item(items, 0)?)?).unwrap_or(0))
-                }
-                Err(e) => {
-                    self.touches.restore(touches);
-                    Err(e)
-                }
-            }
-        });
-        let results = futures_util::future::join_all(calls).await;
-        let mut moved = 0;
-        let mut failure = None;
-        for r in results {
-            match r {
-                Ok(n) => moved += n,
-                Err(e) => failure = Some(e),
-            }
-        }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(moved),
-        }
+        self.write_touches(pending).await
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -916,5 +875,8 @@ mod tests {
             4,
         );
         assert_eq!(sizes(chunks), vec![vec![1, 2, 1], vec![9], vec![1]]);
+        // A Cluster's cap: one tag per call, however many touches it has.
+        let chunks = chunk_groups(vec![group("a", 3), group("b", 1), group("c", 2)], 1);
+        assert_eq!(sizes(chunks), vec![vec![3], vec![1], vec![2]]);
     }
 }

@@ -328,16 +328,10 @@ end
 return done({I(purged)})
 "#;
 
-/// `touch`: only the header's touches. Replies `{moved}`.
-const TOUCH: &str = r#"
-local a, moved = touches()
-return done({I(moved)})
-"#;
-
-/// `touch_many`: touches of many tags in one call, for one Redis only (never a Cluster: it
-/// touches keys of many slots). The header carries no touches of its own; ARGV[7] is the
-/// number of tags, then for each tag its key base, its number of touches `n` and `n`
-/// triples `id`, first, last touch. Replies `{moved}`.
+/// `touch_many`: the flush of coalesced touches, for one tag or (on a single Redis only,
+/// never in a Cluster, where a script may touch one slot) for many. The header carries no
+/// touches of its own; ARGV[7] is the number of tags, then for each tag its key base, its
+/// number of touches `n` and `n` triples `id`, first, last touch. Replies `{moved}`.
 const TOUCH_MANY: &str = r#"
 local moved, j = 0, 8
 for _ = 1, tonumber(ARGV[7]) do
@@ -401,7 +395,6 @@ pub(super) struct Scripts {
     pub(super) end_user: Script,
     pub(super) sweep: Script,
     pub(super) purge: Script,
-    pub(super) touch: Script,
     pub(super) touch_many: Script,
     pub(super) global: Script,
     pub(super) nodes: Script,
@@ -419,7 +412,6 @@ impl Scripts {
             end_user: tag(END_USER),
             sweep: tag(SWEEP),
             purge: tag(PURGE),
-            touch: tag(TOUCH),
             touch_many: tag(TOUCH_MANY),
             global: Script::new(&format!("{cap}{APPLY}{GLOBAL}")),
             nodes: Script::new(NODES),
