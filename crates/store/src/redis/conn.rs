@@ -93,20 +93,29 @@ pub(super) async fn connect(target: &Target) -> Result<(Conn, PubSubSource), Sto
             Ok((Conn::Cluster(conn), PubSubSource::Nodes(nodes)))
         }
         Target::Sentinel { master, sentinels } => {
-            let client = SentinelClient::build(
-                sentinels.iter().map(String::as_str).collect(),
-                master.clone(),
-                None,
-                SentinelServerType::Master,
-            )
-            .map_err(unavailable)?;
-            let sentinel = Arc::new(SentinelConn::new(client, OP_TIMEOUT));
+            let sentinel = sentinel(master, sentinels, OP_TIMEOUT)?;
             Ok((
                 Conn::Sentinel(sentinel.clone()),
                 PubSubSource::Sentinel(sentinel),
             ))
         }
     }
+}
+
+/// The primary of `master` as the `sentinels` name it, answers allowed `timeout`.
+fn sentinel(
+    master: &str,
+    sentinels: &[String],
+    timeout: Duration,
+) -> Result<Arc<SentinelConn>, StoreError> {
+    let client = SentinelClient::build(
+        sentinels.iter().map(String::as_str).collect(),
+        master.to_owned(),
+        None,
+        SentinelServerType::Master,
+    )
+    .map_err(unavailable)?;
+    Ok(Arc::new(SentinelConn::new(client, timeout)))
 }
 
 /// Opens a connection of its own, for blocking reads (`XREAD BLOCK`) that would stall the
@@ -125,19 +134,11 @@ pub(super) async fn connect_dedicated(target: &Target, wait: Duration) -> Result
         Target::Cluster(urls) => Ok(Conn::Cluster(
             connect_cluster(urls, response_timeout).await?,
         )),
-        Target::Sentinel { master, sentinels } => {
-            let client = SentinelClient::build(
-                sentinels.iter().map(String::as_str).collect(),
-                master.clone(),
-                None,
-                SentinelServerType::Master,
-            )
-            .map_err(unavailable)?;
-            Ok(Conn::Sentinel(Arc::new(SentinelConn::new(
-                client,
-                response_timeout,
-            ))))
-        }
+        Target::Sentinel { master, sentinels } => Ok(Conn::Sentinel(sentinel(
+            master,
+            sentinels,
+            response_timeout,
+        )?)),
     }
 }
 
