@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use sessiond_core::Session;
 
 /// Below this many strings a purge is not worth a pass.
 const MIN_PURGE: usize = 1024;
@@ -26,20 +27,33 @@ struct Inner {
     purge_at: usize,
 }
 
+impl Inner {
+    /// Points `slot` at the shared copy of its string, which it becomes if there was none.
+    fn share(&mut self, slot: &mut Arc<str>) {
+        match self.set.get(&**slot) {
+            Some(shared) => *slot = shared.clone(),
+            None => {
+                self.set.insert(slot.clone());
+            }
+        }
+    }
+}
+
 impl Interner {
     /// The shared copy of `s` (which becomes the shared copy if there was none).
-    pub(super) fn intern(&self, s: Arc<str>) -> Arc<str> {
-        let mut inner = self.inner.lock();
-        if let Some(shared) = inner.set.get(&*s) {
-            return shared.clone();
-        }
-        inner.set.insert(s.clone());
+    #[cfg(test)]
+    fn intern(&self, mut s: Arc<str>) -> Arc<str> {
+        self.inner.lock().share(&mut s);
         s
     }
 
-    /// [`Interner::intern`] for an optional string.
-    pub(super) fn intern_opt(&self, s: Option<Arc<str>>) -> Option<Arc<str>> {
-        s.map(|s| self.intern(s))
+    /// Makes `session`'s user agent and policy name the shared copies.
+    pub(super) fn share(&self, session: &mut Session) {
+        let mut inner = self.inner.lock();
+        if let Some(ua) = &mut session.user_agent {
+            inner.share(ua);
+        }
+        inner.share(&mut session.policy);
     }
 
     /// Adds every string of `other` this one lacks (after a parallel load).
@@ -78,8 +92,43 @@ mod tests {
         let a = i.intern(Arc::from("Mozilla/5.0"));
         let b = i.intern(Arc::from(String::from("Mozilla/5.0")));
         assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(i.intern_opt(None), None);
         assert_eq!(i.len(), 1);
+    }
+
+    #[test]
+    fn sessions_share_their_user_agent_and_policy() {
+        use sessiond_core::session::NewSession;
+        use sessiond_core::{Policy, SessionId, Timestamp, Verifier};
+
+        let session = |ua: Option<&str>| {
+            let new = NewSession {
+                user: "alice".into(),
+                user_agent: ua.map(str::to_owned),
+                ..NewSession::default()
+            };
+            let id = SessionId::for_user("alice").unwrap();
+            Session::create(
+                new,
+                id,
+                Verifier([0; 32]),
+                "default",
+                &Policy::default(),
+                Timestamp(0),
+            )
+        };
+        let i = Interner::default();
+        let (mut a, mut b, mut none) =
+            (session(Some("UA/1")), session(Some("UA/1")), session(None));
+        for s in [&mut a, &mut b, &mut none] {
+            i.share(s);
+        }
+        let (ua_a, ua_b) = (a.user_agent.unwrap(), b.user_agent.unwrap());
+        assert!(Arc::ptr_eq(&ua_a, &ua_b));
+        assert_eq!(&*ua_a, "UA/1");
+        assert!(Arc::ptr_eq(&a.policy, &none.policy));
+        assert_eq!(&*none.policy, "default");
+        assert_eq!(none.user_agent, None);
+        assert_eq!(i.len(), 2);
     }
 
     #[test]

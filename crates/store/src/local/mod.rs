@@ -89,14 +89,25 @@ struct Entry {
     dirty: bool,
 }
 
+impl Entry {
+    /// A live session, scheduled at its deadline and not dirty.
+    fn new(session: Arc<Session>) -> Entry {
+        let (scheduled, _) = session.deadline();
+        Entry {
+            session,
+            scheduled,
+            dirty: false,
+        }
+    }
+}
+
 /// What one loading thread builds from its range of ids (see `open_embedded`).
 struct LoadPart {
     /// All [`SHARDS`]; only those in this part's range are filled.
     shards: Vec<Shard>,
     deadlines: Vec<(Timestamp, SessionId)>,
-    by_user: FxHashMap<Arc<str>, UserIds>,
-    per_policy: FxHashMap<Arc<str>, u64>,
-    live: u64,
+    /// Users and counters of this part's sessions (no tombstones).
+    members: Members,
     strings: Interner,
 }
 
@@ -112,42 +123,23 @@ impl LoadPart {
         LoadPart {
             shards,
             deadlines: Vec::with_capacity(expected),
-            by_user: FxHashMap::with_capacity_and_hasher(expected / 2, Default::default()),
-            per_policy: FxHashMap::default(),
-            live: 0,
+            members: Members {
+                by_user: FxHashMap::with_capacity_and_hasher(expected / 2, Default::default()),
+                ..Members::default()
+            },
             strings: Interner::default(),
         }
     }
 
-    /// Sessions arrive in id order, so each user's list stays sorted as it is appended to.
     fn add(&mut self, mut session: Session) {
-        let (deadline, _) = session.deadline();
-        let id = session.id;
-        session.user_agent = self.strings.intern_opt(session.user_agent);
-        session.policy = self.strings.intern(session.policy);
-        match self.by_user.get_mut(&*session.user) {
-            Some(ids) => ids.push(id),
-            None => {
-                self.by_user
-                    .insert(session.user.clone(), SmallVec::from_slice(&[id]));
-            }
-        }
-        match self.per_policy.get_mut(&*session.policy) {
-            Some(n) => *n += 1,
-            None => {
-                self.per_policy.insert(session.policy.clone(), 1);
-            }
-        }
-        self.live += 1;
-        self.deadlines.push((deadline, id));
-        self.shards[LocalStore::shard_index(&id)].live.insert(
-            id,
-            Entry {
-                session: Arc::new(session),
-                scheduled: deadline,
-                dirty: false,
-            },
-        );
+        self.strings.share(&mut session);
+        self.members.join(&session);
+        let entry = Entry::new(Arc::new(session));
+        let id = entry.session.id;
+        self.deadlines.push((entry.scheduled, id));
+        self.shards[LocalStore::shard_index(&id)]
+            .live
+            .insert(id, entry);
     }
 }
 
@@ -164,6 +156,70 @@ struct Members {
     per_policy: FxHashMap<Arc<str>, u64>,
     live: u64,
     ended_by_reason: BTreeMap<EndReason, u64>,
+}
+
+impl Members {
+    /// Counts a live session and lists it under its user (kept sorted; a load, which
+    /// reads ids in order, appends).
+    fn join(&mut self, s: &Session) {
+        // Look up before inserting: a key is cloned (an atomic increment) only when new.
+        match self.by_user.get_mut(&*s.user) {
+            Some(ids) => {
+                if let Err(at) = ids.binary_search(&s.id) {
+                    ids.insert(at, s.id);
+                }
+            }
+            None => {
+                self.by_user
+                    .insert(s.user.clone(), SmallVec::from_slice(&[s.id]));
+            }
+        }
+        match self.per_policy.get_mut(&*s.policy) {
+            Some(n) => *n += 1,
+            None => {
+                self.per_policy.insert(s.policy.clone(), 1);
+            }
+        }
+        self.live += 1;
+    }
+
+    /// Undoes [`Members::join`].
+    fn leave(&mut self, s: &Session) {
+        if let Some(ids) = self.by_user.get_mut(&*s.user) {
+            if let Ok(at) = ids.binary_search(&s.id) {
+                ids.remove(at);
+            }
+            if ids.is_empty() {
+                self.by_user.remove(&*s.user);
+            }
+        }
+        if let Some(n) = self.per_policy.get_mut(&*s.policy) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_policy.remove(&*s.policy);
+            }
+        }
+        self.live -= 1;
+    }
+
+    /// Adds the users and counters of another set of live sessions (a loading thread's).
+    fn absorb(&mut self, other: Members) {
+        self.live += other.live;
+        for (policy, n) in other.per_policy {
+            *self.per_policy.entry(policy).or_default() += n;
+        }
+        // Ids made by `SessionId::for_user` put a user in one loading thread only; anything
+        // else (ids from an older format, say) is merged rather than trusted to be disjoint.
+        if self.by_user.is_empty() {
+            self.by_user = other.by_user;
+        } else {
+            for (user, ids) in other.by_user {
+                let all = self.by_user.entry(user).or_default();
+                all.extend(ids);
+                all.sort_unstable();
+            }
+        }
+    }
 }
 
 impl LocalStore {
@@ -220,21 +276,7 @@ impl LocalStore {
                     self.shards[i].write().live = shard.live;
                 }
             }
-            m.live += part.live;
-            for (policy, n) in part.per_policy {
-                *m.per_policy.entry(policy).or_default() += n;
-            }
-            // Ids made by `SessionId::for_user` put a user in one part only; anything else
-            // (ids from an older format, say) is merged rather than trusted to be disjoint.
-            if m.by_user.is_empty() {
-                m.by_user = part.by_user;
-            } else {
-                for (user, ids) in part.by_user {
-                    let all = m.by_user.entry(user).or_default();
-                    all.extend(ids);
-                    all.sort_unstable();
-                }
-            }
+            m.absorb(part.members);
             deadlines.extend(part.deadlines);
             self.strings.absorb(part.strings);
         }
@@ -272,23 +314,11 @@ impl LocalStore {
     }
 
     fn insert_live(&self, m: &mut Members, shard: &mut Shard, session: Arc<Session>) {
-        let (deadline, _) = session.deadline();
-        let id = session.id;
-        let ids = m.by_user.entry(session.user.clone()).or_default();
-        if let Err(at) = ids.binary_search(&id) {
-            ids.insert(at, id);
-        }
-        *m.per_policy.entry(session.policy.clone()).or_default() += 1;
-        m.live += 1;
-        self.expiry.lock().insert((deadline, id));
-        shard.live.insert(
-            id,
-            Entry {
-                session,
-                scheduled: deadline,
-                dirty: false,
-            },
-        );
+        m.join(&session);
+        let entry = Entry::new(session);
+        let id = entry.session.id;
+        self.expiry.lock().insert((entry.scheduled, id));
+        shard.live.insert(id, entry);
     }
 
     fn insert_tombstone(&self, tomb: Tombstone) {
@@ -317,21 +347,7 @@ impl LocalStore {
                 (session.end(reason, at, self.options.ended_retention), false)
             }
         };
-        if let Some(ids) = m.by_user.get_mut(&*session.user) {
-            if let Ok(at) = ids.binary_search(&id) {
-                ids.remove(at);
-            }
-            if ids.is_empty() {
-                m.by_user.remove(&*session.user);
-            }
-        }
-        if let Some(n) = m.per_policy.get_mut(&*session.policy) {
-            *n -= 1;
-            if *n == 0 {
-                m.per_policy.remove(&*session.policy);
-            }
-        }
-        m.live -= 1;
+        m.leave(&session);
         *m.ended_by_reason.entry(tomb.reason).or_default() += 1;
         self.expiry.lock().remove(&(entry.scheduled, id));
         self.purges.lock().insert((tomb.purge_at, id));
@@ -546,8 +562,7 @@ impl SessionStore for LocalStore {
         now: Timestamp,
     ) -> Result<Created, StoreError> {
         self.journal.check()?;
-        session.user_agent = self.strings.intern_opt(session.user_agent.take());
-        session.policy = self.strings.intern(session.policy.clone());
+        self.strings.share(&mut session);
         let mut pendings = Vec::new();
         let mut displaced = Vec::new();
         let denied = 'locked: {
