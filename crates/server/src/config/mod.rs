@@ -623,6 +623,26 @@ kind = "embedded"
     }
 
     #[test]
+    fn identity_header_names_are_checked_and_parsed_at_load() {
+        let s = load(
+            "[headers]\nuser = \"X-Auth_User\"\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.web.headers.user.as_str(), "x-auth_user");
+        assert_eq!(s.web.headers.groups.as_str(), "remote-groups");
+        for bad in ["", "X User", "X:User", "Üser"] {
+            let e = err(load(
+                &format!("[headers]\nauth_level = \"{bad}\"\n"),
+                &[],
+                Overrides::default(),
+            ));
+            assert!(e.contains("headers.auth_level"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn the_near_cache_is_sized_by_config_within_bounds() {
         let redis = "[[token.keys]]\nid = \"k\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n[store]\nkind = \"redis\"\n[store.redis]\nurl = \"redis://127.0.0.1\"\n";
         let cache = |s: Settings| match s.store {

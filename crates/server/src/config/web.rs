@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use axum::http::HeaderName;
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -91,11 +92,11 @@ pub struct CookieSettings {
 /// Names of the identity headers forward auth answers with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderNames {
-    pub user: String,
-    pub groups: String,
-    pub universal_id: String,
-    pub session_id: String,
-    pub auth_level: String,
+    pub user: HeaderName,
+    pub groups: HeaderName,
+    pub universal_id: HeaderName,
+    pub session_id: HeaderName,
+    pub auth_level: HeaderName,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,18 +114,22 @@ pub struct WebSettings {
     pub headers: HeaderNames,
 }
 
-fn header_name(key: &str, value: &Option<String>, default: &str) -> Result<String, ConfigError> {
-    let name = value.clone().unwrap_or_else(|| default.to_owned());
+/// Parsed here, once: forward auth sets these on every answer.
+fn header_name(
+    key: &str,
+    value: &Option<String>,
+    default: &str,
+) -> Result<HeaderName, ConfigError> {
+    let name = value.as_deref().unwrap_or(default);
+    let refused = || invalid(format!("headers.{key}: `{name}` is not a header name"));
     if name.is_empty()
         || !name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return Err(invalid(format!(
-            "headers.{key}: `{name}` is not a header name"
-        )));
+        return Err(refused());
     }
-    Ok(name)
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| refused())
 }
 
 /// Resolves the web sections; relative paths are taken from `base` (the config file's

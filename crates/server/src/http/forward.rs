@@ -90,7 +90,7 @@ async fn check(
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     let (id, level) = (session.id.to_string(), session.auth_level.to_string());
-    let values: [(&str, &str); 5] = [
+    let values: [(&HeaderName, &str); 5] = [
         (&names.user, &session.user),
         (&names.groups, &groups),
         (
@@ -104,13 +104,10 @@ async fn check(
         if value.is_empty() {
             continue;
         }
-        let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) else {
+        let Ok(v) = HeaderValue::from_str(value) else {
             return Ok(Check::Denied);
         };
-        h.insert(n, v);
+        h.insert(name.clone(), v);
     }
     Ok(Check::Allowed(r))
 }
