@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use sessiond_core::Session;
 
 /// Below this many strings a purge is not worth a pass.
-const MIN_PURGE: usize = 1024;
+pub(super) const MIN_PURGE: usize = 1024;
 
 #[derive(Default)]
 pub(super) struct Interner {
@@ -77,7 +77,7 @@ impl Interner {
     }
 
     #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.inner.lock().set.len()
     }
 }

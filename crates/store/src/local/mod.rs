@@ -897,3 +897,50 @@ pub fn flush_window(shortest_idle: Duration) -> Duration {
     }
     .touch_flush_window()
 }
+
+#[cfg(test)]
+mod tests {
+    use sessiond_core::session::NewSession;
+    use sessiond_core::{Policy, Verifier};
+
+    use super::*;
+
+    /// Client-chosen user agents must not outlive their sessions in the interner: the
+    /// sweep drops them once the set has grown enough to be worth a pass.
+    #[tokio::test]
+    async fn the_sweep_forgets_user_agents_no_session_holds() {
+        let store = LocalStore::memory(StoreOptions::default());
+        let policy = Policy::default();
+        let now = Timestamp(1_800_000_000_000);
+        let mut ids = Vec::new();
+        for n in 0..intern::MIN_PURGE + 10 {
+            let new = NewSession {
+                user: format!("u{n}"),
+                user_agent: Some(format!("agent {n}")),
+                ..NewSession::default()
+            };
+            let id = SessionId::for_user(&new.user).unwrap();
+            let s = Session::create(new, id, Verifier([1; 32]), "default", &policy, now);
+            let Created::Created { session, .. } =
+                store.create(s, UserLimit::UNLIMITED, now).await.unwrap()
+            else {
+                panic!("not created")
+            };
+            ids.push(session.id);
+        }
+        // Every agent plus the policy name.
+        assert_eq!(store.strings.len(), intern::MIN_PURGE + 11);
+        for id in &ids[10..] {
+            store
+                .end(*id, None, EndReason::LoggedOut, now)
+                .await
+                .unwrap();
+        }
+        store.sweep(now).await.unwrap();
+        assert_eq!(
+            store.strings.len(),
+            11,
+            "ten live agents and the policy are left"
+        );
+    }
+}
