@@ -33,7 +33,7 @@ use sessiond_store::{
 use tokio::net::TcpListener;
 
 use crate::bootstrap::Secrets;
-use crate::config::{Settings, StoreKind};
+use crate::config::{RedisSettings, Settings, StoreKind};
 use crate::directory::{Directory, FileDirectory};
 use crate::http::{AppState, Shared, WebState};
 use crate::login::Login;
@@ -54,33 +54,38 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn SessionStore>, St
                     .map_err(|e| StoreError::Unavailable(e.to_string()))??;
             Ok(Arc::new(store))
         }
-        StoreKind::Redis(r) => {
-            let target = if let Some(url) = &r.url {
-                RedisTarget::Url(url.clone())
-            } else if !r.cluster.is_empty() {
-                RedisTarget::Cluster(r.cluster.clone())
-            } else {
-                let master = r.sentinel_master.clone().ok_or_else(|| {
-                    StoreError::Unavailable(
-                        "store.redis.sentinel_master: name the master the sentinels watch".into(),
-                    )
-                })?;
-                RedisTarget::Sentinel {
-                    master,
-                    sentinels: r.sentinels.clone(),
-                }
-            };
-            let mut config = RedisConfig::new(target);
-            config.key_prefix = r.key_prefix.clone();
-            if let Some(n) = r.near_cache_entries {
-                config.cache_capacity = n;
-            }
-            if let Some(age) = r.near_cache_max_age {
-                config.cache_max_age = age;
-            }
-            Ok(Arc::new(RedisStore::connect(config, options).await?))
-        }
+        StoreKind::Redis(r) => Ok(Arc::new(
+            RedisStore::connect(redis_config(r)?, options).await?,
+        )),
     }
+}
+
+/// The Redis store's configuration from the `[store.redis]` settings.
+fn redis_config(r: &RedisSettings) -> Result<RedisConfig, StoreError> {
+    let target = if let Some(url) = &r.url {
+        RedisTarget::Url(url.clone())
+    } else if !r.cluster.is_empty() {
+        RedisTarget::Cluster(r.cluster.clone())
+    } else {
+        let master = r.sentinel_master.clone().ok_or_else(|| {
+            StoreError::Unavailable(
+                "store.redis.sentinel_master: name the master the sentinels watch".into(),
+            )
+        })?;
+        RedisTarget::Sentinel {
+            master,
+            sentinels: r.sentinels.clone(),
+        }
+    };
+    let mut config = RedisConfig::new(target);
+    config.key_prefix = r.key_prefix.clone();
+    if let Some(n) = r.near_cache_entries {
+        config.cache_capacity = n;
+    }
+    if let Some(age) = r.near_cache_max_age {
+        config.cache_max_age = age;
+    }
+    Ok(config)
 }
 
 /// Loads the users file, if one is configured.
@@ -152,4 +157,42 @@ pub async fn serve(
     served?;
     closed?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn redis_settings_reach_the_store_config() {
+        let mut r = RedisSettings {
+            url: Some("redis://127.0.0.1:6379/0".into()),
+            cluster: Vec::new(),
+            sentinel_master: None,
+            sentinels: Vec::new(),
+            key_prefix: "app:".into(),
+            near_cache_entries: None,
+            near_cache_max_age: None,
+        };
+        let defaults = RedisConfig::new(RedisTarget::Url("redis://127.0.0.1:6379/0".into()));
+        let c = redis_config(&r).unwrap();
+        assert_eq!(c.target, defaults.target);
+        assert_eq!(c.key_prefix, "app:");
+        assert_eq!(
+            (c.cache_capacity, c.cache_max_age),
+            (defaults.cache_capacity, defaults.cache_max_age)
+        );
+        r.near_cache_entries = Some(2_000_000);
+        r.near_cache_max_age = Some(Duration::from_secs(600));
+        let c = redis_config(&r).unwrap();
+        assert_eq!(
+            (c.cache_capacity, c.cache_max_age),
+            (2_000_000, Duration::from_secs(600))
+        );
+        r.url = None;
+        r.sentinels = vec!["redis://127.0.0.1:26379".into()];
+        assert!(redis_config(&r).is_err(), "sentinels without a master name");
+    }
 }
