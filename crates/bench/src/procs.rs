@@ -100,6 +100,17 @@ impl Proc {
         }
     }
 
+    /// [`Proc::terminate`] for a wrapper such as `perf record -- sessiond`: SIGTERM goes to
+    /// the wrapper's children first (perf does not always pass it on), then to the wrapper.
+    pub fn terminate_wrapped(self, timeout: Duration) -> Result<(ExitStatus, Duration)> {
+        let path = format!("/proc/{0}/task/{0}/children", self.pid);
+        let children = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        for pid in children.split_whitespace().filter_map(|p| p.parse().ok()) {
+            signal(pid, "TERM")?;
+        }
+        self.terminate(timeout)
+    }
+
     /// Resident set size in bytes (`VmRSS`).
     pub fn rss(&self) -> Result<u64> {
         let path = format!("/proc/{}/status", self.pid);

@@ -291,8 +291,8 @@ async fn restart(ctx: &mut Ctx, server: Sessiond, tokens: &Arc<Vec<String>>) -> 
             profiled.to_listening.as_secs_f64(),
             out.display()
         ));
-        // SIGTERM to perf stops the recording and, with it, sessiond.
-        profiled.proc.terminate(Duration::from_secs(1200))?;
+        // sessiond stops first; perf then ends its recording.
+        profiled.proc.terminate_wrapped(Duration::from_secs(1200))?;
     }
     let label = format!("restart, {} sessions", crate::report::num(n as f64));
     Ok(vec![
