@@ -51,7 +51,7 @@ impl Timestamp {
     /// The 24 bytes of [`Timestamp::to_rfc3339`], without an allocation (every validate
     /// answer formats four timestamps). Instants outside years 0-9999 read as the last
     /// millisecond of 9999.
-    fn rfc3339_bytes(self) -> [u8; 24] {
+    pub fn rfc3339_bytes(self) -> [u8; 24] {
         const LAST: &[u8; 24] = b"9999-12-31T23:59:59.999Z";
         let nanos = i128::from(self.0) * 1_000_000;
         let Ok(t) = OffsetDateTime::from_unix_timestamp_nanos(nanos) else {

@@ -40,18 +40,23 @@ impl SessionId {
     pub const fn as_bytes(&self) -> &[u8; 16] {
         &self.0
     }
-}
 
-impl fmt::Display for SessionId {
-    /// 32 lowercase hex digits, written in one piece (every validate answer carries one).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// The 32 lowercase hex digits of [`SessionId`]'s `Display`, without an allocation
+    /// (every validate answer carries one).
+    pub fn hex(&self) -> [u8; 32] {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 32];
         for (i, b) in self.0.iter().enumerate() {
             out[2 * i] = HEX[usize::from(b >> 4)];
             out[2 * i + 1] = HEX[usize::from(b & 0xf)];
         }
-        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
+        out
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(std::str::from_utf8(&self.hex()).map_err(|_| fmt::Error)?)
     }
 }
 

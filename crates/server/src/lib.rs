@@ -18,6 +18,7 @@ pub mod directory;
 pub mod error;
 pub mod explain;
 pub mod http;
+pub mod json;
 pub mod login;
 pub mod regulation;
 pub mod service;
@@ -148,14 +149,9 @@ pub async fn serve(
     };
     let flush_every = sessiond_store::local::flush_window(service.shortest_idle_timeout());
     let tasks = tasks::Tasks::start(service.clone(), flush_every, users);
-    let app = http::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    http::serve(listener, http::app(state), shutdown).await;
     tasks.shutdown().await;
-    let closed = service.store.close().await;
-    served?;
-    closed?;
+    service.store.close().await?;
     Ok(())
 }
 

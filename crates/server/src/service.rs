@@ -58,67 +58,6 @@ pub fn view(s: Session) -> v1::Session {
     }
 }
 
-/// The wire view of a session serialized straight from a borrowed record: validate's
-/// answer, with none of the record's strings copied. Writes exactly what [`view`]'s
-/// `v1::Session` writes (a test compares the two).
-#[derive(Clone, Copy, Debug)]
-pub struct SessionJson<'a>(pub &'a Session);
-
-/// `{"session": ...}` around a [`SessionJson`], like `v1::SessionEnvelope`.
-#[derive(Debug, serde::Serialize)]
-pub struct SessionEnvelopeJson<'a> {
-    pub session: SessionJson<'a>,
-}
-
-/// Serializes through `Display`, without building a `String` first.
-struct AsStr<T>(T);
-
-impl<T: std::fmt::Display> serde::Serialize for AsStr<T> {
-    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        ser.collect_str(&self.0)
-    }
-}
-
-impl serde::Serialize for SessionJson<'_> {
-    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-
-        #[derive(serde::Serialize)]
-        struct Client<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            ip: Option<AsStr<IpAddr>>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            user_agent: Option<&'a str>,
-        }
-
-        let s = self.0;
-        let fields = if s.universal_id.is_some() { 12 } else { 11 };
-        let mut out = ser.serialize_struct("Session", fields)?;
-        out.serialize_field("id", &AsStr(s.id))?;
-        out.serialize_field("user", &s.user)?;
-        match &s.universal_id {
-            Some(u) => out.serialize_field("universal_id", u)?,
-            None => out.skip_field("universal_id")?,
-        }
-        out.serialize_field("auth_level", &s.auth_level)?;
-        out.serialize_field("attributes", &s.attributes)?;
-        out.serialize_field(
-            "client",
-            &Client {
-                ip: s.client_ip.map(AsStr),
-                user_agent: s.user_agent.as_deref(),
-            },
-        )?;
-        out.serialize_field("policy", &s.policy)?;
-        out.serialize_field("created_at", &AsStr(s.created_at))?;
-        out.serialize_field("last_access_at", &AsStr(s.last_access_at))?;
-        out.serialize_field("idle_expires_at", &AsStr(s.idle_expires_at()))?;
-        out.serialize_field("expires_at", &AsStr(s.expires_at))?;
-        out.serialize_field("version", &s.version)?;
-        out.end()
-    }
-}
-
 fn lookup_result(l: Lookup) -> Result<Arc<Session>, ApiError> {
     match l {
         Lookup::Live(s) => Ok(s),
@@ -341,59 +280,5 @@ impl Service {
             .values()
             .map(|p| p.idle_timeout)
             .fold(self.default_policy.idle_timeout, Duration::min)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use sessiond_core::Verifier;
-
-    fn session(full: bool) -> Session {
-        let new = if full {
-            NewSession {
-                user: "alice \"quoted\" \u{e9}".into(),
-                universal_id: Some("uid-1".into()),
-                auth_level: -3,
-                attributes: BTreeMap::from([
-                    ("a".into(), "1".into()),
-                    ("z\n".into(), "</script>".into()),
-                ]),
-                client_ip: Some("2001:db8::1".parse().unwrap()),
-                user_agent: Some("Mozilla/5.0 \\ test".into()),
-            }
-        } else {
-            NewSession {
-                user: "bob".into(),
-                ..NewSession::default()
-            }
-        };
-        let id = SessionId::for_user(&new.user).unwrap();
-        Session::create(
-            new,
-            id,
-            Verifier([7; 32]),
-            "default",
-            &Policy::default(),
-            Timestamp(1_795_000_000_123),
-        )
-    }
-
-    #[test]
-    fn the_borrowed_view_writes_what_the_wire_type_writes() {
-        for full in [true, false] {
-            let s = session(full);
-            let borrowed = serde_json::to_string(&SessionEnvelopeJson {
-                session: SessionJson(&s),
-            })
-            .unwrap();
-            let owned = serde_json::to_string(&v1::SessionEnvelope {
-                session: view(s.clone()),
-            })
-            .unwrap();
-            assert_eq!(borrowed, owned);
-            let back: v1::SessionEnvelope = serde_json::from_str(&borrowed).unwrap();
-            assert_eq!(back.session, view(s));
-        }
     }
 }

@@ -2,14 +2,16 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sessiond_proto::v1;
 
 use super::AppState;
 use super::extract::{Agent, Body};
 use crate::error::ApiError;
-use crate::service::{SessionEnvelopeJson, SessionJson, view};
+use crate::json;
+use crate::service::view;
 
 pub(super) async fn create(
     _: Agent,
@@ -26,11 +28,12 @@ pub(super) async fn validate(
     Body(req): Body<v1::ValidateRequest>,
 ) -> Result<Response, ApiError> {
     let session = state.service.validate(&req.token, req.touch).await?;
-    // Serialized from the store's shared record: the hot path copies no session strings.
-    Ok(Json(SessionEnvelopeJson {
-        session: SessionJson(&session),
-    })
-    .into_response())
+    // Written from the store's shared record: the hot path copies no session strings.
+    Ok((
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        json::session_envelope(&session),
+    )
+        .into_response())
 }
 
 pub(super) async fn update(

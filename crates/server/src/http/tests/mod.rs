@@ -356,13 +356,38 @@ async fn credentials_are_kept_apart() {
 #[tokio::test]
 async fn oversized_headers_are_refused() {
     let h = Harness::new();
-    let req = Request::builder()
-        .uri("/healthz")
-        .header("x-junk", "a".repeat(super::MAX_HEADER_BYTES + 1))
-        .body(Body::empty())
-        .unwrap();
-    let resp = app(h.state.clone()).oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Through the router, and on each route that skips it.
+    for (method, uri) in [
+        ("GET", "/healthz"),
+        ("POST", "/v1/sessions/validate"),
+        ("GET", "/auth/nginx"),
+        ("GET", "/auth/forward"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {AGENT_KEY}"))
+            .header("x-junk", "a".repeat(super::MAX_HEADER_BYTES + 1))
+            .body(Body::empty())
+            .unwrap();
+        let resp = app(h.state.clone()).oneshot(req).await.unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{method} {uri}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_on_the_routes_that_skip_the_router() {
+    let h = Harness::new();
+    let body = format!("{{\"token\":\"{}\"}}", "a".repeat(MAX_BODY_BYTES));
+    let (s, v) = h
+        .call("POST", "/v1/sessions/validate", Some(AGENT_KEY), Some(body))
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(v["error"]["code"], "payload_too_large");
 }
 
 /// A store whose every call fails, as an unreachable store would.

@@ -1,0 +1,82 @@
+//! The accept loop: HTTP/1.1 over hyper, one task per connection, graceful shutdown.
+//!
+//! In place of `axum::serve` so the connection setup is ours: HTTP/1.1 only (the contract
+//! serves nothing else, and axum's loop sniffs every connection for HTTP/2), `TCP_NODELAY`
+//! so an answer never waits for the peer's ACK, a bounded read buffer, and the peer's
+//! address handed to [`App`] without a layer per request.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use super::{App, MAX_BODY_BYTES, MAX_HEADER_BYTES};
+
+/// Largest read buffer of a connection. A request head must fit in it (hyper answers 431
+/// otherwise), so headers are bounded before they are parsed, not only after.
+const MAX_READ_BUFFER: usize = 4 * MAX_HEADER_BYTES + MAX_BODY_BYTES;
+
+/// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets each
+/// connection finish the request it is on, and returns once all have closed.
+pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Only fails on a socket that is already gone; the connection then fails on its own.
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| answer(app.clone(), req, peer));
+        let conn = http1::Builder::new()
+            .max_buf_size(MAX_READ_BUFFER)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+async fn answer(
+    app: App,
+    mut req: hyper::Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<axum::response::Response, Infallible> {
+    req.extensions_mut().insert(ConnectInfo(peer));
+    Ok(app.handle(req).await)
+}
+
+/// An accept that failed for the listener, not for one connection (out of descriptors,
+/// say): wait a moment instead of spinning, as hyper's and axum's loops do.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accepting a connection failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
