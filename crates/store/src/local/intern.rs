@@ -56,6 +56,20 @@ impl Interner {
         inner.share(&mut session.policy);
     }
 
+    /// The shared copy of `s`, made from it if there was none (a load, which reads
+    /// strings in place, allocates only for strings it has not seen).
+    pub(super) fn shared(&self, s: &str) -> Arc<str> {
+        let mut inner = self.inner.lock();
+        match inner.set.get(s) {
+            Some(shared) => shared.clone(),
+            None => {
+                let new: Arc<str> = Arc::from(s);
+                inner.set.insert(new.clone());
+                new
+            }
+        }
+    }
+
     /// Adds every string of `other` this one lacks (after a parallel load).
     pub(super) fn absorb(&self, other: Interner) {
         let other = other.inner.into_inner().set;

@@ -14,6 +14,8 @@
 //! one format byte ([`FORMAT`]) followed by the postcard encoding of the core type (for a
 //! touch, the 8-byte little-endian milliseconds).
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use std::thread::JoinHandle;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
-use sessiond_core::{Session, SessionId, Timestamp, Tombstone};
+use sessiond_core::{Session, SessionId, Timestamp, Tombstone, Verifier};
 use tokio::sync::oneshot;
 
 use crate::StoreError;
@@ -179,12 +181,14 @@ struct Tables {
 /// scanning one contiguous range of ids (by their first byte) and folding every session
 /// into its own `P` with `add`, in id order; part `i` covers ids whose first byte is in
 /// `[i * 256 / parts, (i + 1) * 256 / parts)`. `new_part(i, n)` makes part `i`, which can
-/// expect about `n` sessions.
+/// expect about `n` sessions. Each session reaches `add` as a [`StoredSession`] borrowing
+/// its strings from the row, so a part can share the strings it already holds instead of
+/// allocating a copy first.
 pub(super) fn open<P: Send>(
     path: &Path,
     parts: usize,
     new_part: impl Fn(usize, usize) -> P + Sync,
-    add: impl Fn(&mut P, Session) + Sync,
+    add: impl Fn(&mut P, StoredSession<'_>) + Sync,
 ) -> Result<(Journal, Loaded<P>), StoreError> {
     let opened = std::time::Instant::now();
     // Every session lives in memory, so fjall is only written, and read once at start: its
@@ -235,7 +239,7 @@ fn load<P: Send>(
     db: &Tables,
     parts: usize,
     new_part: &(impl Fn(usize, usize) -> P + Sync),
-    add: &(impl Fn(&mut P, Session) + Sync),
+    add: &(impl Fn(&mut P, StoredSession<'_>) + Sync),
 ) -> Result<Loaded<P>, StoreError> {
     assert!(
         parts.is_power_of_two() && parts <= 64,
@@ -259,7 +263,7 @@ fn load<P: Send>(
         let mut part = new_part(i, expected);
         for row in db.sessions.range((lower, upper)) {
             let (_, v) = row.into_inner().map_err(unavailable)?;
-            let mut session: Session = decode(&v)?;
+            let mut session: StoredSession<'_> = decode_borrowed(&v)?;
             if let Some(&at) = touched.get(&session.id) {
                 session.last_access_at = session.last_access_at.max(at);
             }
@@ -318,11 +322,66 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    decode_borrowed(bytes)
+}
+
+fn decode_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
         Some((&FORMAT, rest)) => {
             postcard::from_bytes(rest).map_err(|e| StoreError::Corrupt(e.to_string()))
         }
         _ => Err(StoreError::Corrupt("unknown record format".into())),
+    }
+}
+
+/// A stored session record read in place: the fields of [`Session`] in its order (postcard
+/// writes fields in order and names none), its strings borrowed from the row. A test
+/// checks it reads every record `Session` writes.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct StoredSession<'a> {
+    pub id: SessionId,
+    pub verifier: Verifier,
+    pub user: &'a str,
+    #[serde(borrow)]
+    pub universal_id: Option<&'a str>,
+    pub auth_level: i32,
+    #[serde(borrow)]
+    pub attributes: BTreeMap<&'a str, &'a str>,
+    pub client_ip: Option<IpAddr>,
+    #[serde(borrow)]
+    pub user_agent: Option<&'a str>,
+    pub policy: &'a str,
+    pub created_at: Timestamp,
+    pub last_access_at: Timestamp,
+    pub idle_timeout_ms: u64,
+    pub expires_at: Timestamp,
+    pub version: u64,
+}
+
+impl StoredSession<'_> {
+    /// The session, with `share` giving the `Arc` of each string the caller keeps one
+    /// copy of (`user` for the user name, `false` for the user agent and policy name).
+    pub fn into_session(self, mut share: impl FnMut(&str, bool) -> Arc<str>) -> Session {
+        Session {
+            id: self.id,
+            verifier: self.verifier,
+            user: share(self.user, true),
+            universal_id: self.universal_id.map(str::to_owned),
+            auth_level: self.auth_level,
+            attributes: self
+                .attributes
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            client_ip: self.client_ip,
+            user_agent: self.user_agent.map(|ua| share(ua, false)),
+            policy: share(self.policy, false),
+            created_at: self.created_at,
+            last_access_at: self.last_access_at,
+            idle_timeout_ms: self.idle_timeout_ms,
+            expires_at: self.expires_at,
+            version: self.version,
+        }
     }
 }
 
@@ -384,4 +443,75 @@ fn commit(db: &Tables, batches: &[Batch]) -> Result<(), StoreError> {
         }
     }
     batch.commit().map_err(unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    use sessiond_core::session::NewSession;
+    use sessiond_core::{Policy, Verifier};
+
+    use super::*;
+
+    #[test]
+    fn a_stored_session_reads_back_as_the_session_written() {
+        let full = NewSession {
+            user: "alice@example.com".into(),
+            universal_id: Some("0c9e5a7e-2b1d-4b8a-9a53-6a3b1f0e7d21".into()),
+            auth_level: -7,
+            attributes: BTreeMap::from([
+                ("dept".into(), "eng".into()),
+                ("emoji".into(), "🦀 \"q\" \\".into()),
+                (String::new(), String::new()),
+            ]),
+            client_ip: Some("2001:db8::1".parse().unwrap()),
+            user_agent: Some("Mozilla/5.0 (X11; Linux x86_64)".into()),
+        };
+        let bare = NewSession {
+            user: "bob".into(),
+            ..NewSession::default()
+        };
+        for new in [full, bare] {
+            let id = SessionId::for_user(&new.user).unwrap();
+            let mut s = Session::create(
+                new,
+                id,
+                Verifier([9; 32]),
+                "strict",
+                &Policy::default(),
+                Timestamp(1_795_000_000_123),
+            );
+            s.version = u64::MAX;
+            s.last_access_at = Timestamp(1_795_000_060_000);
+            let bytes = encode(&s).unwrap();
+            let stored: StoredSession<'_> = decode_borrowed(&bytes).unwrap();
+            assert_eq!(stored.into_session(|v, _| Arc::from(v)), s);
+            assert_eq!(decode::<Session>(&bytes).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn a_truncated_or_unknown_record_is_corrupt_not_a_panic() {
+        let s = Session::create(
+            NewSession {
+                user: "carol".into(),
+                ..NewSession::default()
+            },
+            SessionId([1; 16]),
+            Verifier([2; 32]),
+            "default",
+            &Policy::default(),
+            Timestamp(0),
+        );
+        let bytes = encode(&s).unwrap();
+        for cut in [0, 1, 10, bytes.len() - 1] {
+            let r = decode_borrowed::<StoredSession<'_>>(&bytes[..cut]);
+            assert!(matches!(r, Err(StoreError::Corrupt(_))), "cut at {cut}");
+        }
+        let mut other = bytes.clone();
+        other[0] = FORMAT + 1;
+        assert!(matches!(
+            decode_borrowed::<StoredSession<'_>>(&other),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
 }

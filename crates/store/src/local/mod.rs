@@ -34,7 +34,7 @@ use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Tom
 use smallvec::SmallVec;
 
 use self::intern::Interner;
-use self::journal::{Change, Journal, Pending};
+use self::journal::{Change, Journal, Pending, StoredSession};
 use crate::events::{self, ChangeKind, EventLog, Feed};
 use crate::{
     AttributeChange, Created, Ended, Lookup, Page, SessionStore, StoreError, StoreOptions,
@@ -131,8 +131,19 @@ impl LoadPart {
         }
     }
 
-    fn add(&mut self, mut session: Session) {
-        self.strings.share(&mut session);
+    fn add(&mut self, stored: StoredSession<'_>) {
+        // Strings this part already holds are shared, not copied: a user's second session
+        // takes the index's name, and user agents and policy names come from the interner.
+        let session = stored.into_session(|s, is_user| {
+            if is_user {
+                match self.members.by_user.get_key_value(s) {
+                    Some((name, _)) => name.clone(),
+                    None => Arc::from(s),
+                }
+            } else {
+                self.strings.shared(s)
+            }
+        });
         self.members.join(&session);
         let entry = Entry::new(Arc::new(session));
         let id = entry.session.id;
