@@ -27,7 +27,11 @@
 //!
 //! A fill that races an invalidation is refused: before asking the server, the validator
 //! takes a ticket; the answer is stored only if neither its session was invalidated nor
-//! the whole cache flushed since the ticket was taken.
+//! the whole cache flushed since the ticket was taken. And once an `ended` event named a
+//! session, no answer for it is stored again, whenever it was asked for: an ended session
+//! never comes back, and a server node can still answer "live" from its own near cache
+//! for a moment after its event stream said the session ended (the two reach a node by
+//! different paths). The caller gets that answer; the next call asks again.
 //!
 //! Only successes are cached. Every error (`session_ended`, `invalid_token`, a transport
 //! failure, ...) is returned as is and drops the token's entry, so a refusal always comes
@@ -337,9 +341,9 @@ impl Shared {
         self.flushes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A session changed or ended.
-    fn invalidate(&self, id: &str) {
-        self.lock().invalidate(id);
+    /// A session changed, or ended.
+    fn invalidate(&self, id: &str, ended: bool) {
+        self.lock().invalidate(id, ended);
         self.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 

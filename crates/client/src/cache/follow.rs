@@ -63,7 +63,7 @@ fn apply(shared: &Shared, event: &Event) {
         EventKind::Created => {}
         EventKind::Updated | EventKind::Ended => {
             if let Some(session) = &event.session {
-                shared.invalidate(&session.id);
+                shared.invalidate(&session.id, event.kind == EventKind::Ended);
             }
         }
         EventKind::Reset => shared.reset(),

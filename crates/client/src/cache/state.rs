@@ -72,8 +72,9 @@ pub(super) struct State {
     seq: u64,
     /// The `seq` of the last whole-cache flush: older tickets are refused.
     barrier: u64,
-    /// Session id → `seq` of its last invalidation, for the tickets still pending.
-    recent: HashMap<String, u64>,
+    /// Session id → `seq` of its last invalidation, for the tickets still pending, and
+    /// whether that invalidation said the session ended.
+    recent: HashMap<String, (u64, bool)>,
     /// `recent` in invalidation order, to forget the oldest first.
     recent_order: VecDeque<(u64, String)>,
     /// The highest `seq` dropped from `recent`: older tickets cannot be checked, so they
@@ -129,7 +130,13 @@ impl State {
         capacity: usize,
     ) -> bool {
         let Ticket(taken) = ticket;
-        let invalidated = self.recent.get(&session.id).is_some_and(|&at| at > taken);
+        // An ended session never comes back, so a "live" answer for one is stale whenever
+        // it was fetched: a node can answer from its own cache a moment after its event
+        // stream said the session ended.
+        let invalidated = self
+            .recent
+            .get(&session.id)
+            .is_some_and(|&(at, ended)| ended || at > taken);
         if capacity == 0 || taken < self.barrier || taken < self.forgotten || invalidated {
             return false;
         }
@@ -173,17 +180,18 @@ impl State {
         }
     }
 
-    /// The session `id` changed or ended: drops its entries and voids pending tickets for
-    /// it. Returns how many entries were dropped.
-    pub(super) fn invalidate(&mut self, id: &str) -> usize {
+    /// The session `id` changed (or `ended`): drops its entries and voids pending tickets
+    /// for it; once it ended, no answer for it is stored again (while it is among the
+    /// remembered invalidations). Returns how many entries were dropped.
+    pub(super) fn invalidate(&mut self, id: &str, ended: bool) -> usize {
         self.seq += 1;
-        self.recent.insert(id.to_owned(), self.seq);
+        self.recent.insert(id.to_owned(), (self.seq, ended));
         self.recent_order.push_back((self.seq, id.to_owned()));
         while self.recent_order.len() > RECENT_INVALIDATIONS {
             let Some((seq, old)) = self.recent_order.pop_front() else {
                 break;
             };
-            if self.recent.get(&old) == Some(&seq) {
+            if self.recent.get(&old).is_some_and(|&(at, _)| at == seq) {
                 self.recent.remove(&old);
             }
             self.forgotten = seq;
@@ -286,10 +294,10 @@ mod tests {
         for (token, id) in [("a", "s1"), ("b", "s1"), ("c", "s2")] {
             assert!(fresh(&mut state, token, id, now));
         }
-        assert_eq!(state.invalidate("s1"), 2);
+        assert_eq!(state.invalidate("s1", false), 2);
         assert!(!hit(&mut state, "a", now) && !hit(&mut state, "b", now));
         assert!(hit(&mut state, "c", now));
-        assert_eq!(state.invalidate("s9"), 0);
+        assert_eq!(state.invalidate("s9", true), 0);
     }
 
     #[test]
@@ -297,13 +305,30 @@ mod tests {
         let now = Instant::now();
         let mut state = State::default();
         let ticket = state.ticket();
-        state.invalidate("s1");
+        state.invalidate("s1", false);
         assert!(!fill(&mut state, "a", "s1", ticket, now));
         assert!(
             fill(&mut state, "b", "s2", ticket, now),
             "other sessions fill"
         );
         assert!(fresh(&mut state, "a", "s1", now), "a new ticket fills");
+    }
+
+    #[test]
+    fn an_ended_session_is_never_filled_again_even_with_a_new_ticket() {
+        let now = Instant::now();
+        let mut state = State::default();
+        assert!(fresh(&mut state, "a", "s1", now));
+        assert!(fresh(&mut state, "b", "s2", now));
+        assert_eq!(state.invalidate("s1", true), 1);
+        assert_eq!(state.invalidate("s2", false), 1);
+        // A node that has not yet seen the end answers "live" for a request sent after it.
+        assert!(!fresh(&mut state, "a", "s1", now), "ended: refused");
+        assert!(!hit(&mut state, "a", now));
+        assert!(
+            fresh(&mut state, "b", "s2", now),
+            "updated: a new answer fills"
+        );
     }
 
     #[test]
@@ -324,7 +349,7 @@ mod tests {
         let mut state = State::default();
         let ticket = state.ticket();
         for n in 0..=RECENT_INVALIDATIONS {
-            state.invalidate(&format!("other-{n}"));
+            state.invalidate(&format!("other-{n}"), n % 2 == 0);
         }
         assert!(state.recent.len() <= RECENT_INVALIDATIONS);
         assert!(!fill(&mut state, "a", "s1", ticket, now));

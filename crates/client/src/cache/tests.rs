@@ -219,7 +219,7 @@ async fn a_fill_racing_an_invalidation_is_not_kept() {
         async move { cache.validate(TOKEN, false).await }
     });
     eventually("the server to get the call", || h.server_calls() == 1).await;
-    h.event("e1", "ended", "s1").await;
+    h.event("e1", "updated", "s1").await;
     hold.notify_one();
     assert_eq!(pending.await.unwrap().unwrap().id, "s1");
     assert_eq!(h.cache.stats().entries, 0, "the answer predates the event");
@@ -227,6 +227,23 @@ async fn a_fill_racing_an_invalidation_is_not_kept() {
     h.server.script(|s| s.hold_validations = None);
     h.cache.validate(TOKEN, false).await.unwrap();
     assert_eq!(h.cache.stats().entries, 1, "a later answer fills");
+}
+
+#[tokio::test]
+async fn a_live_answer_after_the_ended_event_is_never_kept() {
+    // A node whose near cache has not yet dropped the session answers "live" after its
+    // event stream said the session ended (the two reach it by different paths).
+    let h = harness(CacheConfig::default()).await;
+    h.server.valid(TOKEN, "s1");
+    h.cache.validate(TOKEN, false).await.unwrap();
+    assert_eq!(h.cache.stats().entries, 1);
+    h.event("e1", "ended", "s1").await;
+    for calls in 2..5 {
+        let stale = h.cache.validate(TOKEN, false).await.unwrap();
+        assert_eq!(stale.id, "s1", "the caller gets the server's answer");
+        assert_eq!(h.cache.stats().entries, 0, "but it is not kept");
+        assert_eq!(h.server_calls(), calls, "so every call asks the server");
+    }
 }
 
 #[tokio::test]
