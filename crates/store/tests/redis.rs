@@ -528,3 +528,62 @@ async fn a_consumer_behind_the_stream_cap_gets_a_reset() {
         .unwrap();
     assert_eq!(next_change(&mut feed).await.session, s2.id, "live again");
 }
+
+/// A node relays an end on its event feed only after evicting the session from its own
+/// near cache. The near cache's invalidations come by pub/sub, on another connection; here
+/// the end reaches the stream with no `PUBLISH` at all, so only the feed can evict it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_evicts_what_its_event_feed_relays() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path()).await;
+    let prefix = fresh_prefix();
+    let b = open(RedisTarget::Url(server.url()), &prefix).await;
+    until_subscribed(&b).await;
+    let mut feed = b.events(None).await.unwrap();
+    let s = conformance::session("zora", T0);
+    b.create(s.clone(), UserLimit::UNLIMITED, T0).await.unwrap();
+    assert_eq!(next_change(&mut feed).await.kind, ChangeKind::Created);
+    for _ in 0..2 {
+        b.validate(s.id, &s.verifier, false, T0).await.unwrap();
+    }
+    let hits = b.near_cache_hits();
+    b.validate(s.id, &s.verifier, false, T0).await.unwrap();
+    assert_eq!(
+        b.near_cache_hits(),
+        hits + 1,
+        "B answers from its near cache"
+    );
+
+    // An `ended` entry, as the end script writes it, but with no PUBLISH.
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{prefix}{{global}}:events"))
+        .arg("*")
+        .arg(&[
+            ("kind", "ended".to_owned()),
+            ("id", s.id.to_string()),
+            ("user", s.user.to_string()),
+            ("ver", "2".to_owned()),
+            ("reason", "logged_out".to_owned()),
+            ("at", T0.0.to_string()),
+        ])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let ended = next_change(&mut feed).await;
+    assert_eq!((ended.kind, ended.session), (ChangeKind::Ended, s.id));
+    let hits = b.near_cache_hits();
+    b.validate(s.id, &s.verifier, false, T0).await.unwrap();
+    assert_eq!(
+        b.near_cache_hits(),
+        hits,
+        "after relaying the end, B asks Redis instead of its cache"
+    );
+}

@@ -22,14 +22,20 @@
 //!   on from the newest entry: the consumer cannot tell silence from an outage, so it must
 //!   drop what it cached.
 //! - It ends when the consumer drops its receiver or the store closes.
+//! - Before it relays an update or an end, it evicts that session from this node's near
+//!   cache. The cache's own invalidations come by pub/sub, on another connection, and may
+//!   arrive later; without this, an agent told of a logout could ask this node again and
+//!   be answered "live" from its cache.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{Script, Value};
 use sessiond_core::{EndReason, SessionId, Timestamp};
 use tokio::sync::{mpsc, watch};
 
+use super::cache::NearCache;
 use super::conn::{self, Conn, Target};
 use super::scripts::Call;
 use super::{RedisStore, codec};
@@ -94,6 +100,7 @@ impl RedisStore {
         };
         let (tx, rx) = mpsc::channel(FEED_BUFFER);
         let follower = Follower {
+            cache: self.cache.clone(),
             target: self.target.clone(),
             stream,
             read: self.scripts.events_read.clone(),
@@ -144,6 +151,9 @@ enum Read {
 
 /// One feed's task: follows the stream from `last` and sends what it finds.
 struct Follower {
+    /// This node's near cache: a change is evicted from it before the change is relayed,
+    /// so nobody who saw the event can get the old answer from this node.
+    cache: Arc<NearCache>,
     target: Target,
     stream: String,
     read: Script,
@@ -240,7 +250,15 @@ impl Follower {
             Read::Entries(entries) => {
                 for (id, event) in entries {
                     match event {
-                        Some(e) => self.guard.send(FeedItem::Change(e)).await?,
+                        Some(e) => {
+                            // The invalidation also comes by pub/sub, on another
+                            // connection and maybe later: an agent told of an end must not
+                            // then be answered "live" from this node's cache.
+                            if e.kind != ChangeKind::Created {
+                                self.cache.invalidate(&e.session);
+                            }
+                            self.guard.send(FeedItem::Change(e)).await?
+                        }
                         None => tracing::warn!(%id, "redis: skipping an undecodable change event"),
                     }
                     self.last = id;
