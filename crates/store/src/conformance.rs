@@ -845,12 +845,40 @@ where
         0,
         "each touch is flushed once"
     );
+    // Many sessions across the id space, every other one touched (each at its own time),
+    // and one touched and then ended: a load must pair each touch with its own session.
+    let mut others = Vec::new();
+    for n in 0..40u32 {
+        let o = created(&*store, session(&format!("tess{n}"), T0), T0).await;
+        let at = (n % 2 == 0).then(|| T0.plus(MIN + n * SEC));
+        if let Some(at) = at {
+            live(store.validate(o.id, &o.verifier, true, at).await.unwrap());
+        }
+        others.push((o, at));
+    }
+    assert_eq!(store.flush_touches().await.unwrap(), 20);
+    let (gone, _) = others.remove(0);
+    store
+        .end(
+            gone.id,
+            Some(&gone.verifier),
+            EndReason::LoggedOut,
+            T0.plus(2 * MIN),
+        )
+        .await
+        .unwrap();
     store.close().await.unwrap();
     drop(store);
     let store = open(dir).await;
     let back = live(store.get(s.id, T0.plus(45 * MIN)).await.unwrap());
     assert_eq!(back.last_access_at, T0.plus(20 * MIN));
     assert_eq!(back.version, 1);
+    for (o, at) in &others {
+        let back = live(store.get(o.id, T0.plus(3 * MIN)).await.unwrap());
+        assert_eq!(back.last_access_at, at.unwrap_or(T0), "{}", o.user);
+    }
+    ended(store.get(gone.id, T0.plus(3 * MIN)).await.unwrap());
+    assert_eq!(store.stats().await.unwrap().live, 40);
     store.close().await.unwrap();
 }
 

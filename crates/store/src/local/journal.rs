@@ -25,7 +25,6 @@ use std::thread::JoinHandle;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap;
 use sessiond_core::{Session, SessionId, Timestamp, Tombstone, Verifier};
 use tokio::sync::oneshot;
 
@@ -254,17 +253,25 @@ fn load<P: Send>(
             256 => Bound::Unbounded,
             end => Bound::Excluded(vec![end as u8]),
         };
-        // This range's touches first, then its records with their last access moved on.
-        let mut touched = FxHashMap::default();
-        for row in db.touches.range((lower.clone(), upper.clone())) {
-            let (k, v) = row.into_inner().map_err(unavailable)?;
-            touched.insert(key_id(&k)?, decode_touch(&v)?);
-        }
+        // Records and touch rows are both in id order: one pass over each, side by side,
+        // moves a record's last access on to its touch row's.
+        let mut touches = db.touches.range((lower.clone(), upper.clone()));
+        let mut touch = next_touch(&mut touches)?;
         let mut part = new_part(i, expected);
         for row in db.sessions.range((lower, upper)) {
-            let (_, v) = row.into_inner().map_err(unavailable)?;
+            let (k, v) = row.into_inner().map_err(unavailable)?;
+            let id = key_id(&k)?;
+            while touch.is_some_and(|(t, _)| t < id) {
+                touch = next_touch(&mut touches)?;
+            }
             let mut session: StoredSession<'_> = decode_borrowed(&v)?;
-            if let Some(&at) = touched.get(&session.id) {
+            if session.id != id {
+                return Err(StoreError::Corrupt(format!(
+                    "the record stored under {id} is session {}",
+                    session.id
+                )));
+            }
+            if let Some((_, at)) = touch.filter(|&(t, _)| t == id) {
                 session.last_access_at = session.last_access_at.max(at);
             }
             add(&mut part, session);
@@ -292,6 +299,17 @@ fn load<P: Send>(
         parts,
         tombstones: tombs,
     })
+}
+
+/// The next touch row of a range: the session it moves and its last access.
+fn next_touch(
+    rows: &mut impl Iterator<Item = fjall::Guard>,
+) -> Result<Option<(SessionId, Timestamp)>, StoreError> {
+    let Some(row) = rows.next() else {
+        return Ok(None);
+    };
+    let (k, v) = row.into_inner().map_err(unavailable)?;
+    Ok(Some((key_id(&k)?, decode_touch(&v)?)))
 }
 
 fn key_id(key: &[u8]) -> Result<SessionId, StoreError> {
