@@ -390,6 +390,39 @@ impl LocalStore {
         }
     }
 
+    /// What a read of the live `entry` answers when it is not the caller's live session:
+    /// `NotFound` for a verifier that does not match, its tombstone once past its deadline.
+    fn refusal(
+        &self,
+        entry: &Entry,
+        verifier: Option<&Verifier>,
+        now: Timestamp,
+    ) -> Option<Lookup> {
+        if verifier.is_some_and(|v| !entry.session.verifier.matches(v)) {
+            return Some(Lookup::NotFound);
+        }
+        entry
+            .session
+            .expired_tombstone(now, self.options.ended_retention)
+            .map(Lookup::Ended)
+    }
+
+    /// A read of `id` that touches nothing: the shared live record, or why not.
+    fn read_live(
+        &self,
+        shard: &Shard,
+        id: &SessionId,
+        verifier: Option<&Verifier>,
+        now: Timestamp,
+    ) -> Lookup {
+        match shard.live.get(id) {
+            Some(e) => self
+                .refusal(e, verifier, now)
+                .unwrap_or_else(|| Lookup::Live(e.session.clone())),
+            None => Self::tombstone(shard, id, verifier, now),
+        }
+    }
+
     fn mark_dirty(&self, entry: &mut Entry) {
         if self.journal.is_durable() && !entry.dirty {
             entry.dirty = true;
@@ -644,32 +677,14 @@ impl SessionStore for LocalStore {
         self.journal.check()?;
         if !touch {
             let shard = self.shard(&id).read();
-            return Ok(match shard.live.get(&id) {
-                Some(e) if e.session.verifier.matches(verifier) => {
-                    match e
-                        .session
-                        .expired_tombstone(now, self.options.ended_retention)
-                    {
-                        None => Lookup::Live(e.session.clone()),
-                        Some(t) => Lookup::Ended(t),
-                    }
-                }
-                Some(_) => Lookup::NotFound,
-                None => Self::tombstone(&shard, &id, Some(verifier), now),
-            });
+            return Ok(self.read_live(&shard, &id, Some(verifier), now));
         }
         let mut shard = self.shard(&id).write();
         let Some(entry) = shard.live.get_mut(&id) else {
             return Ok(Self::tombstone(&shard, &id, Some(verifier), now));
         };
-        if !entry.session.verifier.matches(verifier) {
-            return Ok(Lookup::NotFound);
-        }
-        if let Some(t) = entry
-            .session
-            .expired_tombstone(now, self.options.ended_retention)
-        {
-            return Ok(Lookup::Ended(t));
+        if let Some(refused) = self.refusal(entry, Some(verifier), now) {
+            return Ok(refused);
         }
         // Live and not yet touched at `now`: the touch moves the idle timer. `make_mut` copies
         // the record only if an earlier answer or a queued journal write still holds it.
@@ -682,16 +697,7 @@ impl SessionStore for LocalStore {
     async fn get(&self, id: SessionId, now: Timestamp) -> Result<Lookup, StoreError> {
         self.journal.check()?;
         let shard = self.shard(&id).read();
-        Ok(match shard.live.get(&id) {
-            Some(e) => match e
-                .session
-                .expired_tombstone(now, self.options.ended_retention)
-            {
-                None => Lookup::Live(e.session.clone()),
-                Some(t) => Lookup::Ended(t),
-            },
-            None => Self::tombstone(&shard, &id, None, now),
-        })
+        Ok(self.read_live(&shard, &id, None, now))
     }
 
     async fn update(
