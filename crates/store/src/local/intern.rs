@@ -28,46 +28,33 @@ struct Inner {
 }
 
 impl Inner {
-    /// Points `slot` at the shared copy of its string, which it becomes if there was none.
-    fn share(&mut self, slot: &mut Arc<str>) {
-        match self.set.get(&**slot) {
-            Some(shared) => *slot = shared.clone(),
-            None => {
-                self.set.insert(slot.clone());
-            }
+    /// The shared copy of `s`; when there is none, `make()` becomes it.
+    fn get_or_insert(&mut self, s: &str, make: impl FnOnce() -> Arc<str>) -> Arc<str> {
+        if let Some(shared) = self.set.get(s) {
+            return shared.clone();
         }
+        let new = make();
+        self.set.insert(new.clone());
+        new
     }
 }
 
 impl Interner {
-    /// The shared copy of `s` (which becomes the shared copy if there was none).
-    #[cfg(test)]
-    fn intern(&self, mut s: Arc<str>) -> Arc<str> {
-        self.inner.lock().share(&mut s);
-        s
-    }
-
-    /// Makes `session`'s user agent and policy name the shared copies.
+    /// Makes `session`'s user agent and policy name the shared copies (its own become
+    /// them when there were none).
     pub(super) fn share(&self, session: &mut Session) {
         let mut inner = self.inner.lock();
         if let Some(ua) = &mut session.user_agent {
-            inner.share(ua);
+            *ua = inner.get_or_insert(ua, || ua.clone());
         }
-        inner.share(&mut session.policy);
+        let policy = &mut session.policy;
+        *policy = inner.get_or_insert(policy, || policy.clone());
     }
 
     /// The shared copy of `s`, made from it if there was none (a load, which reads
     /// strings in place, allocates only for strings it has not seen).
     pub(super) fn shared(&self, s: &str) -> Arc<str> {
-        let mut inner = self.inner.lock();
-        match inner.set.get(s) {
-            Some(shared) => shared.clone(),
-            None => {
-                let new: Arc<str> = Arc::from(s);
-                inner.set.insert(new.clone());
-                new
-            }
-        }
+        self.inner.lock().get_or_insert(s, || Arc::from(s))
     }
 
     /// Adds every string of `other` this one lacks (after a parallel load).
@@ -103,8 +90,8 @@ mod tests {
     #[test]
     fn equal_strings_share_one_copy() {
         let i = Interner::default();
-        let a = i.intern(Arc::from("Mozilla/5.0"));
-        let b = i.intern(Arc::from(String::from("Mozilla/5.0")));
+        let a = i.shared("Mozilla/5.0");
+        let b = i.shared(&String::from("Mozilla/5.0"));
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(i.len(), 1);
     }
@@ -148,17 +135,15 @@ mod tests {
     #[test]
     fn a_purge_drops_only_unheld_strings_and_only_after_doubling() {
         let i = Interner::default();
-        let kept: Vec<Arc<str>> = (0..10)
-            .map(|n| i.intern(Arc::from(format!("kept {n}"))))
-            .collect();
+        let kept: Vec<Arc<str>> = (0..10).map(|n| i.shared(&format!("kept {n}"))).collect();
         for n in 0..MIN_PURGE {
-            drop(i.intern(Arc::from(format!("gone {n}"))));
+            drop(i.shared(&format!("gone {n}")));
         }
         assert_eq!(i.purge(), MIN_PURGE);
         assert_eq!(i.len(), kept.len());
         // The next purge waits for the set to double (but at least MIN_PURGE strings).
-        drop(i.intern(Arc::from("gone again")));
+        drop(i.shared("gone again"));
         assert_eq!(i.purge(), 0);
-        assert!(Arc::ptr_eq(&kept[3], &i.intern(Arc::from("kept 3"))));
+        assert!(Arc::ptr_eq(&kept[3], &i.shared("kept 3")));
     }
 }
