@@ -264,7 +264,7 @@ fn load<P: Send>(
             while touch.is_some_and(|(t, _)| t < id) {
                 touch = next_touch(&mut touches)?;
             }
-            let mut session: StoredSession<'_> = decode_borrowed(&v)?;
+            let mut session: StoredSession<'_> = decode(&v)?;
             if session.id != id {
                 return Err(StoreError::Corrupt(format!(
                     "the record stored under {id} is session {}",
@@ -325,11 +325,16 @@ fn encode_touch(at: Timestamp) -> [u8; 9] {
 }
 
 fn decode_touch(bytes: &[u8]) -> Result<Timestamp, StoreError> {
+    <[u8; 8]>::try_from(payload(bytes)?)
+        .map(|b| Timestamp(i64::from_le_bytes(b)))
+        .map_err(|_| StoreError::Corrupt("a touch record is not 8 bytes".into()))
+}
+
+/// A stored value past its format byte.
+fn payload(bytes: &[u8]) -> Result<&[u8], StoreError> {
     match bytes.split_first() {
-        Some((&FORMAT, rest)) => <[u8; 8]>::try_from(rest)
-            .map(|b| Timestamp(i64::from_le_bytes(b)))
-            .map_err(|_| StoreError::Corrupt("a touch record is not 8 bytes".into())),
-        _ => Err(StoreError::Corrupt("unknown touch record format".into())),
+        Some((&FORMAT, rest)) => Ok(rest),
+        _ => Err(StoreError::Corrupt("unknown record format".into())),
     }
 }
 
@@ -339,17 +344,9 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    decode_borrowed(bytes)
-}
-
-fn decode_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
-    match bytes.split_first() {
-        Some((&FORMAT, rest)) => {
-            postcard::from_bytes(rest).map_err(|e| StoreError::Corrupt(e.to_string()))
-        }
-        _ => Err(StoreError::Corrupt("unknown record format".into())),
-    }
+/// A stored value; types with `&str` fields (a [`StoredSession`]) borrow from `bytes`.
+fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(payload(bytes)?).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// A stored session record read in place: the fields of [`Session`] in its order (postcard
@@ -377,13 +374,14 @@ pub(super) struct StoredSession<'a> {
 }
 
 impl StoredSession<'_> {
-    /// The session, with `share` giving the `Arc` of each string the caller keeps one
-    /// copy of (`user` for the user name, `false` for the user agent and policy name).
-    pub fn into_session(self, mut share: impl FnMut(&str, bool) -> Arc<str>) -> Session {
+    /// The session, named by `user` (the caller's copy of `self.user`), with `shared`
+    /// giving the one copy of its user agent and policy name.
+    pub fn into_session(self, user: Arc<str>, mut shared: impl FnMut(&str) -> Arc<str>) -> Session {
+        debug_assert_eq!(&*user, self.user);
         Session {
             id: self.id,
             verifier: self.verifier,
-            user: share(self.user, true),
+            user,
             universal_id: self.universal_id.map(str::to_owned),
             auth_level: self.auth_level,
             attributes: self
@@ -392,8 +390,8 @@ impl StoredSession<'_> {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             client_ip: self.client_ip,
-            user_agent: self.user_agent.map(|ua| share(ua, false)),
-            policy: share(self.policy, false),
+            user_agent: self.user_agent.map(&mut shared),
+            policy: shared(self.policy),
             created_at: self.created_at,
             last_access_at: self.last_access_at,
             idle_timeout_ms: self.idle_timeout_ms,
@@ -501,8 +499,9 @@ mod tests {
             s.version = u64::MAX;
             s.last_access_at = Timestamp(1_795_000_060_000);
             let bytes = encode(&s).unwrap();
-            let stored: StoredSession<'_> = decode_borrowed(&bytes).unwrap();
-            assert_eq!(stored.into_session(|v, _| Arc::from(v)), s);
+            let stored: StoredSession<'_> = decode(&bytes).unwrap();
+            let user = Arc::from(stored.user);
+            assert_eq!(stored.into_session(user, |v| Arc::from(v)), s);
             assert_eq!(decode::<Session>(&bytes).unwrap(), s);
         }
     }
@@ -522,13 +521,13 @@ mod tests {
         );
         let bytes = encode(&s).unwrap();
         for cut in [0, 1, 10, bytes.len() - 1] {
-            let r = decode_borrowed::<StoredSession<'_>>(&bytes[..cut]);
+            let r = decode::<StoredSession<'_>>(&bytes[..cut]);
             assert!(matches!(r, Err(StoreError::Corrupt(_))), "cut at {cut}");
         }
         let mut other = bytes.clone();
         other[0] = FORMAT + 1;
         assert!(matches!(
-            decode_borrowed::<StoredSession<'_>>(&other),
+            decode::<StoredSession<'_>>(&other),
             Err(StoreError::Corrupt(_))
         ));
     }

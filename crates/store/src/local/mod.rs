@@ -134,16 +134,11 @@ impl LoadPart {
     fn add(&mut self, stored: StoredSession<'_>) {
         // Strings this part already holds are shared, not copied: a user's second session
         // takes the index's name, and user agents and policy names come from the interner.
-        let session = stored.into_session(|s, is_user| {
-            if is_user {
-                match self.members.by_user.get_key_value(s) {
-                    Some((name, _)) => name.clone(),
-                    None => Arc::from(s),
-                }
-            } else {
-                self.strings.shared(s)
-            }
-        });
+        let user = match self.members.by_user.get_key_value(stored.user) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(stored.user),
+        };
+        let session = stored.into_session(user, |s| self.strings.shared(s));
         self.members.join(&session);
         let entry = Entry::new(Arc::new(session));
         let id = entry.session.id;
