@@ -37,7 +37,8 @@ pub struct Service {
 }
 
 /// Session → wire view (never with the token or its verifier), for creates, updates and
-/// admin answers. Validate answers with [`SessionJson`] instead, which copies nothing.
+/// admin answers. Validate's answer is written from the shared record by
+/// [`crate::json::session_envelope`] instead, which copies nothing.
 pub fn view(s: Session) -> v1::Session {
     v1::Session {
         id: s.id.to_string(),
