@@ -89,7 +89,13 @@ async fn check(
     let mut r = StatusCode::OK.into_response();
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let (id, level) = (session.id.to_string(), session.auth_level.to_string());
+    // Formatted on the stack: forward auth answers every page view.
+    let hex = session.id.hex();
+    let Ok(id) = std::str::from_utf8(&hex) else {
+        return Ok(Check::Denied);
+    };
+    let mut level = itoa::Buffer::new();
+    let level = level.format(session.auth_level);
     let values: [(&HeaderName, &str); 5] = [
         (&names.user, &session.user),
         (&names.groups, &groups),
@@ -97,8 +103,8 @@ async fn check(
             &names.universal_id,
             session.universal_id.as_deref().unwrap_or_default(),
         ),
-        (&names.session_id, &id),
-        (&names.auth_level, &level),
+        (&names.session_id, id),
+        (&names.auth_level, level),
     ];
     for (name, value) in values {
         if value.is_empty() {

@@ -262,7 +262,8 @@ async fn forward_auth_answers_identity_or_refuses() {
     assert_eq!(hd["remote-groups"], "staff,ops");
     assert_eq!(hd["remote-universal-id"], "cust-1001");
     assert_eq!(hd["remote-auth-level"], "1");
-    assert_eq!(hd["remote-session-id"].len(), 32);
+    let session = h.state.service.validate(&sid, false).await.unwrap();
+    assert_eq!(hd["remote-session-id"], session.id.to_string().as_str());
 
     let bad_cookies = [
         String::new(),
