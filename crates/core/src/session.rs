@@ -123,11 +123,21 @@ impl Session {
     /// Slides the idle timer to `now`. Returns whether anything moved. A touch never
     /// revives an expired session and never moves the clock backwards.
     pub fn touch(&mut self, now: Timestamp) -> bool {
-        if self.status(now) != SessionStatus::Live || now <= self.last_access_at {
+        if !self.would_touch(now) {
             return false;
         }
         self.last_access_at = now;
         true
+    }
+
+    /// [`Session::touch`] on a record shared with earlier answers: it is copied
+    /// (`Arc::make_mut`) only when the touch moves it and someone else still holds it.
+    pub fn touch_shared(this: &mut Arc<Session>, now: Timestamp) -> bool {
+        this.would_touch(now) && Arc::make_mut(this).touch(now)
+    }
+
+    fn would_touch(&self, now: Timestamp) -> bool {
+        self.status(now) == SessionStatus::Live && now > self.last_access_at
     }
 
     /// What is kept when the session ends for `reason` at `at`, until `retention` passes.
@@ -259,6 +269,36 @@ mod tests {
         assert!(!s.touch(late));
         assert_eq!(s.last_access_at, T0);
         assert!(matches!(s.status(late), SessionStatus::Expired { .. }));
+    }
+
+    #[test]
+    fn a_shared_record_is_copied_only_by_a_touch_that_moves_it() {
+        let mut s = Arc::new(session(&policy(30 * MIN, 720 * MIN)));
+        let held = Arc::clone(&s);
+        assert!(
+            !Session::touch_shared(&mut s, T0),
+            "no move at the same instant"
+        );
+        assert!(!Session::touch_shared(&mut s, T0.plus(31 * MIN)), "expired");
+        assert!(
+            Arc::ptr_eq(&s, &held),
+            "no copy for a touch that moves nothing"
+        );
+        assert!(Session::touch_shared(&mut s, T0.plus(10 * MIN)));
+        assert!(!Arc::ptr_eq(&s, &held), "copied: an answer still holds it");
+        assert_eq!(
+            held.last_access_at, T0,
+            "the answer keeps what it was given"
+        );
+        assert_eq!(s.last_access_at, T0.plus(10 * MIN));
+        drop(held);
+        let alone = Arc::as_ptr(&s);
+        assert!(Session::touch_shared(&mut s, T0.plus(20 * MIN)));
+        assert_eq!(
+            Arc::as_ptr(&s),
+            alone,
+            "moved in place when nobody else holds it"
+        );
     }
 
     #[test]

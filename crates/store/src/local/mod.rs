@@ -681,9 +681,8 @@ impl SessionStore for LocalStore {
         if let Some(refused) = self.refusal(entry, Some(verifier), now) {
             return Ok(refused);
         }
-        // Live and not yet touched at `now`: the touch moves the idle timer. `make_mut` copies
-        // the record only if an earlier answer or a queued journal write still holds it.
-        if now > entry.session.last_access_at && Arc::make_mut(&mut entry.session).touch(now) {
+        // The record is copied only if an earlier answer or a queued journal write holds it.
+        if Session::touch_shared(&mut entry.session, now) {
             self.mark_dirty(entry);
         }
         Ok(Lookup::Live(entry.session.clone()))

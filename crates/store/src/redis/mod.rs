@@ -430,7 +430,7 @@ impl RedisStore {
                         // Another node may have touched it: ask Redis before saying ended.
                         return None;
                     }
-                    if touch && now > s.last_access_at && Arc::make_mut(s).touch(now) {
+                    if touch && Session::touch_shared(s, now) {
                         self.touches.record(id, now);
                     }
                     Some(Lookup::Live(s.clone()))
