@@ -182,12 +182,14 @@ struct Tables {
 /// `[i * 256 / parts, (i + 1) * 256 / parts)`. `new_part(i, n)` makes part `i`, which can
 /// expect about `n` sessions. Each session reaches `add` as a [`StoredSession`] borrowing
 /// its strings from the row, so a part can share the strings it already holds instead of
-/// allocating a copy first.
+/// allocating a copy first. `finish` runs on each part in its loading thread once its range
+/// is read.
 pub(super) fn open<P: Send>(
     path: &Path,
     parts: usize,
     new_part: impl Fn(usize, usize) -> P + Sync,
     add: impl Fn(&mut P, StoredSession<'_>) + Sync,
+    finish: impl Fn(&mut P) + Sync,
 ) -> Result<(Journal, Loaded<P>), StoreError> {
     let opened = std::time::Instant::now();
     // Every session lives in memory, so fjall is only written, and read once at start: its
@@ -208,7 +210,7 @@ pub(super) fn open<P: Send>(
         touches,
     };
     let started = std::time::Instant::now();
-    let loaded = load(&db, parts, &new_part, &add)?;
+    let loaded = load(&db, parts, &new_part, &add, &finish)?;
     tracing::debug!(
         open_ms = (started - opened).as_millis() as u64,
         scan_ms = started.elapsed().as_millis() as u64,
@@ -239,6 +241,7 @@ fn load<P: Send>(
     parts: usize,
     new_part: &(impl Fn(usize, usize) -> P + Sync),
     add: &(impl Fn(&mut P, StoredSession<'_>) + Sync),
+    finish: &(impl Fn(&mut P) + Sync),
 ) -> Result<Loaded<P>, StoreError> {
     assert!(
         parts.is_power_of_two() && parts <= 64,
@@ -276,6 +279,7 @@ fn load<P: Send>(
             }
             add(&mut part, session);
         }
+        finish(&mut part);
         Ok(part)
     };
     let scan = &scan;

@@ -147,6 +147,12 @@ impl LoadPart {
             .live
             .insert(id, entry);
     }
+
+    /// Called by the loading thread once the part is complete: sorts its deadlines there,
+    /// in parallel with the other parts, rather than in `install`.
+    fn finish(&mut self) {
+        self.deadlines.sort_unstable();
+    }
 }
 
 /// One user's live ids, sorted. Most users have one or two sessions (a phone and a laptop),
@@ -219,6 +225,7 @@ impl Members {
         if self.by_user.is_empty() {
             self.by_user = other.by_user;
         } else {
+            self.by_user.reserve(other.by_user.len());
             for (user, ids) in other.by_user {
                 let all = self.by_user.entry(user).or_default();
                 all.extend(ids);
@@ -253,6 +260,7 @@ impl LocalStore {
             parts,
             |i, expected| LoadPart::new(i, parts, expected),
             LoadPart::add,
+            LoadPart::finish,
         )?;
         let read = started.elapsed();
         let store = LocalStore::with_journal(journal, options);
@@ -286,7 +294,8 @@ impl LocalStore {
             deadlines.extend(part.deadlines);
             self.strings.absorb(part.strings);
         }
-        deadlines.sort_unstable();
+        // Each part sorted its own deadlines in its loading thread; collecting into the set
+        // sorts stably, which finds those runs and only merges them.
         *self.expiry.lock() = deadlines.into_iter().collect();
         m.live
     }
