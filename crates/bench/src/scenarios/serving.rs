@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use hyper::header::HeaderValue;
 
-use super::Ctx;
+use super::{Ctx, median};
 use crate::load::{self, Figures, Outcome, Spec, Workload};
 use crate::report::{Row, Target};
 use crate::servers::{Baseline, Sessiond};
@@ -268,6 +268,19 @@ async fn restart(ctx: &mut Ctx, server: Sessiond, tokens: &Arc<Vec<String>>) -> 
     ctx.log(format!(
         "restart with {n} sessions: listening after {to_listen:.2} s, first validate after {to_validate:.2} s"
     ));
+    let rss = again.proc.rss()?;
+    let fresh = tokio::task::spawn_blocking(move || fresh_memory(rss)).await?;
+    ctx.log(format!(
+        "fresh memory: this machine took {} to hand a process {:.1} MiB (the restarted \
+         sessiond's RSS) of new memory",
+        fresh
+            .iter()
+            .map(|t| format!("{t:.2} s"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        rss as f64 / (1 << 20) as f64
+    ));
+    let fresh = median(&fresh);
     if let Some(dir) = ctx.settings.perf.clone() {
         // Once more under `perf record`, for the profile only (perf slows the start).
         let (status, _) = again.proc.terminate(Duration::from_secs(1200))?;
@@ -310,5 +323,32 @@ async fn restart(ctx: &mut Ctx, server: Sessiond, tokens: &Arc<Vec<String>>) -> 
             None,
             Target::AtMost(1.0),
         ),
+        Row::measured(
+            &format!("{label}: fresh memory for its RSS"),
+            "s per million",
+            fresh / millions,
+            None,
+            Target::Report,
+        )
+        .note(
+            "the part of a restart no loader avoids: the time this machine takes to give a \
+             process as much new memory as the restarted sessiond holds, written once \
+             (median of 3)",
+        ),
     ])
+}
+
+/// How long (s) obtaining and first writing `bytes` of new memory takes, three times: the
+/// kernel (and a VM's host) must provide and zero every page.
+fn fresh_memory(bytes: u64) -> Vec<f64> {
+    let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+    (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            let memory = std::hint::black_box(vec![1u8; bytes]);
+            let took = started.elapsed();
+            drop(memory);
+            took.as_secs_f64()
+        })
+        .collect()
 }
