@@ -22,7 +22,7 @@ use sessiond_core::policy::UserLimit;
 use sessiond_core::{Policy, Session, Timestamp};
 use sessiond_store::{Created, LocalStore, SessionStore, StoreOptions};
 
-use super::{Ctx, median};
+use super::Ctx;
 use crate::report::{Row, Target, num};
 use crate::workloads::SessionData;
 
@@ -200,6 +200,12 @@ async fn create(store: &LocalStore, session: Session, now: Timestamp) -> Result<
         Created::Created { .. } => Ok(()),
         Created::LimitReached { limit } => bail!("an unlimited create hit a limit of {limit}"),
     }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// `10M`, `100k`: a population size for labels.

@@ -205,10 +205,3 @@ pub async fn run_all(ctx: &mut Ctx) -> Vec<Row> {
     }
     rows
 }
-
-/// The middle value (the upper of the two middle ones for an even count; 0 for none).
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}

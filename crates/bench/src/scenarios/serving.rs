@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use hyper::header::HeaderValue;
 
-use super::{Ctx, median};
+use super::Ctx;
 use crate::load::{self, Figures, Outcome, Spec, Workload};
 use crate::report::{Row, Target};
 use crate::servers::{Baseline, Sessiond};
@@ -271,16 +271,17 @@ async fn restart(ctx: &mut Ctx, server: Sessiond, tokens: &Arc<Vec<String>>) -> 
     let rss = again.proc.rss()?;
     let fresh = tokio::task::spawn_blocking(move || fresh_memory(rss)).await?;
     ctx.log(format!(
-        "fresh memory: this machine took {} to hand a process {:.1} MiB (the restarted \
-         sessiond's RSS) of new memory",
+        "fresh memory: {:.1} MiB (the restarted sessiond's RSS) took {} to obtain and write \
+         once; the first is memory the machine had not used lately, the others memory this \
+         process had just freed",
+        rss as f64 / (1 << 20) as f64,
         fresh
             .iter()
             .map(|t| format!("{t:.2} s"))
             .collect::<Vec<_>>()
             .join(", "),
-        rss as f64 / (1 << 20) as f64
     ));
-    let fresh = median(&fresh);
+    let fresh = fresh.first().copied().unwrap_or_default();
     if let Some(dir) = ctx.settings.perf.clone() {
         // Once more under `perf record`, for the profile only (perf slows the start).
         let (status, _) = again.proc.terminate(Duration::from_secs(1200))?;
@@ -332,14 +333,16 @@ async fn restart(ctx: &mut Ctx, server: Sessiond, tokens: &Arc<Vec<String>>) -> 
         )
         .note(
             "the part of a restart no loader avoids: the time this machine takes to give a \
-             process as much new memory as the restarted sessiond holds, written once \
-             (median of 3)",
+             process as much memory as the restarted sessiond holds, memory it had not used \
+             lately (on a VM whose host takes freed memory back, each page is then \
+             provided anew), written once",
         ),
     ])
 }
 
 /// How long (s) obtaining and first writing `bytes` of new memory takes, three times: the
-/// kernel (and a VM's host) must provide and zero every page.
+/// kernel (and a VM's host) must provide and zero every page. The first takes memory the
+/// machine has not used lately; the next two get back what the one before freed.
 fn fresh_memory(bytes: u64) -> Vec<f64> {
     let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
     (0..3)
