@@ -44,6 +44,8 @@ use crate::{
 const SHARDS: usize = 64;
 /// Due entries taken from an ordered index per lock acquisition during a sweep.
 const SWEEP_BATCH: usize = 1024;
+/// Touched ids a flush writes out per shard lock acquisition.
+const FLUSH_CHUNK: usize = 512;
 
 /// Sessions in memory, with an optional durable journal. See the module docs.
 pub struct LocalStore {
@@ -847,23 +849,37 @@ impl SessionStore for LocalStore {
 
     async fn flush_touches(&self) -> Result<u64, StoreError> {
         self.journal.check()?;
-        let mut ids = std::mem::take(&mut *self.dirty.lock());
-        // Sorted ids come grouped by shard: one lock and one journal batch per shard.
-        ids.sort_unstable();
+        let ids = std::mem::take(&mut *self.dirty.lock());
+        // Grouped by shard in one pass, then taken FLUSH_CHUNK ids per write lock and per
+        // turn of the async worker: a flush after a busy window carries up to a million
+        // ids, and neither that shard's validates nor the other connections served by this
+        // worker should wait for all of them.
+        let mut by_shard: Vec<Vec<SessionId>> = vec![Vec::new(); SHARDS];
+        for id in ids {
+            by_shard[Self::shard_index(&id)].push(id);
+        }
         let mut pendings = Vec::new();
         let mut n = 0;
-        for group in ids.chunk_by(|a, b| Self::shard_index(a) == Self::shard_index(b)) {
-            let mut shard = self.shards[Self::shard_index(&group[0])].write();
-            let mut puts = Vec::new();
-            for id in group {
-                if let Some(entry) = shard.live.get_mut(id).filter(|e| e.dirty) {
-                    entry.dirty = false;
-                    puts.push(Change::Touch(*id, entry.session.last_access_at));
+        for (shard, ids) in self.shards.iter().zip(&by_shard) {
+            for chunk in ids.chunks(FLUSH_CHUNK) {
+                {
+                    let mut shard = shard.write();
+                    let puts: Vec<Change> = chunk
+                        .iter()
+                        .filter_map(|id| {
+                            let entry = shard.live.get_mut(id).filter(|e| e.dirty)?;
+                            entry.dirty = false;
+                            Some(Change::Touch(*id, entry.session.last_access_at))
+                        })
+                        .collect();
+                    // Appended under the shard lock, so an end of one of these sessions
+                    // reaches the journal after its touch row, and deletes it.
+                    if !puts.is_empty() {
+                        n += puts.len() as u64;
+                        pendings.push(self.journal.append(puts));
+                    }
                 }
-            }
-            if !puts.is_empty() {
-                n += puts.len() as u64;
-                pendings.push(self.journal.append(puts));
+                tokio::task::yield_now().await;
             }
         }
         all_durable(pendings).await?;
@@ -962,5 +978,56 @@ mod tests {
             11,
             "ten live agents and the policy are left"
         );
+    }
+
+    /// A flush takes a shard's touched ids a chunk at a time: with several chunks' worth in
+    /// one shard (one user's sessions share a shard), every touch still reaches the disk.
+    #[tokio::test]
+    async fn a_flush_of_many_chunks_in_one_shard_persists_every_touch() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy::default();
+        let created = Timestamp(1_800_000_000_000);
+        let n = FLUSH_CHUNK * 2 + 7;
+        let mut ids = Vec::new();
+        {
+            let store = LocalStore::open_embedded(dir.path(), StoreOptions::default()).unwrap();
+            for _ in 0..n {
+                let new = NewSession {
+                    user: "alice".into(),
+                    ..NewSession::default()
+                };
+                let id = SessionId::for_user(&new.user).unwrap();
+                let s = Session::create(new, id, Verifier([1; 32]), "default", &policy, created);
+                store
+                    .create(s, UserLimit::UNLIMITED, created)
+                    .await
+                    .unwrap();
+                ids.push(id);
+            }
+            let shard = LocalStore::shard_index(&ids[0]);
+            assert!(ids.iter().all(|id| LocalStore::shard_index(id) == shard));
+            for (i, id) in ids.iter().enumerate() {
+                let at = Timestamp(created.0 + 1000 + i as i64);
+                store
+                    .validate(*id, &Verifier([1; 32]), true, at)
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(store.flush_touches().await.unwrap(), n as u64);
+            assert_eq!(
+                store.flush_touches().await.unwrap(),
+                0,
+                "nothing is left dirty"
+            );
+            store.close().await.unwrap();
+        }
+        let store = LocalStore::open_embedded(dir.path(), StoreOptions::default()).unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let Lookup::Live(s) = store.get(*id, created).await.unwrap() else {
+                panic!("session {i} is not live after the restart")
+            };
+            assert_eq!(s.last_access_at, Timestamp(created.0 + 1000 + i as i64));
+        }
+        store.close().await.unwrap();
     }
 }
