@@ -53,9 +53,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// A load writes the whole population into fresh memory at once. With huge pages (which
 /// mimalloc asks for) each first touch makes the kernel find and zero 2 MiB, and on a VM
-/// the host must back all of it. Measured on the benchmark machine with 1M sessions, a
-/// restart took 1.9 s with them off during the load against 2.6 s with them on (median of
-/// six each; docs/benchmarks.md). What is allocated while serving still gets them.
+/// the host must back all of it. Measured on the benchmark machine with 1M sessions:
+/// restarts took a median 2.57 s with huge pages and 1.92 s without (six each, by
+/// `MIMALLOC_ALLOW_THP`), and 1.50-1.62 s with this guard (docs/benchmarks.md). What is
+/// allocated while serving still gets them.
 struct HugePagesOff {
     /// Whether they were off already (set by whoever started us), so left off.
     #[cfg(target_os = "linux")]

@@ -860,10 +860,10 @@ impl SessionStore for LocalStore {
         }
         let mut pendings = Vec::new();
         let mut n = 0;
-        for (shard, ids) in self.shards.iter().zip(&by_shard) {
+        for (lock, ids) in self.shards.iter().zip(&by_shard) {
             for chunk in ids.chunks(FLUSH_CHUNK) {
                 {
-                    let mut shard = shard.write();
+                    let mut shard = lock.write();
                     let puts: Vec<Change> = chunk
                         .iter()
                         .filter_map(|id| {
