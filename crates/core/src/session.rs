@@ -133,7 +133,11 @@ impl Session {
     /// [`Session::touch`] on a record shared with earlier answers: it is copied
     /// (`Arc::make_mut`) only when the touch moves it and someone else still holds it.
     pub fn touch_shared(this: &mut Arc<Session>, now: Timestamp) -> bool {
-        this.would_touch(now) && Arc::make_mut(this).touch(now)
+        if !this.would_touch(now) {
+            return false;
+        }
+        Arc::make_mut(this).last_access_at = now;
+        true
     }
 
     fn would_touch(&self, now: Timestamp) -> bool {
