@@ -230,6 +230,18 @@ impl RedisStore {
         Ok(())
     }
 
+    /// What every tag script is told first: the tag's key base `base`, `now`, and this
+    /// store's retention, TTL slack and invalidation channel.
+    fn header<'a>(&'a self, base: &'a str, now: Timestamp) -> Header<'a> {
+        Header {
+            base,
+            now,
+            retention_ms: ms(self.options.ended_retention),
+            slack_ms: ms(TTL_SLACK),
+            channel: &self.channel,
+        }
+    }
+
     /// Runs a tag script: sends the tag's pending touches along, applies the returned
     /// effects to the global keys (in a Cluster), and returns the reply without them.
     async fn run_tag(
@@ -241,13 +253,7 @@ impl RedisStore {
         args: impl FnOnce(&mut Call<'_>),
     ) -> Result<Vec<Value>, StoreError> {
         let base = self.keys.base(tag);
-        let header = Header {
-            base: &base,
-            now,
-            retention_ms: ms(self.options.ended_retention),
-            slack_ms: ms(TTL_SLACK),
-            channel: &self.channel,
-        };
+        let header = self.header(&base, now);
         let touches = self.touches.take(tag);
         let globals = self.inline_globals.as_ref().map(|g| &g[..]);
         let mut call = Call::tag(script, route, globals, header, &touches);
@@ -354,7 +360,6 @@ impl RedisStore {
             1
         };
         let chunks = chunk_groups(pending, per_call);
-        let retention_ms = ms(self.options.ended_retention);
         let calls = chunks.into_iter().map(|chunk| async move {
             let Some((route_tag, Some((route_id, _)))) =
                 chunk.first().map(|(tag, touches)| (tag, touches.first()))
@@ -362,18 +367,11 @@ impl RedisStore {
                 return Ok(0);
             };
             let base = self.keys.base(route_tag);
-            let header = Header {
-                base: &base,
-                now: Timestamp(0),
-                retention_ms,
-                slack_ms: ms(TTL_SLACK),
-                channel: &self.channel,
-            };
             let mut call = Call::tag(
                 &self.scripts.touch_many,
                 self.keys.session(route_id),
                 None,
-                header,
+                self.header(&base, Timestamp(0)),
                 &[],
             );
             call.arg(chunk.len());
