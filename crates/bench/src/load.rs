@@ -84,10 +84,14 @@ impl Outcome {
         self.latencies_us.get(i).map(|&us| f64::from(us) / 1000.0)
     }
 
+    /// `cpu` per counted answer, in microseconds (`None` when nothing was answered).
+    pub fn us_per_request(&self, cpu: Duration) -> Option<f64> {
+        (self.requests > 0).then(|| cpu.as_secs_f64() * 1e6 / self.requests as f64)
+    }
+
     /// Server CPU time per counted answer, in microseconds.
     pub fn server_cpu_us_per_request(&self) -> Option<f64> {
-        let cpu = self.server_cpu?;
-        (self.requests > 0).then(|| cpu.as_secs_f64() * 1e6 / self.requests as f64)
+        self.us_per_request(self.server_cpu?)
     }
 
     /// Fails with the first error if there was any.

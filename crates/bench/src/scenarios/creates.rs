@@ -57,11 +57,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     ));
     // What a create costs both processes on the shared cores: with both busy, this is what
     // bounds the rate (the fsyncs are shared by the group commit).
-    let per = |cpu: Option<Duration>| {
-        cpu.map_or(f64::NAN, |c| {
-            c.as_secs_f64() * 1e6 / out.requests.max(1) as f64
-        })
-    };
+    let per = |cpu: Option<Duration>| cpu.and_then(|c| out.us_per_request(c)).unwrap_or(f64::NAN);
     let (server_us, generator_us) = (per(out.server_cpu), per(out.generator_cpu));
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     ctx.log(format!(

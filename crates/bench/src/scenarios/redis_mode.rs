@@ -148,7 +148,8 @@ pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> 
     ];
     let cpu = out.server_cpu.map(|s| s + redis_cpu.unwrap_or_default());
     if let (Some(cpu), Some(base)) = (cpu, embedded.figures.cpu_us_per_request) {
-        let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / out.requests as f64;
+        // `out.requests > 0` was ensured above.
+        let per = |d| out.us_per_request(d).unwrap_or_default();
         rows.push(
             Row::measured(
                 &format!("{label}: server CPU per request"),
