@@ -985,33 +985,27 @@ mod tests {
     #[tokio::test]
     async fn a_flush_of_many_chunks_in_one_shard_persists_every_touch() {
         let dir = tempfile::tempdir().unwrap();
-        let policy = Policy::default();
         let created = Timestamp(1_800_000_000_000);
         let n = FLUSH_CHUNK * 2 + 7;
         let mut ids = Vec::new();
         {
             let store = LocalStore::open_embedded(dir.path(), StoreOptions::default()).unwrap();
             for _ in 0..n {
-                let new = NewSession {
-                    user: "alice".into(),
-                    ..NewSession::default()
-                };
-                let id = SessionId::for_user(&new.user).unwrap();
-                let s = Session::create(new, id, Verifier([1; 32]), "default", &policy, created);
+                let s = crate::conformance::session("alice", created);
+                ids.push((s.id, s.verifier));
                 store
                     .create(s, UserLimit::UNLIMITED, created)
                     .await
                     .unwrap();
-                ids.push(id);
             }
-            let shard = LocalStore::shard_index(&ids[0]);
-            assert!(ids.iter().all(|id| LocalStore::shard_index(id) == shard));
-            for (i, id) in ids.iter().enumerate() {
+            let shard = LocalStore::shard_index(&ids[0].0);
+            assert!(
+                ids.iter()
+                    .all(|(id, _)| LocalStore::shard_index(id) == shard)
+            );
+            for (i, (id, verifier)) in ids.iter().enumerate() {
                 let at = Timestamp(created.0 + 1000 + i as i64);
-                store
-                    .validate(*id, &Verifier([1; 32]), true, at)
-                    .await
-                    .unwrap();
+                store.validate(*id, verifier, true, at).await.unwrap();
             }
             assert_eq!(store.flush_touches().await.unwrap(), n as u64);
             assert_eq!(
@@ -1022,7 +1016,7 @@ mod tests {
             store.close().await.unwrap();
         }
         let store = LocalStore::open_embedded(dir.path(), StoreOptions::default()).unwrap();
-        for (i, id) in ids.iter().enumerate() {
+        for (i, (id, _)) in ids.iter().enumerate() {
             let Lookup::Live(s) = store.get(*id, created).await.unwrap() else {
                 panic!("session {i} is not live after the restart")
             };
