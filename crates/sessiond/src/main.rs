@@ -215,3 +215,22 @@ async fn shutdown_signal() {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use rustix::thread::transparent_huge_pages_are_disabled as huge_pages_off;
+
+    use super::HugePagesOff;
+
+    #[test]
+    fn huge_pages_are_off_during_the_load_and_as_before_after_it() {
+        let Ok(before) = huge_pages_off() else {
+            eprintln!("SKIPPED: this kernel has no PR_GET_THP_DISABLE");
+            return;
+        };
+        let loading = HugePagesOff::during_load();
+        assert_eq!(huge_pages_off().ok(), Some(true), "off while loading");
+        drop(loading);
+        assert_eq!(huge_pages_off().ok(), Some(before), "as they were after");
+    }
+}
