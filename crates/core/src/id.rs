@@ -32,9 +32,14 @@ impl SessionId {
         Ok(SessionId(b))
     }
 
-    /// The 4-byte user tag an id made by [`SessionId::for_user`] starts with, as 8 hex digits.
+    /// The 4-byte user tag an id made by [`SessionId::for_user`] starts with.
+    pub fn tag(&self) -> [u8; 4] {
+        [self.0[0], self.0[1], self.0[2], self.0[3]]
+    }
+
+    /// [`SessionId::tag`] as 8 hex digits.
     pub fn tag_hex(&self) -> String {
-        self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+        tag_hex(self.tag())
     }
 
     pub const fn as_bytes(&self) -> &[u8; 16] {
@@ -107,7 +112,28 @@ pub fn user_tag(user: &str) -> [u8; 4] {
 
 /// [`user_tag`] as 8 hex digits, as [`SessionId::tag_hex`] writes it.
 pub fn user_tag_hex(user: &str) -> String {
-    user_tag(user).iter().map(|b| format!("{b:02x}")).collect()
+    tag_hex(user_tag(user))
+}
+
+/// A user tag as 8 lowercase hex digits.
+pub fn tag_hex(tag: [u8; 4]) -> String {
+    let id = SessionId([
+        tag[0], tag[1], tag[2], tag[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    String::from_utf8_lossy(&id.hex()[..8]).into_owned()
+}
+
+/// The tag [`tag_hex`] wrote, or `None` if `hex` is not 8 lowercase hex digits.
+pub fn parse_tag_hex(hex: &str) -> Option<[u8; 4]> {
+    let b = hex.as_bytes();
+    if b.len() != 8 {
+        return None;
+    }
+    let mut tag = [0u8; 4];
+    for (i, t) in tag.iter_mut().enumerate() {
+        *t = (hex_digit(b[2 * i]).ok()? << 4) | hex_digit(b[2 * i + 1]).ok()?;
+    }
+    Some(tag)
 }
 
 #[cfg(test)]
@@ -142,6 +168,17 @@ mod tests {
         assert_eq!(a.tag_hex(), b.tag_hex());
         assert_eq!(a.tag_hex(), user_tag_hex("alice"));
         assert_ne!(user_tag("alice"), user_tag("bob"));
+    }
+
+    #[test]
+    fn a_tag_is_the_ids_first_four_bytes_in_hex_and_parses_back() {
+        let id: SessionId = "00017f80abcdeffe1032547698badcfe".parse().unwrap();
+        assert_eq!(id.tag(), [0x00, 0x01, 0x7f, 0x80]);
+        assert_eq!(id.tag_hex(), "00017f80");
+        assert_eq!(parse_tag_hex("00017f80"), Some(id.tag()));
+        for bad in ["", "00017f8", "00017f800", "00017F80", "0001 f80"] {
+            assert_eq!(parse_tag_hex(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
