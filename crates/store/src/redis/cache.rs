@@ -13,14 +13,15 @@
 //!   and the node making it also evicts its own entry at once.
 //! - A tombstone never changes, so a cached ended answer stays right until its purge time.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use sessiond_core::{Session, SessionId, Timestamp, Tombstone};
+use smallvec::SmallVec;
 
 use super::conn::PubSubSource;
 
@@ -36,7 +37,8 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 pub(super) enum Cached {
     /// Shared with the answers handed out, like the embedded store's records.
     Live(Arc<Session>),
-    Ended(Tombstone),
+    /// Boxed: most entries are live, and the table's slots stay small.
+    Ended(Box<Tombstone>),
 }
 
 struct Entry {
@@ -48,7 +50,7 @@ struct Entry {
 
 #[derive(Default)]
 struct Shard {
-    entries: HashMap<SessionId, Entry>,
+    entries: FxHashMap<SessionId, Entry>,
     /// Bumped by every invalidation of an id in this shard.
     generation: u64,
 }
@@ -236,10 +238,16 @@ impl Touch {
     }
 }
 
-/// Touches (idle-timer slides) not yet written to Redis, by user tag.
+/// The touches of one user tag, most often a single session's (a uniform load touches one
+/// session per tag), so the first is kept inline.
+pub(super) type TagTouches = SmallVec<[(SessionId, Touch); 1]>;
+
+/// Touches (idle-timer slides) not yet written to Redis, by user tag
+/// ([`SessionId::tag`]). Recording one is on the validate path: no allocation unless a tag
+/// holds more than one touched session.
 #[derive(Default)]
 pub(super) struct Touches {
-    by_tag: Mutex<HashMap<String, HashMap<SessionId, Touch>>>,
+    by_tag: Mutex<FxHashMap<[u8; 4], TagTouches>>,
 }
 
 impl Touches {
@@ -255,35 +263,46 @@ impl Touches {
 
     fn merge(&self, id: SessionId, t: Touch) {
         let mut map = self.by_tag.lock();
-        let slot = map.entry(id.tag_hex()).or_default().entry(id).or_insert(t);
-        slot.first = slot.first.min(t.first);
-        slot.last = slot.last.max(t.last);
+        let touches = map.entry(id.tag()).or_default();
+        match touches.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, slot)) => {
+                slot.first = slot.first.min(t.first);
+                slot.last = slot.last.max(t.last);
+            }
+            None => touches.push((id, t)),
+        }
     }
 
     /// The pending touch of `id`, to lay over what Redis says.
     pub(super) fn get(&self, id: &SessionId) -> Option<Touch> {
-        self.by_tag.lock().get(&id.tag_hex())?.get(id).copied()
+        let map = self.by_tag.lock();
+        map.get(&id.tag())?
+            .iter()
+            .find_map(|(i, t)| (i == id).then_some(*t))
     }
 
-    /// Takes the touches of one tag, to send with a script on that tag.
-    pub(super) fn take(&self, tag: &str) -> Vec<(SessionId, Touch)> {
+    /// Takes the touches of one tag (as [`SessionId::tag_hex`] writes it), to send with a
+    /// script on that tag.
+    pub(super) fn take(&self, tag_hex: &str) -> Vec<(SessionId, Touch)> {
+        let Some(tag) = sessiond_core::id::parse_tag_hex(tag_hex) else {
+            return Vec::new();
+        };
         self.by_tag
             .lock()
-            .remove(tag)
-            .map(|m| m.into_iter().collect())
+            .remove(&tag)
+            .map(SmallVec::into_vec)
             .unwrap_or_default()
     }
 
     /// Takes every pending touch, by tag.
-    pub(super) fn take_all(&self) -> Vec<(String, Vec<(SessionId, Touch)>)> {
+    pub(super) fn take_all(&self) -> Vec<([u8; 4], TagTouches)> {
         std::mem::take(&mut *self.by_tag.lock())
             .into_iter()
-            .map(|(tag, m)| (tag, m.into_iter().collect()))
             .collect()
     }
 
     /// Puts back touches whose write failed (merged with any recorded meanwhile).
-    pub(super) fn restore(&self, touches: Vec<(SessionId, Touch)>) {
+    pub(super) fn restore(&self, touches: impl IntoIterator<Item = (SessionId, Touch)>) {
         for (id, t) in touches {
             self.merge(id, t);
         }
@@ -299,7 +318,7 @@ mod tests {
     }
 
     fn tomb(id: SessionId) -> Cached {
-        Cached::Ended(Tombstone {
+        Cached::Ended(Box::new(Tombstone {
             id,
             verifier: sessiond_core::Verifier([0; 32]),
             user: "alice".into(),
@@ -309,7 +328,7 @@ mod tests {
             last_access_at: Timestamp(0),
             ended_at: Timestamp(0),
             purge_at: Timestamp(1),
-        })
+        }))
     }
 
     #[test]

@@ -276,7 +276,7 @@ async fn read_after(
     last: StreamId,
     c: &Conn,
 ) -> Result<Read, StoreError> {
-    let mut call = Call::plain(script, vec![stream.to_owned()]);
+    let mut call = Call::plain(script, &[stream.to_owned()]);
     call.arg(last.to_string()).arg(BATCH);
     let reply = c.eval(&call).await?;
     if matches!(&reply, Value::BulkString(b) if b.as_slice() == b"lost") {

@@ -41,11 +41,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::{Script, Value};
+use sessiond_core::id::tag_hex;
 use sessiond_core::input::apply_attributes;
 use sessiond_core::policy::{OnLimit, UserLimit};
 use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Verifier};
 
-use self::cache::{Cached, NearCache, Touch, Touches};
+use self::cache::{Cached, NearCache, TagTouches, Touches};
 use self::codec::Fields;
 use self::conn::Conn;
 pub use self::conn::Target;
@@ -73,15 +74,15 @@ const TOUCHES_PER_CALL: usize = 512;
 
 /// Splits groups (a tag and its items) into runs that each hold at least one group and stop
 /// taking groups once they hold `max` items; a group is never split.
-fn chunk_groups<T>(groups: Vec<(String, Vec<T>)>, max: usize) -> Vec<Vec<(String, Vec<T>)>> {
-    let mut chunks: Vec<Vec<(String, Vec<T>)>> = Vec::new();
+fn chunk_groups<K, G: AsRef<[T]>, T>(groups: Vec<(K, G)>, max: usize) -> Vec<Vec<(K, G)>> {
+    let mut chunks: Vec<Vec<(K, G)>> = Vec::new();
     let mut size = max;
     for group in groups {
         if size >= max {
             chunks.push(Vec::new());
             size = 0;
         }
-        size += group.1.len();
+        size += group.1.as_ref().len();
         if let Some(chunk) = chunks.last_mut() {
             chunk.push(group);
         }
@@ -256,7 +257,7 @@ impl RedisStore {
         let header = self.header(&base, now);
         let touches = self.touches.take(tag);
         let globals = self.inline_globals.as_ref().map(|g| &g[..]);
-        let mut call = Call::tag(script, route, globals, header, &touches);
+        let mut call = Call::tag(script, &route, globals, header, &touches);
         args(&mut call);
         let reply = match self.conn.eval(&call).await {
             Ok(v) => v,
@@ -280,7 +281,7 @@ impl RedisStore {
     /// failure leaves listings, the sweep schedule or counters behind, never a session's
     /// state, so it is logged rather than failing a change that already happened.
     async fn apply_global(&self, effects: Vec<String>) {
-        let mut call = Call::plain(&self.scripts.global, self.keys.globals().to_vec());
+        let mut call = Call::plain(&self.scripts.global, &self.keys.globals());
         for e in effects {
             call.arg(e);
         }
@@ -350,10 +351,7 @@ impl RedisStore {
     /// uniform validate load touches one session per tag, and a call per tag would be a
     /// script call per validate); in a Cluster a script may touch one slot only, so each
     /// call carries one tag. Touches whose call fails are put back for the next flush.
-    async fn write_touches(
-        &self,
-        pending: Vec<(String, Vec<(SessionId, Touch)>)>,
-    ) -> Result<u64, StoreError> {
+    async fn write_touches(&self, pending: Vec<([u8; 4], TagTouches)>) -> Result<u64, StoreError> {
         let per_call = if self.inline_globals.is_some() {
             TOUCHES_PER_CALL
         } else {
@@ -366,21 +364,19 @@ impl RedisStore {
             else {
                 return Ok(0);
             };
-            let base = self.keys.base(route_tag);
+            let base = self.keys.base(&tag_hex(*route_tag));
             let mut call = Call::tag(
                 &self.scripts.touch_many,
-                self.keys.session(route_id),
+                &self.keys.session(route_id),
                 None,
                 self.header(&base, Timestamp(0)),
                 &[],
             );
             call.arg(chunk.len());
             for (tag, touches) in &chunk {
-                call.arg(self.keys.base(tag)).arg(touches.len());
+                call.arg(self.keys.base(&tag_hex(*tag))).arg(touches.len());
                 for (id, t) in touches {
-                    call.arg(id.to_string())
-                        .arg(t.first.as_millis())
-                        .arg(t.last.as_millis());
+                    call.touch(id, t);
                 }
             }
             match self.conn.eval(&call).await {
@@ -434,7 +430,7 @@ impl RedisStore {
                     Some(Lookup::Live(s.clone()))
                 }
                 Cached::Ended(t) if now < t.purge_at => Some(if t.verifier.matches(verifier) {
-                    Lookup::Ended(t.clone())
+                    Lookup::Ended(sessiond_core::Tombstone::clone(t))
                 } else {
                     Lookup::NotFound
                 }),
@@ -585,7 +581,8 @@ impl SessionStore for RedisStore {
         }
         Ok(match self.retained(tomb, Some(verifier), now) {
             Some(t) => {
-                self.cache.fill(ticket, id, Cached::Ended(t.clone()));
+                self.cache
+                    .fill(ticket, id, Cached::Ended(Box::new(t.clone())));
                 Lookup::Ended(t)
             }
             None => Lookup::NotFound,

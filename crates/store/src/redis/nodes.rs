@@ -35,7 +35,7 @@ pub(super) async fn nodes(
     keys: &Keys,
     node: &str,
 ) -> Result<u64, StoreError> {
-    let mut call = Call::plain(script, vec![keys.nodes()]);
+    let mut call = Call::plain(script, &[keys.nodes()]);
     call.arg(keys.node_prefix())
         .arg(node)
         .arg(ms(HEARTBEAT_TTL));

@@ -39,7 +39,7 @@
 //! `docs/redis.md` for why that second step cannot break the invariants, and what it means
 //! for events).
 
-use redis::{Cmd, Script};
+use redis::{Cmd, Script, ToRedisArgs};
 use sessiond_core::{SessionId, Timestamp};
 
 use super::cache::Touch;
@@ -420,11 +420,12 @@ impl Scripts {
     }
 }
 
-/// One script call: its keys and arguments, turned into `EVALSHA` by [`Call::cmd`].
+/// One script call, written straight into its `EVALSHA sha numkeys keys.. args..` command
+/// (a touch flush carries thousands of arguments: each is appended to the command's one
+/// buffer, none is allocated on its own).
 pub(super) struct Call<'a> {
     pub(super) script: &'a Script,
-    keys: Vec<String>,
-    args: Vec<Vec<u8>>,
+    cmd: Cmd,
 }
 
 /// What every tag script's header carries.
@@ -439,32 +440,31 @@ pub(super) struct Header<'a> {
 
 impl<'a> Call<'a> {
     /// A call of a script that takes plain keys and arguments.
-    pub(super) fn plain(script: &'a Script, keys: Vec<String>) -> Call<'a> {
-        Call {
-            script,
-            keys,
-            args: Vec::new(),
+    pub(super) fn plain(script: &'a Script, keys: &[String]) -> Call<'a> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(keys.len());
+        for k in keys {
+            cmd.arg(k);
         }
+        Call { script, cmd }
     }
 
     /// A tag script call: `route` is a key of the tag (it picks the Cluster node); when
     /// `globals` is given, the effects are applied inside the script.
     pub(super) fn tag(
         script: &'a Script,
-        route: String,
+        route: &str,
         globals: Option<&[String]>,
         header: Header<'_>,
         touches: &[(SessionId, Touch)],
     ) -> Call<'a> {
-        let mut keys = vec![route];
-        if let Some(g) = globals {
-            keys.extend(g.iter().cloned());
+        let globals = globals.unwrap_or_default();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(1 + globals.len()).arg(route);
+        for k in globals {
+            cmd.arg(k);
         }
-        let mut call = Call {
-            script,
-            keys,
-            args: Vec::new(),
-        };
+        let mut call = Call { script, cmd };
         call.arg(header.base)
             .arg(header.now.as_millis())
             .arg(header.retention_ms)
@@ -472,68 +472,25 @@ impl<'a> Call<'a> {
             .arg(header.channel)
             .arg(touches.len());
         for (id, t) in touches {
-            call.arg(id.to_string())
-                .arg(t.first.as_millis())
-                .arg(t.last.as_millis());
+            call.touch(id, t);
         }
         call
     }
 
-    pub(super) fn arg(&mut self, value: impl ToArg) -> &mut Self {
-        self.args.push(value.to_arg());
+    pub(super) fn arg(&mut self, value: impl ToRedisArgs) -> &mut Self {
+        self.cmd.arg(value);
         self
     }
 
-    /// `EVALSHA sha numkeys keys.. args..`.
-    pub(super) fn cmd(&self) -> Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash()).arg(self.keys.len());
-        for k in &self.keys {
-            cmd.arg(k);
-        }
-        for a in &self.args {
-            cmd.arg(a.as_slice());
-        }
-        cmd
+    /// A touch's triple `id first last`.
+    pub(super) fn touch(&mut self, id: &SessionId, t: &Touch) -> &mut Self {
+        self.arg(&id.hex()[..])
+            .arg(t.first.as_millis())
+            .arg(t.last.as_millis())
+    }
+
+    /// The `EVALSHA` command.
+    pub(super) fn cmd(&self) -> &Cmd {
+        &self.cmd
     }
 }
-
-/// A value passed to a script as bytes.
-pub(super) trait ToArg {
-    fn to_arg(&self) -> Vec<u8>;
-}
-
-impl ToArg for &str {
-    fn to_arg(&self) -> Vec<u8> {
-        self.as_bytes().to_vec()
-    }
-}
-
-impl ToArg for String {
-    fn to_arg(&self) -> Vec<u8> {
-        self.as_bytes().to_vec()
-    }
-}
-
-impl ToArg for &[u8] {
-    fn to_arg(&self) -> Vec<u8> {
-        self.to_vec()
-    }
-}
-
-impl ToArg for Vec<u8> {
-    fn to_arg(&self) -> Vec<u8> {
-        self.clone()
-    }
-}
-
-macro_rules! to_arg_display {
-    ($($t:ty),*) => {$(
-        impl ToArg for $t {
-            fn to_arg(&self) -> Vec<u8> {
-                self.to_string().into_bytes()
-            }
-        }
-    )*};
-}
-to_arg_display!(i64, u64, u32, usize);
