@@ -89,6 +89,15 @@ pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> 
         tokens,
     });
     let spec = ctx.spec();
+    let perf = match &ctx.settings.perf {
+        Some(dir) => Some(crate::procs::Perf::record(
+            dir,
+            "redis-mode-validate",
+            server.proc.pid,
+            spec.warmup + spec.duration,
+        )?),
+        None => None,
+    };
     let out = load::run_watching(
         server.addr,
         &spec,
@@ -97,6 +106,9 @@ pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> 
         &[redis.proc.pid],
     )
     .await?;
+    if let Some(perf) = perf {
+        ctx.log(perf.finish()?);
+    }
     out.ensure_clean("validate in Redis mode")?;
     let redis_cpu = out.others_cpu.first().copied();
     let secs = |d: Option<std::time::Duration>| d.map_or(0.0, |d| d.as_secs_f64());
