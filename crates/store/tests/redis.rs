@@ -587,3 +587,114 @@ async fn a_node_evicts_what_its_event_feed_relays() {
         "after relaying the end, B asks Redis instead of its cache"
     );
 }
+
+/// A session hash's TTL runs to its max lifetime (plus retention and slack) from its create,
+/// so a touch writes `la` only. A hash written while TTLs followed the idle deadline has no
+/// `ttl` field: its first touch moves its TTL out to the max lifetime and marks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_hash_lives_to_its_max_lifetime_and_a_touch_brings_older_ones_there() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path()).await;
+    let prefix = fresh_prefix();
+    let store = open(RedisTarget::Url(server.url()), &prefix).await;
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let s = conformance::session("yara", T0);
+    store
+        .create(s.clone(), UserLimit::UNLIMITED, T0)
+        .await
+        .unwrap();
+    let key = format!("{prefix}{{{}}}:s:{}", s.id.tag_hex(), s.id);
+    let slack = Duration::from_secs(300);
+    // PEXPIRE is relative to the `now` passed in, so the TTL is measured from T0 or the touch.
+    let lifetime_ttl = |from: Timestamp| {
+        i64::try_from(
+            (s.expires_at.0 - from.0) as u128 + (OPTIONS.ended_retention + slack).as_millis(),
+        )
+        .unwrap()
+    };
+    let near = |got: i64, want: i64| (want - 10_000..=want).contains(&got);
+
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        near(ttl, lifetime_ttl(T0)),
+        "created: {ttl} ms, want ~{}",
+        lifetime_ttl(T0)
+    );
+
+    // As an older sessiond left it: no marker, a TTL that ends well before the max lifetime.
+    let short: i64 = 3_600_000;
+    let _: () = redis::cmd("HDEL")
+        .arg(&key)
+        .arg("ttl")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(short)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let at = T0.plus(Duration::from_secs(60));
+    store.validate(s.id, &s.verifier, true, at).await.unwrap();
+    assert_eq!(store.flush_touches().await.unwrap(), 1);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        near(ttl, lifetime_ttl(at)),
+        "touched: {ttl} ms, want ~{}",
+        lifetime_ttl(at)
+    );
+    let (la, mark): (i64, Option<String>) = redis::cmd("HMGET")
+        .arg(&key)
+        .arg("la")
+        .arg("ttl")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!((la, mark.as_deref()), (at.0, Some("1")));
+
+    // A touch of a marked hash leaves its TTL alone.
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(short)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let later = at.plus(Duration::from_secs(60));
+    store
+        .validate(s.id, &s.verifier, true, later)
+        .await
+        .unwrap();
+    assert_eq!(store.flush_touches().await.unwrap(), 1);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        near(ttl, short),
+        "a marked hash keeps its TTL: {ttl} ms, set {short}"
+    );
+    let la: i64 = redis::cmd("HGET")
+        .arg(&key)
+        .arg("la")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(la, later.0);
+}

@@ -129,17 +129,28 @@ local function expire(key, at, from)
   if ms < 1 then ms = 1 end
   redis.call('PEXPIRE', key, I(ms))
 end
+-- A session hash lives until its max lifetime and retention are over, whatever its idle
+-- timer says (a sweep deletes it once it has idled out), so a touch need not move its TTL.
+-- `ttl` marks a hash whose TTL was set that way.
+local function expire_session(k, exp, from)
+  expire(k, exp + ret, from)
+end
 -- Applies a node's coalesced touches of `id`, the first at `t1` and the last at `t2`:
 -- the node saw each touch land on a live session, so if the first found it live here,
 -- the idle timer slides to the last.
 local function touch(id, t1, t2)
   local k = sk(id)
-  local f = redis.call('HMGET', k, 'la', 'idle', 'exp')
+  local f = redis.call('HMGET', k, 'la', 'idle', 'exp', 'ttl')
   if not f[1] then return 0 end
   local la, idle, exp = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
   if t2 <= la or t2 >= exp or t1 >= deadline(la, idle, exp) then return 0 end
-  redis.call('HSET', k, 'la', I(t2))
-  expire(k, deadline(t2, idle, exp) + ret, t2)
+  if f[4] then
+    redis.call('HSET', k, 'la', I(t2))
+  else
+    -- Written before TTLs ran to the max lifetime (its TTL ends with its idle deadline).
+    redis.call('HSET', k, 'la', I(t2), 'ttl', '1')
+    expire_session(k, exp, t2)
+  end
   return 1
 end
 -- Applies the pending touches; returns the index of the script's first own argument.
@@ -229,9 +240,9 @@ local new = gone(u)
 local k = sk(id)
 local la, idle, exp = ARGV[a+7], ARGV[a+8], ARGV[a+9]
 redis.call('HSET', k, 'vf', ARGV[a+4], 'user', user, 'pol', ARGV[a+5], 'cr', ARGV[a+6],
-  'la', la, 'idle', idle, 'exp', exp, 'ver', ARGV[a+10], 'd', ARGV[a+11])
+  'la', la, 'idle', idle, 'exp', exp, 'ver', ARGV[a+10], 'ttl', '1', 'd', ARGV[a+11])
 local dl = deadline(tonumber(la), tonumber(idle), tonumber(exp))
-expire(k, dl + ret, now)
+expire_session(k, tonumber(exp), now)
 redis.call('ZADD', u, 0, id)
 add('c', id, I(dl), ARGV[a+5], new)
 add('v', 'created', id, user, ARGV[a+10], '', ARGV[a+6])
@@ -244,14 +255,17 @@ const UPDATE: &str = r#"
 local a = touches()
 local id, seen = ARGV[a], tonumber(ARGV[a+1])
 local k = sk(id)
-local f = redis.call('HMGET', k, 'la', 'idle', 'exp', 'ver', 'user')
+local f = redis.call('HMGET', k, 'la', 'idle', 'exp', 'ver', 'user', 'ttl')
 if not f[1] then return done({'gone'}) end
 local la, idle, exp, ver = tonumber(f[1]), tonumber(f[2]), tonumber(f[3]), tonumber(f[4])
 if now >= deadline(la, idle, exp) then return done({'gone'}) end
 if ver ~= seen then return done({'changed', I(ver)}) end
 if now > la then la = now end
 redis.call('HSET', k, 'd', ARGV[a+2], 'ver', I(ver + 1), 'la', I(la))
-expire(k, deadline(la, idle, exp) + ret, now)
+if not f[6] then
+  redis.call('HSET', k, 'ttl', '1')
+  expire_session(k, exp, now)
+end
 redis.call('PUBLISH', chan, id)
 add('v', 'updated', id, f[5], I(ver + 1), '', I(now))
 return done({'updated', I(ver + 1), I(la)})
