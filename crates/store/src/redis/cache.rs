@@ -218,10 +218,15 @@ pub(super) async fn subscribe(source: PubSubSource, channel: String, cache: Arc<
 /// A node's unflushed touches of one session: the first and the last since the last flush.
 /// Each was accepted on a live session, so the chain from `first` to `last` has no gap
 /// longer than the idle timeout.
+///
+/// It carries the session's idle timeout and max lifetime, which never change, so the
+/// flush reads only `la` from Redis to judge it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Touch {
     pub(super) first: Timestamp,
     pub(super) last: Timestamp,
+    pub(super) idle_ms: u64,
+    pub(super) expires_at: Timestamp,
 }
 
 impl Touch {
@@ -251,12 +256,15 @@ pub(super) struct Touches {
 }
 
 impl Touches {
-    pub(super) fn record(&self, id: SessionId, at: Timestamp) {
+    /// Records a touch of `session` at `at`.
+    pub(super) fn record(&self, session: &Session, at: Timestamp) {
         self.merge(
-            id,
+            session.id,
             Touch {
                 first: at,
                 last: at,
+                idle_ms: session.idle_timeout_ms,
+                expires_at: session.expires_at,
             },
         );
     }
@@ -390,6 +398,8 @@ mod tests {
         let chain = |first, last| Touch {
             first: Timestamp(first),
             last: Timestamp(last),
+            idle_ms: s.idle_timeout_ms,
+            expires_at: s.expires_at,
         };
         // Touched at 8 and 16: more than one idle timeout after creation, yet unbroken.
         assert!(chain(8, 16).apply(&mut s.clone()));
@@ -404,18 +414,31 @@ mod tests {
     #[test]
     fn touches_keep_the_latest_per_id_and_come_back_after_a_failure() {
         let touches = Touches::default();
-        let id = session_id();
+        let s = Session::create(
+            sessiond_core::session::NewSession {
+                user: "alice".into(),
+                ..Default::default()
+            },
+            session_id(),
+            sessiond_core::Verifier([0; 32]),
+            "default",
+            &sessiond_core::Policy::default(),
+            Timestamp(0),
+        );
+        let id = s.id;
         let t = |first, last| Touch {
             first: Timestamp(first),
             last: Timestamp(last),
+            idle_ms: s.idle_timeout_ms,
+            expires_at: s.expires_at,
         };
-        touches.record(id, Timestamp(5));
-        touches.record(id, Timestamp(3));
+        touches.record(&s, Timestamp(5));
+        touches.record(&s, Timestamp(3));
         assert_eq!(touches.get(&id), Some(t(3, 5)));
         let taken = touches.take(&id.tag_hex());
         assert_eq!(taken, vec![(id, t(3, 5))]);
         assert_eq!(touches.get(&id), None);
-        touches.record(id, Timestamp(7));
+        touches.record(&s, Timestamp(7));
         touches.restore(taken);
         assert_eq!(touches.get(&id), Some(t(3, 7)));
     }

@@ -425,7 +425,7 @@ impl RedisStore {
                         return None;
                     }
                     if touch && Session::touch_shared(s, now) {
-                        self.touches.record(id, now);
+                        self.touches.record(s, now);
                     }
                     Some(Lookup::Live(s.clone()))
                 }
@@ -573,7 +573,7 @@ impl SessionStore for RedisStore {
                 return Ok(Lookup::Ended(t));
             }
             if touch && s.touch(now) {
-                self.touches.record(id, now);
+                self.touches.record(&s, now);
             }
             let s = Arc::new(s);
             self.cache.fill(ticket, id, Cached::Live(s.clone()));

@@ -11,7 +11,10 @@
 //! | 3 | `ended_retention`, ms |
 //! | 4 | slack, ms added to every TTL so Redis never drops a key before the store would |
 //! | 5 | the invalidation channel |
-//! | 6 | `n`, the number of pending touches, then `n` triples `id`, first, last touch |
+//! | 6 | `n`, the number of pending touches, then `n` touches (below) |
+//!
+//! A touch is five arguments: `id`, the first and the last touch, the session's idle
+//! timeout (ms) and `expires_at` (neither ever changes, so the node's copy is good).
 //!
 //! and the script's own arguments follow. Before doing its work a tag script applies the
 //! touches (the node's coalesced idle-timer slides for this tag), so a logout after an
@@ -137,14 +140,15 @@ local function expire_session(k, exp, from)
 end
 -- Applies a node's coalesced touches of `id`, the first at `t1` and the last at `t2`:
 -- the node saw each touch land on a live session, so if the first found it live here,
--- the idle timer slides to the last.
-local function touch(id, t1, t2)
+-- the idle timer slides to the last. `idle` and `exp` are the session's own (fixed at
+-- create), so only `la` is read.
+local function touch(id, t1, t2, idle, exp)
   local k = sk(id)
-  local f = redis.call('HMGET', k, 'la', 'idle', 'exp', 'ttl')
+  local f = redis.call('HMGET', k, 'la', 'ttl')
   if not f[1] then return 0 end
-  local la, idle, exp = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
+  local la = tonumber(f[1])
   if t2 <= la or t2 >= exp or t1 >= deadline(la, idle, exp) then return 0 end
-  if f[4] then
+  if f[2] then
     redis.call('HSET', k, 'la', I(t2))
   else
     -- Written before TTLs ran to the max lifetime (its TTL ends with its idle deadline).
@@ -157,10 +161,11 @@ end
 local function touches()
   local n, moved = tonumber(ARGV[6]), 0
   for i = 0, n - 1 do
-    local j = 7 + 3 * i
-    moved = moved + touch(ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]))
+    local j = 7 + 5 * i
+    moved = moved + touch(ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]),
+      tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]))
   end
-  return 7 + 3 * n, moved
+  return 7 + 5 * n, moved
 end
 local function gone(u) return flag(redis.call('EXISTS', u) == 0) end
 -- Ends `id`: for `reason` at `now` if it is live, else for its deadline's reason at its
@@ -345,7 +350,7 @@ return done({I(purged)})
 /// `touch_many`: the flush of coalesced touches, for one tag or (on a single Redis only,
 /// never in a Cluster, where a script may touch one slot) for many. The header carries no
 /// touches of its own; ARGV[7] is the number of tags, then for each tag its key base, its
-/// number of touches `n` and `n` triples `id`, first, last touch. Replies `{moved}`.
+/// number of touches `n` and `n` touches of five arguments each. Replies `{moved}`.
 const TOUCH_MANY: &str = r#"
 local moved, j = 0, 8
 for _ = 1, tonumber(ARGV[7]) do
@@ -353,8 +358,9 @@ for _ = 1, tonumber(ARGV[7]) do
   local n = tonumber(ARGV[j + 1])
   j = j + 2
   for _ = 1, n do
-    moved = moved + touch(ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]))
-    j = j + 3
+    moved = moved + touch(ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]),
+      tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]))
+    j = j + 5
   end
 end
 return done({I(moved)})
@@ -496,11 +502,13 @@ impl<'a> Call<'a> {
         self
     }
 
-    /// A touch's triple `id first last`.
+    /// A touch's five arguments: `id first last idle_ms expires_at`.
     pub(super) fn touch(&mut self, id: &SessionId, t: &Touch) -> &mut Self {
         self.arg(&id.hex()[..])
             .arg(t.first.as_millis())
             .arg(t.last.as_millis())
+            .arg(t.idle_ms)
+            .arg(t.expires_at.as_millis())
     }
 
     /// The `EVALSHA` command.
