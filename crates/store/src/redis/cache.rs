@@ -325,6 +325,16 @@ mod tests {
         SessionId::for_user("alice").unwrap()
     }
 
+    /// A session of alice's created at 0 under `policy`.
+    fn session(policy: &sessiond_core::Policy) -> Session {
+        let new = sessiond_core::session::NewSession {
+            user: "alice".into(),
+            ..Default::default()
+        };
+        let v = sessiond_core::Verifier([0; 32]);
+        Session::create(new, session_id(), v, "default", policy, Timestamp(0))
+    }
+
     fn tomb(id: SessionId) -> Cached {
         Cached::Ended(Box::new(Tombstone {
             id,
@@ -383,18 +393,11 @@ mod tests {
 
     #[test]
     fn a_chain_of_touches_slides_the_timer_only_if_its_first_found_the_session_live() {
-        let new = sessiond_core::session::NewSession {
-            user: "alice".into(),
-            ..Default::default()
-        };
-        let policy = sessiond_core::Policy {
+        let mut s = session(&sessiond_core::Policy {
             idle_timeout: Duration::from_millis(10),
             max_lifetime: Duration::from_millis(100),
             ..Default::default()
-        };
-        let id = session_id();
-        let v = sessiond_core::Verifier([0; 32]);
-        let mut s = Session::create(new, id, v, "default", &policy, Timestamp(0));
+        });
         let chain = |first, last| Touch {
             first: Timestamp(first),
             last: Timestamp(last),
@@ -414,17 +417,7 @@ mod tests {
     #[test]
     fn touches_keep_the_latest_per_id_and_come_back_after_a_failure() {
         let touches = Touches::default();
-        let s = Session::create(
-            sessiond_core::session::NewSession {
-                user: "alice".into(),
-                ..Default::default()
-            },
-            session_id(),
-            sessiond_core::Verifier([0; 32]),
-            "default",
-            &sessiond_core::Policy::default(),
-            Timestamp(0),
-        );
+        let s = session(&sessiond_core::Policy::default());
         let id = s.id;
         let t = |first, last| Touch {
             first: Timestamp(first),
