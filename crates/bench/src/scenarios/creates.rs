@@ -30,15 +30,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
         next: AtomicU64::new(0),
     });
     let spec = ctx.spec();
-    let perf = match &ctx.settings.perf {
-        Some(dir) => Some(crate::procs::Perf::record(
-            dir,
-            "creates",
-            server.proc.pid,
-            spec.warmup + spec.duration,
-        )?),
-        None => None,
-    };
+    let perf = ctx.perf("creates", server.proc.pid, &spec)?;
     let out = load::run(server.addr, &spec, work, Some(server.proc.pid)).await?;
     if let Some(perf) = perf {
         ctx.log(perf.finish()?);

@@ -77,6 +77,16 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// With `--perf`, starts recording sessiond (`pid`) through one load window of `spec`,
+    /// into `<dir>/<name>.data`.
+    pub fn perf(&self, name: &str, pid: u32, spec: &Spec) -> Result<Option<crate::procs::Perf>> {
+        self.settings
+            .perf
+            .as_deref()
+            .map(|dir| crate::procs::Perf::record(dir, name, pid, spec.warmup + spec.duration))
+            .transpose()
+    }
+
     /// A load run's shape from the settings.
     pub fn spec(&self) -> Spec {
         Spec {

@@ -89,15 +89,7 @@ pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> 
         tokens,
     });
     let spec = ctx.spec();
-    let perf = match &ctx.settings.perf {
-        Some(dir) => Some(crate::procs::Perf::record(
-            dir,
-            "redis-mode-validate",
-            server.proc.pid,
-            spec.warmup + spec.duration,
-        )?),
-        None => None,
-    };
+    let perf = ctx.perf("redis-mode-validate", server.proc.pid, &spec)?;
     let out = load::run_watching(
         server.addr,
         &spec,

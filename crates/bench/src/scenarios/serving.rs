@@ -149,15 +149,7 @@ async fn compare(
 ) -> Result<(Vec<Row>, Figures)> {
     let spec = ctx.spec();
     ctx.phase(&format!("{name}: sessiond"));
-    let perf = match &ctx.settings.perf {
-        Some(dir) => Some(crate::procs::Perf::record(
-            dir,
-            &name.replace(' ', "-"),
-            server.proc.pid,
-            spec.warmup + spec.duration,
-        )?),
-        None => None,
-    };
+    let perf = ctx.perf(&name.replace(' ', "-"), server.proc.pid, &spec)?;
     let ours = load::run(server.addr, &spec, work.clone(), Some(server.proc.pid)).await?;
     if let Some(perf) = perf {
         ctx.log(perf.finish()?);
