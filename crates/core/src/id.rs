@@ -49,12 +49,8 @@ impl SessionId {
     /// The 32 lowercase hex digits of [`SessionId`]'s `Display`, without an allocation
     /// (every validate answer carries one).
     pub fn hex(&self) -> [u8; 32] {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 32];
-        for (i, b) in self.0.iter().enumerate() {
-            out[2 * i] = HEX[usize::from(b >> 4)];
-            out[2 * i + 1] = HEX[usize::from(b & 0xf)];
-        }
+        write_hex(&self.0, &mut out);
         out
     }
 }
@@ -117,10 +113,19 @@ pub fn user_tag_hex(user: &str) -> String {
 
 /// A user tag as 8 lowercase hex digits.
 pub fn tag_hex(tag: [u8; 4]) -> String {
-    let id = SessionId([
-        tag[0], tag[1], tag[2], tag[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    ]);
-    String::from_utf8_lossy(&id.hex()[..8]).into_owned()
+    let mut out = [0u8; 8];
+    write_hex(&tag, &mut out);
+    out.into_iter().map(char::from).collect()
+}
+
+/// `bytes` as lowercase hex digits, two per byte, into `out` (twice as long).
+fn write_hex(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    debug_assert_eq!(out.len(), 2 * bytes.len());
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
 }
 
 /// The tag [`tag_hex`] wrote, or `None` if `hex` is not 8 lowercase hex digits.
