@@ -289,12 +289,8 @@ impl Touches {
             .find_map(|(i, t)| (i == id).then_some(*t))
     }
 
-    /// Takes the touches of one tag (as [`SessionId::tag_hex`] writes it), to send with a
-    /// script on that tag.
-    pub(super) fn take(&self, tag_hex: &str) -> Vec<(SessionId, Touch)> {
-        let Some(tag) = sessiond_core::id::parse_tag_hex(tag_hex) else {
-            return Vec::new();
-        };
+    /// Takes the touches of one tag, to send with a script on that tag.
+    pub(super) fn take(&self, tag: [u8; 4]) -> Vec<(SessionId, Touch)> {
         self.by_tag
             .lock()
             .remove(&tag)
@@ -428,7 +424,7 @@ mod tests {
         touches.record(&s, Timestamp(5));
         touches.record(&s, Timestamp(3));
         assert_eq!(touches.get(&id), Some(t(3, 5)));
-        let taken = touches.take(&id.tag_hex());
+        let taken = touches.take(id.tag());
         assert_eq!(taken, vec![(id, t(3, 5))]);
         assert_eq!(touches.get(&id), None);
         touches.record(&s, Timestamp(7));

@@ -28,6 +28,7 @@
 //! one message per session id.
 
 use sessiond_core::SessionId;
+use sessiond_core::id::{tag_hex, user_tag};
 
 use crate::StoreError;
 
@@ -53,14 +54,14 @@ impl Keys {
         })
     }
 
-    /// `P{T}:`, the start of every key of the users with tag `tag`.
-    pub(super) fn base(&self, tag: &str) -> String {
-        format!("{}{{{tag}}}:", self.prefix)
+    /// `P{T}:`, the start of every key of the users with tag `tag` (written in hex).
+    pub(super) fn base(&self, tag: [u8; 4]) -> String {
+        format!("{}{{{}}}:", self.prefix, tag_hex(tag))
     }
 
     /// The base of the keys of the session `id`.
     pub(super) fn base_of(&self, id: &SessionId) -> String {
-        self.base(&id.tag_hex())
+        self.base(id.tag())
     }
 
     pub(super) fn session(&self, id: &SessionId) -> String {
@@ -72,8 +73,7 @@ impl Keys {
     }
 
     pub(super) fn user(&self, user: &str) -> String {
-        let tag = sessiond_core::id::user_tag_hex(user);
-        format!("{}u:{user}", self.base(&tag))
+        format!("{}u:{user}", self.base(user_tag(user)))
     }
 
     fn global(&self, name: &str) -> String {

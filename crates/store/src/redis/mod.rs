@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::{Script, Value};
-use sessiond_core::id::tag_hex;
+use sessiond_core::id::user_tag;
 use sessiond_core::input::apply_attributes;
 use sessiond_core::policy::{OnLimit, UserLimit};
 use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Verifier};
@@ -248,7 +248,7 @@ impl RedisStore {
     async fn run_tag(
         &self,
         script: &Script,
-        tag: &str,
+        tag: [u8; 4],
         route: String,
         now: Timestamp,
         args: impl FnOnce(&mut Call<'_>),
@@ -311,9 +311,9 @@ impl RedisStore {
 
     /// Many sessions by id (missing ones left out), in the given order.
     async fn read_many(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError> {
-        let mut by_tag: BTreeMap<String, Vec<SessionId>> = BTreeMap::new();
+        let mut by_tag: BTreeMap<[u8; 4], Vec<SessionId>> = BTreeMap::new();
         for id in ids {
-            by_tag.entry(id.tag_hex()).or_default().push(*id);
+            by_tag.entry(id.tag()).or_default().push(*id);
         }
         let reads = by_tag.values().map(|group| async move {
             let mut pipe = redis::pipe();
@@ -364,7 +364,7 @@ impl RedisStore {
             else {
                 return Ok(0);
             };
-            let base = self.keys.base(&tag_hex(*route_tag));
+            let base = self.keys.base(*route_tag);
             let mut call = Call::tag(
                 &self.scripts.touch_many,
                 &self.keys.session(route_id),
@@ -374,7 +374,7 @@ impl RedisStore {
             );
             call.arg(chunk.len());
             for (tag, touches) in &chunk {
-                call.arg(self.keys.base(&tag_hex(*tag))).arg(touches.len());
+                call.arg(self.keys.base(*tag)).arg(touches.len());
                 for (id, t) in touches {
                     call.touch(id, t);
                 }
@@ -501,8 +501,8 @@ impl SessionStore for RedisStore {
         now: Timestamp,
     ) -> Result<Created, StoreError> {
         self.check_open()?;
-        let tag = session.id.tag_hex();
-        if tag != sessiond_core::id::user_tag_hex(&session.user) {
+        let tag = session.id.tag();
+        if tag != user_tag(&session.user) {
             return Err(StoreError::Corrupt(
                 "a session id must start with its user's tag (SessionId::for_user)".into(),
             ));
@@ -513,7 +513,7 @@ impl SessionStore for RedisStore {
         let items = self
             .run_tag(
                 &self.scripts.create,
-                &tag,
+                tag,
                 self.keys.session(&s.id),
                 now,
                 |c| {
@@ -643,7 +643,7 @@ impl SessionStore for RedisStore {
             let items = self
                 .run_tag(
                     &self.scripts.update,
-                    &id.tag_hex(),
+                    id.tag(),
                     self.keys.session(&id),
                     now,
                     |c| {
@@ -695,7 +695,7 @@ impl SessionStore for RedisStore {
         let items = self
             .run_tag(
                 &self.scripts.end,
-                &id.tag_hex(),
+                id.tag(),
                 self.keys.session(&id),
                 now,
                 |c| {
@@ -733,11 +733,10 @@ impl SessionStore for RedisStore {
         now: Timestamp,
     ) -> Result<u64, StoreError> {
         self.check_open()?;
-        let tag = sessiond_core::id::user_tag_hex(user);
         let items = self
             .run_tag(
                 &self.scripts.end_user,
-                &tag,
+                user_tag(user),
                 self.keys.user(user),
                 now,
                 |c| {

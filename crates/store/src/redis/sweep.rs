@@ -8,18 +8,20 @@
 
 use std::collections::BTreeMap;
 
+use sessiond_core::id::parse_tag_hex;
 use sessiond_core::{SessionId, Timestamp};
 
 use super::{RedisStore, SWEEP_BATCH, SWEEP_ROUNDS, codec, item};
 use crate::{StoreError, SweepReport};
 
 impl RedisStore {
-    /// The due members of a global schedule (`due` or `purge`), grouped by user tag.
+    /// The due members of a global schedule (`due` or `purge`), grouped by user tag. A
+    /// member whose tag is not hex is left out (its id cannot parse either).
     async fn due(
         &self,
         zset: String,
         now: Timestamp,
-    ) -> Result<(usize, BTreeMap<String, Vec<String>>), StoreError> {
+    ) -> Result<(usize, BTreeMap<[u8; 4], Vec<String>>), StoreError> {
         let members: Vec<String> = self
             .conn
             .query(
@@ -32,13 +34,17 @@ impl RedisStore {
                     .arg(SWEEP_BATCH),
             )
             .await?;
-        let mut by_tag: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut by_tag: BTreeMap<[u8; 4], Vec<String>> = BTreeMap::new();
         for m in &members {
             match m
                 .get(..8)
                 .filter(|_| m.len() >= 32 && m.is_char_boundary(32))
             {
-                Some(tag) => by_tag.entry(tag.to_owned()).or_default().push(m.clone()),
+                Some(tag) => {
+                    if let Some(tag) = parse_tag_hex(tag) {
+                        by_tag.entry(tag).or_default().push(m.clone());
+                    }
+                }
                 None => {
                     // Not ours: drop it so it cannot stall the schedule.
                     self.conn
@@ -62,7 +68,7 @@ impl RedisStore {
                 let Some(first) = ids.first() else { continue };
                 let route = self.keys.session(first);
                 let items = self
-                    .run_tag(&self.scripts.sweep, &tag, route, now, |c| {
+                    .run_tag(&self.scripts.sweep, tag, route, now, |c| {
                         for id in &ids {
                             c.arg(id.to_string());
                         }
@@ -101,7 +107,7 @@ impl RedisStore {
                 };
                 let route = self.keys.tombstone(first);
                 let items = self
-                    .run_tag(&self.scripts.purge, &tag, route, now, |c| {
+                    .run_tag(&self.scripts.purge, tag, route, now, |c| {
                         for (member, id, reason) in &entries {
                             c.arg(member.as_str())
                                 .arg(id.to_string())
