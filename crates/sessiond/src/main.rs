@@ -58,9 +58,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `MIMALLOC_ALLOW_THP`), and 1.50-1.62 s with this guard (docs/benchmarks.md). What is
 /// allocated while serving still gets them.
 struct HugePagesOff {
-    /// Whether they were off already (set by whoever started us), so left off.
+    /// Whether this guard turned them off, so turns them back on. Not when they were off
+    /// already (whoever started us chose that) or the kernel has no such switch.
     #[cfg(target_os = "linux")]
-    were_off: Option<bool>,
+    turned_off: bool,
 }
 
 impl HugePagesOff {
@@ -71,11 +72,9 @@ impl HugePagesOff {
                 disable_transparent_huge_pages, transparent_huge_pages_are_disabled,
             };
             // Best effort: a kernel without the prctl loads the same, only slower.
-            let were_off = transparent_huge_pages_are_disabled().ok();
-            if were_off == Some(false) && disable_transparent_huge_pages(true).is_err() {
-                return HugePagesOff { were_off: None };
-            }
-            HugePagesOff { were_off }
+            let turned_off = transparent_huge_pages_are_disabled() == Ok(false)
+                && disable_transparent_huge_pages(true).is_ok();
+            HugePagesOff { turned_off }
         }
         #[cfg(not(target_os = "linux"))]
         HugePagesOff {}
@@ -85,7 +84,7 @@ impl HugePagesOff {
 impl Drop for HugePagesOff {
     fn drop(&mut self) {
         #[cfg(target_os = "linux")]
-        if self.were_off == Some(false) {
+        if self.turned_off {
             let _ = rustix::thread::disable_transparent_huge_pages(false);
         }
     }
