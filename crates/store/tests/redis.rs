@@ -558,11 +558,7 @@ async fn a_node_evicts_what_its_event_feed_relays() {
     );
 
     // An `ended` entry, as the end script writes it, but with no PUBLISH.
-    let mut raw = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = connect_raw(&server).await;
     let _: String = redis::cmd("XADD")
         .arg(format!("{prefix}{{global}}:events"))
         .arg("*")
@@ -600,11 +596,7 @@ async fn a_session_hash_lives_to_its_max_lifetime_and_a_touch_brings_older_ones_
     let server = RedisServer::start(dir.path()).await;
     let prefix = fresh_prefix();
     let store = open(RedisTarget::Url(server.url()), &prefix).await;
-    let mut raw = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = connect_raw(&server).await;
     let s = conformance::session("yara", T0);
     store
         .create(s.clone(), UserLimit::UNLIMITED, T0)
@@ -621,11 +613,7 @@ async fn a_session_hash_lives_to_its_max_lifetime_and_a_touch_brings_older_ones_
     };
     let near = |got: i64, want: i64| (want - 10_000..=want).contains(&got);
 
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let ttl: i64 = run(&mut raw, redis::cmd("PTTL").arg(&key)).await;
     assert!(
         near(ttl, lifetime_ttl(T0)),
         "created: {ttl} ms, want ~{}",
@@ -634,67 +622,51 @@ async fn a_session_hash_lives_to_its_max_lifetime_and_a_touch_brings_older_ones_
 
     // As an older sessiond left it: no marker, a TTL that ends well before the max lifetime.
     let short: i64 = 3_600_000;
-    let _: () = redis::cmd("HDEL")
-        .arg(&key)
-        .arg("ttl")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("PEXPIRE")
-        .arg(&key)
-        .arg(short)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    run::<()>(&mut raw, redis::cmd("HDEL").arg(&key).arg("ttl")).await;
+    run::<()>(&mut raw, redis::cmd("PEXPIRE").arg(&key).arg(short)).await;
     let at = T0.plus(Duration::from_secs(60));
     store.validate(s.id, &s.verifier, true, at).await.unwrap();
     assert_eq!(store.flush_touches().await.unwrap(), 1);
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let ttl: i64 = run(&mut raw, redis::cmd("PTTL").arg(&key)).await;
     assert!(
         near(ttl, lifetime_ttl(at)),
         "touched: {ttl} ms, want ~{}",
         lifetime_ttl(at)
     );
-    let (la, mark): (i64, Option<String>) = redis::cmd("HMGET")
-        .arg(&key)
-        .arg("la")
-        .arg("ttl")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let (la, mark): (i64, Option<String>) =
+        run(&mut raw, redis::cmd("HMGET").arg(&key).arg("la").arg("ttl")).await;
     assert_eq!((la, mark.as_deref()), (at.0, Some("1")));
 
     // A touch of a marked hash leaves its TTL alone.
-    let _: () = redis::cmd("PEXPIRE")
-        .arg(&key)
-        .arg(short)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    run::<()>(&mut raw, redis::cmd("PEXPIRE").arg(&key).arg(short)).await;
     let later = at.plus(Duration::from_secs(60));
     store
         .validate(s.id, &s.verifier, true, later)
         .await
         .unwrap();
     assert_eq!(store.flush_touches().await.unwrap(), 1);
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let ttl: i64 = run(&mut raw, redis::cmd("PTTL").arg(&key)).await;
     assert!(
         near(ttl, short),
         "a marked hash keeps its TTL: {ttl} ms, set {short}"
     );
-    let la: i64 = redis::cmd("HGET")
-        .arg(&key)
-        .arg("la")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let la: i64 = run(&mut raw, redis::cmd("HGET").arg(&key).arg("la")).await;
     assert_eq!(la, later.0);
+}
+
+/// A plain connection to `server`, for what a test reads or writes behind the store's back.
+async fn connect_raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Runs `cmd` on `con`; any error fails the test.
+async fn run<T: redis::FromRedisValue>(
+    con: &mut redis::aio::MultiplexedConnection,
+    cmd: &redis::Cmd,
+) -> T {
+    cmd.query_async(con).await.unwrap()
 }
