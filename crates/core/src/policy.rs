@@ -48,14 +48,18 @@ impl Policy {
         }
     }
 
-    /// How long touches may stay only in memory: min(60 s, idle_timeout / 10), at least
-    /// 100 ms. After a crash a session can end earlier by at most this, never later.
+    /// How long touches may stay only in memory: min([`MAX_TOUCH_FLUSH_WINDOW`],
+    /// idle_timeout / 10), at least 100 ms. After a crash a session can end earlier by at
+    /// most this, never later.
     pub fn touch_flush_window(&self) -> Duration {
         (self.idle_timeout / 10)
-            .min(Duration::from_secs(60))
+            .min(MAX_TOUCH_FLUSH_WINDOW)
             .max(Duration::from_millis(100))
     }
 }
+
+/// The longest a touch stays only in memory, whatever the idle timeout.
+pub const MAX_TOUCH_FLUSH_WINDOW: Duration = Duration::from_secs(60);
 
 /// The concurrent-session limit applied atomically by the store when it inserts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -654,6 +654,63 @@ async fn a_session_hash_lives_to_its_max_lifetime_and_a_touch_brings_older_ones_
     assert_eq!(la, later.0);
 }
 
+/// Touches wait in memory for the periodic flush (coalesced over the flush window), except
+/// one made near the deadline Redis holds: the sweep tick writes that one at once, so
+/// another node's sweep does not end a session this node kept alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn touches_wait_for_the_flush_unless_near_the_deadline_redis_holds() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path()).await;
+    let prefix = fresh_prefix();
+    let a = open(RedisTarget::Url(server.url()), &prefix).await;
+    let b = open(RedisTarget::Url(server.url()), &prefix).await;
+    let mut raw = connect_raw(&server).await;
+    let min = Duration::from_secs(60);
+    let early = conformance::session("zoe", T0);
+    let late = conformance::session("zack", T0);
+    for s in [&early, &late] {
+        a.create(s.clone(), UserLimit::UNLIMITED, T0).await.unwrap();
+    }
+    let la = |s: &sessiond_core::Session| {
+        redis::cmd("HGET")
+            .arg(format!("{prefix}{{{}}}:s:{}", s.id.tag_hex(), s.id))
+            .arg("la")
+            .clone()
+    };
+
+    // 20 of 30 idle minutes left: the touch waits for the flush, even past a sweep tick.
+    let at = T0.plus(10 * min);
+    a.validate(early.id, &early.verifier, true, at)
+        .await
+        .unwrap();
+    // 30 s left: the next tick writes it.
+    let near = T0.plus(30 * min).minus(Duration::from_secs(30));
+    a.validate(late.id, &late.verifier, true, near)
+        .await
+        .unwrap();
+    a.sweep(near.plus(Duration::from_secs(1))).await.unwrap();
+    assert_eq!(run::<i64>(&mut raw, &la(&early)).await, T0.0, "coalesced");
+    assert_eq!(run::<i64>(&mut raw, &la(&late)).await, near.0, "urgent");
+
+    // The periodic flush (every flush window, long before 20 minutes pass) writes the
+    // rest; the urgent one already went.
+    assert_eq!(a.flush_touches().await.unwrap(), 1);
+    assert_eq!(run::<i64>(&mut raw, &la(&early)).await, at.0);
+
+    // Node B sweeps past the old deadline: both sessions were kept alive on A.
+    let past = T0.plus(30 * min).plus(Duration::from_secs(1));
+    assert_eq!(b.sweep(past).await.unwrap().expired, 0);
+    for s in [&early, &late] {
+        assert!(matches!(
+            b.validate(s.id, &s.verifier, false, past).await.unwrap(),
+            Lookup::Live(_)
+        ));
+    }
+}
+
 /// A plain connection to `server`, for what a test reads or writes behind the store's back.
 async fn connect_raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url())

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use sessiond_core::{Session, SessionId, Timestamp, Tombstone};
 use smallvec::SmallVec;
 
@@ -247,31 +247,37 @@ impl Touch {
 /// session per tag), so the first is kept inline.
 pub(super) type TagTouches = SmallVec<[(SessionId, Touch); 1]>;
 
+/// How close to the deadline Redis holds for a session a touch must be flushed at the
+/// next sweep tick rather than with the periodic flush: the longest flush window, plus
+/// room for the one-second tick and the write. A touch further from that deadline reaches
+/// Redis with the periodic flush, before the deadline passes there.
+pub(super) const URGENT_WITHIN: Duration =
+    sessiond_core::policy::MAX_TOUCH_FLUSH_WINDOW.saturating_add(Duration::from_secs(5));
+
 /// Touches (idle-timer slides) not yet written to Redis, by user tag
 /// ([`SessionId::tag`]). Recording one is on the validate path: no allocation unless a tag
 /// holds more than one touched session.
+///
+/// Most touches wait for the periodic flush (the flush window). A touch made within
+/// [`URGENT_WITHIN`] of the deadline Redis still holds is *urgent*: until it lands, another
+/// node would see that deadline pass and end a session this node kept alive, so the sweep
+/// tick writes it within a second.
 #[derive(Default)]
 pub(super) struct Touches {
-    by_tag: Mutex<FxHashMap<[u8; 4], TagTouches>>,
+    pending: Mutex<Pending>,
 }
 
-impl Touches {
-    /// Records a touch of `session` at `at`.
-    pub(super) fn record(&self, session: &Session, at: Timestamp) {
-        self.merge(
-            session.id,
-            Touch {
-                first: at,
-                last: at,
-                idle_ms: session.idle_timeout_ms,
-                expires_at: session.expires_at,
-            },
-        );
-    }
+#[derive(Default)]
+struct Pending {
+    by_tag: FxHashMap<[u8; 4], TagTouches>,
+    /// Tags holding an urgent touch.
+    urgent: FxHashSet<[u8; 4]>,
+}
 
-    fn merge(&self, id: SessionId, t: Touch) {
-        let mut map = self.by_tag.lock();
-        let touches = map.entry(id.tag()).or_default();
+impl Pending {
+    fn merge(&mut self, id: SessionId, t: Touch, urgent: bool) {
+        let tag = id.tag();
+        let touches = self.by_tag.entry(tag).or_default();
         match touches.iter_mut().find(|(i, _)| *i == id) {
             Some((_, slot)) => {
                 slot.first = slot.first.min(t.first);
@@ -279,20 +285,42 @@ impl Touches {
             }
             None => touches.push((id, t)),
         }
+        if urgent {
+            self.urgent.insert(tag);
+        }
+    }
+}
+
+impl Touches {
+    /// Records a touch of `session` at `at`; `due` is the deadline the session had before
+    /// it (what Redis may still hold, unless another node moved it further).
+    pub(super) fn record(&self, session: &Session, at: Timestamp, due: Timestamp) {
+        let t = Touch {
+            first: at,
+            last: at,
+            idle_ms: session.idle_timeout_ms,
+            expires_at: session.expires_at,
+        };
+        let urgent = due < at.plus(URGENT_WITHIN);
+        self.pending.lock().merge(session.id, t, urgent);
     }
 
     /// The pending touch of `id`, to lay over what Redis says.
     pub(super) fn get(&self, id: &SessionId) -> Option<Touch> {
-        let map = self.by_tag.lock();
-        map.get(&id.tag())?
+        let pending = self.pending.lock();
+        pending
+            .by_tag
+            .get(&id.tag())?
             .iter()
             .find_map(|(i, t)| (i == id).then_some(*t))
     }
 
     /// Takes the touches of one tag, to send with a script on that tag.
     pub(super) fn take(&self, tag: [u8; 4]) -> Vec<(SessionId, Touch)> {
-        self.by_tag
-            .lock()
+        let mut pending = self.pending.lock();
+        pending.urgent.remove(&tag);
+        pending
+            .by_tag
             .remove(&tag)
             .map(SmallVec::into_vec)
             .unwrap_or_default()
@@ -300,15 +328,28 @@ impl Touches {
 
     /// Takes every pending touch, by tag.
     pub(super) fn take_all(&self) -> Vec<([u8; 4], TagTouches)> {
-        std::mem::take(&mut *self.by_tag.lock())
+        std::mem::take(&mut *self.pending.lock())
+            .by_tag
             .into_iter()
             .collect()
     }
 
-    /// Puts back touches whose write failed (merged with any recorded meanwhile).
+    /// Takes the tags holding an urgent touch, with all their touches.
+    pub(super) fn take_urgent(&self) -> Vec<([u8; 4], TagTouches)> {
+        let mut pending = self.pending.lock();
+        let urgent = std::mem::take(&mut pending.urgent);
+        urgent
+            .into_iter()
+            .filter_map(|tag| Some((tag, pending.by_tag.remove(&tag)?)))
+            .collect()
+    }
+
+    /// Puts back touches whose write failed (merged with any recorded meanwhile). They are
+    /// marked urgent, so the next sweep tick tries again.
     pub(super) fn restore(&self, touches: impl IntoIterator<Item = (SessionId, Touch)>) {
+        let mut pending = self.pending.lock();
         for (id, t) in touches {
-            self.merge(id, t);
+            pending.merge(id, t, true);
         }
     }
 }
@@ -421,14 +462,46 @@ mod tests {
             idle_ms: s.idle_timeout_ms,
             expires_at: s.expires_at,
         };
-        touches.record(&s, Timestamp(5));
-        touches.record(&s, Timestamp(3));
+        let due = s.deadline().0;
+        touches.record(&s, Timestamp(5), due);
+        touches.record(&s, Timestamp(3), due);
         assert_eq!(touches.get(&id), Some(t(3, 5)));
         let taken = touches.take(id.tag());
         assert_eq!(taken, vec![(id, t(3, 5))]);
         assert_eq!(touches.get(&id), None);
-        touches.record(&s, Timestamp(7));
+        touches.record(&s, Timestamp(7), due);
         touches.restore(taken);
         assert_eq!(touches.get(&id), Some(t(3, 7)));
+        assert_eq!(
+            touches.take_urgent().len(),
+            1,
+            "a failed write is retried at the next tick"
+        );
+    }
+
+    #[test]
+    fn only_touches_near_the_deadline_redis_holds_are_urgent() {
+        let s = session(&sessiond_core::Policy::default());
+        let other = Session {
+            id: session_id(),
+            ..s.clone()
+        };
+        let due = s.deadline().0;
+        let touches = Touches::default();
+        // Half an hour of idle timeout left: the periodic flush lands well before.
+        touches.record(&s, Timestamp(1_000), due);
+        assert!(touches.take_urgent().is_empty());
+        // Within a flush window (and the tick) of the deadline: it goes at the next tick,
+        // and takes the tag's other touches along.
+        let late = due.minus(URGENT_WITHIN).plus(Duration::from_millis(1));
+        touches.record(&other, late, due);
+        let urgent = touches.take_urgent();
+        assert_eq!(urgent.len(), 1);
+        assert_eq!(urgent[0].1.len(), 2, "the whole tag is written");
+        assert!(touches.take_all().is_empty());
+        // A tag taken by a script is no longer urgent.
+        touches.record(&other, late, due);
+        touches.take(other.id.tag());
+        assert!(touches.take_urgent().is_empty());
     }
 }

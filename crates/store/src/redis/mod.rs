@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt as _;
 use redis::{Script, Value};
 use sessiond_core::id::user_tag;
 use sessiond_core::input::apply_attributes;
@@ -346,16 +347,17 @@ impl RedisStore {
         t.filter(|t| now < t.purge_at && verifier.is_none_or(|v| t.verifier.matches(v)))
     }
 
-    /// Writes taken touches with `touch_many`, all calls at once on the connection's
-    /// pipeline. On one Redis a call carries whole tags up to [`TOUCHES_PER_CALL`] touches (a
-    /// uniform validate load touches one session per tag, and a call per tag would be a
-    /// script call per validate); in a Cluster a script may touch one slot only, so each
-    /// call carries one tag. Touches whose call fails are put back for the next flush.
+    /// Writes taken touches with `touch_many`. On one Redis a call carries whole tags up to
+    /// [`TOUCHES_PER_CALL`] touches (a uniform validate load touches one session per tag,
+    /// and a call per tag would be a script call per touch); in a Cluster a script may
+    /// touch one slot only, so each call carries one tag. Only a few calls are in flight at
+    /// once, so a flush of a whole window's touches does not queue a logout behind it.
+    /// Touches whose call fails are put back, urgent, for the next sweep tick.
     async fn write_touches(&self, pending: Vec<([u8; 4], TagTouches)>) -> Result<u64, StoreError> {
-        let per_call = if self.inline_globals.is_some() {
-            TOUCHES_PER_CALL
+        let (per_call, in_flight) = if self.inline_globals.is_some() {
+            (TOUCHES_PER_CALL, 2)
         } else {
-            1
+            (1, 16)
         };
         let chunks = chunk_groups(pending, per_call);
         let calls = chunks.into_iter().map(|chunk| async move {
@@ -394,7 +396,8 @@ impl RedisStore {
         });
         let mut moved = 0;
         let mut failure = None;
-        for r in futures_util::future::join_all(calls).await {
+        let mut results = futures_util::stream::iter(calls).buffer_unordered(in_flight);
+        while let Some(r) = results.next().await {
             match r {
                 Ok(n) => moved += n,
                 Err(e) => failure = Some(e),
@@ -424,8 +427,9 @@ impl RedisStore {
                         // Another node may have touched it: ask Redis before saying ended.
                         return None;
                     }
+                    let due = s.deadline().0;
                     if touch && Session::touch_shared(s, now) {
-                        self.touches.record(s, now);
+                        self.touches.record(s, now, due);
                     }
                     Some(Lookup::Live(s.clone()))
                 }
@@ -572,8 +576,9 @@ impl SessionStore for RedisStore {
             if let Some(t) = s.expired_tombstone(now, self.options.ended_retention) {
                 return Ok(Lookup::Ended(t));
             }
+            let due = s.deadline().0;
             if touch && s.touch(now) {
-                self.touches.record(&s, now);
+                self.touches.record(&s, now, due);
             }
             let s = Arc::new(s);
             self.cache.fill(ticket, id, Cached::Live(s.clone()));
@@ -767,8 +772,13 @@ impl SessionStore for RedisStore {
 
     async fn sweep(&self, now: Timestamp) -> Result<SweepReport, StoreError> {
         self.check_open()?;
-        // This node's touches first, so a session it kept alive is not ended for idling.
-        self.flush_touches().await?;
+        // A script on a tag carries this node's touches of it, so the sweep never ends a
+        // session this node kept alive. Touches near the deadline Redis holds go now, so
+        // no other node's sweep or read ends one either.
+        let urgent = self.touches.take_urgent();
+        if !urgent.is_empty() {
+            self.write_touches(urgent).await?;
+        }
         let mut report = SweepReport::default();
         self.sweep_sessions(now, &mut report).await?;
         self.sweep_tombstones(now, &mut report).await?;
