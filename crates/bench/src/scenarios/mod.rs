@@ -98,6 +98,24 @@ impl Ctx {
         }
     }
 
+    /// A load run on sessiond that touches sessions (validate, forward auth). Touches
+    /// reach the store in one batch every flush window (60 s with the default policy), so
+    /// the run warms up for at least a window and measures whole windows: the measured
+    /// window then holds that write at its steady size, never none of it. The smoke pass
+    /// keeps its short spec.
+    pub fn touching_spec(&self) -> Spec {
+        let mut spec = self.spec();
+        if !self.settings.smoke {
+            let window = sessiond_core::Policy::default().touch_flush_window();
+            let windows = (spec.duration.as_secs_f64() / window.as_secs_f64())
+                .ceil()
+                .max(1.0);
+            spec.warmup = spec.warmup.max(window);
+            spec.duration = window.mul_f64(windows);
+        }
+        spec
+    }
+
     pub fn phase(&mut self, name: &str) {
         println!("-- {name}");
         self.monitor.phase(name);

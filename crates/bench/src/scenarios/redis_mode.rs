@@ -88,7 +88,7 @@ pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> 
         agent: Agent::new(server.addr, &server.agent_key)?,
         tokens,
     });
-    let spec = ctx.spec();
+    let spec = ctx.touching_spec();
     let perf = ctx.perf("redis-mode-validate", server.proc.pid, &spec)?;
     let out = load::run_watching(
         server.addr,
@@ -144,10 +144,11 @@ pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> 
         .note(format!(
             "{} sessions{capped}{population}; redis-server {version} on loopback without \
              persistence; near cache sized for all of them (near_cache_entries = {n}, \
-             near_cache_max_age = 10m; the default {} entries would hold {:.0}%); embedded: {source}",
+             near_cache_max_age = 10m; the default {} entries would hold {:.0}%); embedded: {source}; {}",
             crate::report::num(n as f64),
             crate::report::num(default_cache as f64),
             (100.0 * default_cache as f64 / n as f64).min(100.0),
+            super::serving::window_note(&spec),
         )),
     ];
     let cpu = out.server_cpu.map(|s| s + redis_cpu.unwrap_or_default());
@@ -192,7 +193,13 @@ async fn embedded_validate(ctx: &mut Ctx, n: u64) -> Result<Embedded> {
         agent: Agent::new(server.addr, &server.agent_key)?,
         tokens,
     });
-    let out = load::run(server.addr, &ctx.spec(), work, Some(server.proc.pid)).await?;
+    let out = load::run(
+        server.addr,
+        &ctx.touching_spec(),
+        work,
+        Some(server.proc.pid),
+    )
+    .await?;
     out.ensure_clean("validate, embedded")?;
     ctx.log(format!(
         "redis mode: embedded validate {} answers in {:?}, server CPU {:.2} s",
