@@ -46,6 +46,21 @@ struct Entry {
     /// The subscription epoch the entry was filled in.
     epoch: u64,
     filled: Instant,
+    /// When a touch through this entry first slid its session since the touch was last
+    /// taken for a write; the last touch is the session's `last_access_at`. Held here, next
+    /// to the session the validate already reads, so touching again costs no other lookup.
+    touched: Option<Timestamp>,
+}
+
+impl Entry {
+    /// The touch held in the entry, taken out of it.
+    fn take_touch(&mut self) -> Option<Touch> {
+        let first = self.touched.take()?;
+        match &self.value {
+            Cached::Live(s) => Some(Touch::of(s, first, s.last_access_at)),
+            Cached::Ended(_) => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -73,6 +88,8 @@ pub(super) struct NearCache {
     max_age: Duration,
     /// Answers given from the cache, for tests and metrics.
     hits: AtomicU64,
+    /// Touches not yet in Redis that are not held in an entry, and which tags hold any.
+    pub(super) touches: Touches,
 }
 
 impl NearCache {
@@ -84,6 +101,7 @@ impl NearCache {
             per_shard: (capacity / SHARDS).max(1),
             max_age,
             hits: AtomicU64::new(0),
+            touches: Touches::default(),
         }
     }
 
@@ -97,8 +115,13 @@ impl NearCache {
         self.up.load(Ordering::Acquire)
     }
 
-    /// Runs `f` on the entry for `id` if there is one and it can be trusted.
-    pub(super) fn with<R>(&self, id: &SessionId, f: impl FnOnce(&mut Cached) -> R) -> Option<R> {
+    /// Runs `f` on the entry for `id` if there is one and it can be trusted. `f` gets the
+    /// answer and the entry's [`Held`] touch.
+    pub(super) fn with<R>(
+        &self,
+        id: &SessionId,
+        f: impl FnOnce(&mut Cached, Held<'_>) -> R,
+    ) -> Option<R> {
         if !self.trusted() {
             return None;
         }
@@ -106,11 +129,107 @@ impl NearCache {
         let mut shard = self.shard(id).lock();
         let entry = shard.entries.get_mut(id)?;
         if entry.epoch != epoch || entry.filled.elapsed() >= self.max_age {
-            shard.entries.remove(id);
+            if let Some(entry) = shard.entries.remove(id) {
+                self.unload(*id, entry);
+            }
             return None;
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
-        Some(f(&mut entry.value))
+        let held = Held {
+            touched: &mut entry.touched,
+            touches: &self.touches,
+        };
+        Some(f(&mut entry.value, held))
+    }
+
+    /// An entry leaves the cache: a touch it held goes to the pending touches.
+    fn unload(&self, id: SessionId, mut entry: Entry) {
+        if let Some(t) = entry.take_touch() {
+            self.touches.pending.lock().merge(id, t, false);
+        }
+    }
+
+    /// The touch held in `id`'s entry, taken out for a write.
+    fn take_held(&self, id: &SessionId) -> Option<Touch> {
+        self.shard(id).lock().entries.get_mut(id)?.take_touch()
+    }
+
+    /// This node's touch of `id` not yet in Redis, to lay over what Redis says.
+    pub(super) fn pending_touch(&self, id: &SessionId) -> Option<Touch> {
+        let held =
+            self.shard(id)
+                .lock()
+                .entries
+                .get(id)
+                .and_then(|e| match (&e.value, e.touched) {
+                    (Cached::Live(s), Some(first)) => Some(Touch::of(s, first, s.last_access_at)),
+                    _ => None,
+                });
+        let pending = self.touches.get(id);
+        match (pending, held) {
+            (Some(a), Some(b)) => Some(a.merged(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes the touches of one tag, to send with a script on that tag.
+    pub(super) fn take_touches(&self, tag: [u8; 4]) -> Vec<(SessionId, Touch)> {
+        let (mut touches, marked) = {
+            let mut pending = self.touches.pending.lock();
+            pending.urgent.remove(&tag);
+            (
+                pending.by_tag.remove(&tag).unwrap_or_default(),
+                pending.marked.remove(&tag).unwrap_or_default(),
+            )
+        };
+        for id in marked {
+            if let Some(t) = self.take_held(&id) {
+                merge_into(&mut touches, id, t);
+            }
+        }
+        touches.into_vec()
+    }
+
+    /// Takes every pending touch, by tag.
+    pub(super) fn take_all_touches(&self) -> Vec<([u8; 4], TagTouches)> {
+        let pending = std::mem::take(&mut *self.touches.pending.lock());
+        self.with_held(pending.by_tag, pending.marked)
+    }
+
+    /// Takes the tags holding an urgent touch, with all their touches.
+    pub(super) fn take_urgent_touches(&self) -> Vec<([u8; 4], TagTouches)> {
+        let (by_tag, marked) = {
+            let mut pending = self.touches.pending.lock();
+            let urgent = std::mem::take(&mut pending.urgent);
+            let mut by_tag = FxHashMap::default();
+            let mut marked = FxHashMap::default();
+            for tag in urgent {
+                if let Some(t) = pending.by_tag.remove(&tag) {
+                    by_tag.insert(tag, t);
+                }
+                if let Some(m) = pending.marked.remove(&tag) {
+                    marked.insert(tag, m);
+                }
+            }
+            (by_tag, marked)
+        };
+        self.with_held(by_tag, marked)
+    }
+
+    /// `by_tag` with the touches held in the entries of `marked` added.
+    fn with_held(
+        &self,
+        mut by_tag: FxHashMap<[u8; 4], TagTouches>,
+        marked: FxHashMap<[u8; 4], Marked>,
+    ) -> Vec<([u8; 4], TagTouches)> {
+        for (tag, ids) in marked {
+            for id in ids {
+                if let Some(t) = self.take_held(&id) {
+                    merge_into(by_tag.entry(tag).or_default(), id, t);
+                }
+            }
+        }
+        by_tag.into_iter().filter(|(_, t)| !t.is_empty()).collect()
     }
 
     pub(super) fn hits(&self) -> u64 {
@@ -136,24 +255,31 @@ impl NearCache {
             return;
         }
         let full = shard.entries.len() >= self.per_shard && !shard.entries.contains_key(&id);
-        if let Some(victim) = shard.entries.keys().next().copied().filter(|_| full) {
-            shard.entries.remove(&victim);
+        let victim = shard.entries.keys().next().copied().filter(|_| full);
+        if let Some((victim, entry)) = victim.and_then(|v| shard.entries.remove_entry(&v)) {
+            self.unload(victim, entry);
         }
-        shard.entries.insert(
+        let replaced = shard.entries.insert(
             id,
             Entry {
                 value,
                 epoch: current,
                 filled: Instant::now(),
+                touched: None,
             },
         );
+        if let Some(entry) = replaced {
+            self.unload(id, entry);
+        }
     }
 
     /// Forgets `id` (it changed or ended somewhere).
     pub(super) fn invalidate(&self, id: &SessionId) {
         let mut shard = self.shard(id).lock();
         shard.generation += 1;
-        shard.entries.remove(id);
+        if let Some(entry) = shard.entries.remove(id) {
+            self.unload(*id, entry);
+        }
     }
 
     fn set_up(&self) {
@@ -166,7 +292,9 @@ impl NearCache {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             shard.generation += 1;
-            shard.entries.clear();
+            for (id, entry) in shard.entries.drain() {
+                self.unload(id, entry);
+            }
         }
     }
 }
@@ -230,6 +358,25 @@ pub(super) struct Touch {
 }
 
 impl Touch {
+    /// A touch of `session` from `first` to `last`.
+    pub(super) fn of(session: &Session, first: Timestamp, last: Timestamp) -> Touch {
+        Touch {
+            first,
+            last,
+            idle_ms: session.idle_timeout_ms,
+            expires_at: session.expires_at,
+        }
+    }
+
+    /// Two touch chains of one session as one.
+    fn merged(self, other: Touch) -> Touch {
+        Touch {
+            first: self.first.min(other.first),
+            last: self.last.max(other.last),
+            ..self
+        }
+    }
+
     /// Lays the touch over `session` as read from Redis: if the first touch found it live,
     /// its idle timer slides to the last. The same rule as the scripts' `touch`.
     pub(super) fn apply(&self, session: &mut Session) -> bool {
@@ -254,9 +401,25 @@ pub(super) type TagTouches = SmallVec<[(SessionId, Touch); 1]>;
 pub(super) const URGENT_WITHIN: Duration =
     sessiond_core::policy::MAX_TOUCH_FLUSH_WINDOW.saturating_add(Duration::from_secs(5));
 
+/// The ids of one tag whose touch an entry holds.
+type Marked = SmallVec<[SessionId; 1]>;
+
+/// Adds the touch `t` of `id` to a tag's touches.
+fn merge_into(touches: &mut TagTouches, id: SessionId, t: Touch) {
+    match touches.iter_mut().find(|(i, _)| *i == id) {
+        Some((_, slot)) => *slot = slot.merged(t),
+        None => touches.push((id, t)),
+    }
+}
+
 /// Touches (idle-timer slides) not yet written to Redis, by user tag
-/// ([`SessionId::tag`]). Recording one is on the validate path: no allocation unless a tag
-/// holds more than one touched session.
+/// ([`SessionId::tag`]).
+///
+/// A touch through the near cache is held in its entry ([`Held`]): the first since the
+/// last write marks the id here, later ones only slide the cached session. Other touches
+/// (a validate that read Redis, an entry that left the cache, a write that failed) are kept
+/// here whole. Recording one is on the validate path: no allocation unless a tag holds more
+/// than one touched session.
 ///
 /// Most touches wait for the periodic flush (the flush window). A touch made within
 /// [`URGENT_WITHIN`] of the deadline Redis still holds is *urgent*: until it lands, another
@@ -270,6 +433,8 @@ pub(super) struct Touches {
 #[derive(Default)]
 struct Pending {
     by_tag: FxHashMap<[u8; 4], TagTouches>,
+    /// Ids whose touch a cache entry holds, by tag.
+    marked: FxHashMap<[u8; 4], Marked>,
     /// Tags holding an urgent touch.
     urgent: FxHashSet<[u8; 4]>,
 }
@@ -277,36 +442,28 @@ struct Pending {
 impl Pending {
     fn merge(&mut self, id: SessionId, t: Touch, urgent: bool) {
         let tag = id.tag();
-        let touches = self.by_tag.entry(tag).or_default();
-        match touches.iter_mut().find(|(i, _)| *i == id) {
-            Some((_, slot)) => {
-                slot.first = slot.first.min(t.first);
-                slot.last = slot.last.max(t.last);
-            }
-            None => touches.push((id, t)),
-        }
+        merge_into(self.by_tag.entry(tag).or_default(), id, t);
         if urgent {
             self.urgent.insert(tag);
         }
     }
 }
 
+/// Whether a touch at `at` of a session whose deadline was `due` is urgent.
+fn urgent(at: Timestamp, due: Timestamp) -> bool {
+    due < at.plus(URGENT_WITHIN)
+}
+
 impl Touches {
     /// Records a touch of `session` at `at`; `due` is the deadline the session had before
     /// it (what Redis may still hold, unless another node moved it further).
     pub(super) fn record(&self, session: &Session, at: Timestamp, due: Timestamp) {
-        let t = Touch {
-            first: at,
-            last: at,
-            idle_ms: session.idle_timeout_ms,
-            expires_at: session.expires_at,
-        };
-        let urgent = due < at.plus(URGENT_WITHIN);
-        self.pending.lock().merge(session.id, t, urgent);
+        let t = Touch::of(session, at, at);
+        self.pending.lock().merge(session.id, t, urgent(at, due));
     }
 
-    /// The pending touch of `id`, to lay over what Redis says.
-    pub(super) fn get(&self, id: &SessionId) -> Option<Touch> {
+    /// The pending touch of `id` kept here (not one an entry holds).
+    fn get(&self, id: &SessionId) -> Option<Touch> {
         let pending = self.pending.lock();
         pending
             .by_tag
@@ -315,41 +472,35 @@ impl Touches {
             .find_map(|(i, t)| (i == id).then_some(*t))
     }
 
-    /// Takes the touches of one tag, to send with a script on that tag.
-    pub(super) fn take(&self, tag: [u8; 4]) -> Vec<(SessionId, Touch)> {
-        let mut pending = self.pending.lock();
-        pending.urgent.remove(&tag);
-        pending
-            .by_tag
-            .remove(&tag)
-            .map(SmallVec::into_vec)
-            .unwrap_or_default()
-    }
-
-    /// Takes every pending touch, by tag.
-    pub(super) fn take_all(&self) -> Vec<([u8; 4], TagTouches)> {
-        std::mem::take(&mut *self.pending.lock())
-            .by_tag
-            .into_iter()
-            .collect()
-    }
-
-    /// Takes the tags holding an urgent touch, with all their touches.
-    pub(super) fn take_urgent(&self) -> Vec<([u8; 4], TagTouches)> {
-        let mut pending = self.pending.lock();
-        let urgent = std::mem::take(&mut pending.urgent);
-        urgent
-            .into_iter()
-            .filter_map(|tag| Some((tag, pending.by_tag.remove(&tag)?)))
-            .collect()
-    }
-
     /// Puts back touches whose write failed (merged with any recorded meanwhile). They are
     /// marked urgent, so the next sweep tick tries again.
     pub(super) fn restore(&self, touches: impl IntoIterator<Item = (SessionId, Touch)>) {
         let mut pending = self.pending.lock();
         for (id, t) in touches {
             pending.merge(id, t, true);
+        }
+    }
+}
+
+/// A cache entry's touch slot, handed to [`NearCache::with`].
+pub(super) struct Held<'a> {
+    touched: &'a mut Option<Timestamp>,
+    touches: &'a Touches,
+}
+
+impl Held<'_> {
+    /// Notes that `session` (this entry's) was touched at `at`; `due` is its deadline before
+    /// the touch. Only the first touch since the last write takes the pending lock.
+    pub(super) fn touched(self, session: &Session, at: Timestamp, due: Timestamp) {
+        if self.touched.is_some() {
+            return;
+        }
+        *self.touched = Some(at);
+        let tag = session.id.tag();
+        let mut pending = self.touches.pending.lock();
+        pending.marked.entry(tag).or_default().push(session.id);
+        if urgent(at, due) {
+            pending.urgent.insert(tag);
         }
     }
 }
@@ -392,15 +543,15 @@ mod tests {
         let id = session_id();
         assert!(cache.ticket(&id).is_none());
         cache.fill(None, id, tomb(id));
-        assert!(cache.with(&id, |_| ()).is_none());
+        assert!(cache.with(&id, |_, _| ()).is_none());
         cache.set_up();
         let t = cache.ticket(&id);
         cache.fill(t, id, tomb(id));
-        assert!(cache.with(&id, |_| ()).is_some());
+        assert!(cache.with(&id, |_, _| ()).is_some());
         cache.set_down();
         cache.set_up();
         assert!(
-            cache.with(&id, |_| ()).is_none(),
+            cache.with(&id, |_, _| ()).is_none(),
             "dropped with the subscription"
         );
     }
@@ -413,7 +564,7 @@ mod tests {
         let t = cache.ticket(&id);
         cache.invalidate(&id);
         cache.fill(t, id, tomb(id));
-        assert!(cache.with(&id, |_| ()).is_none());
+        assert!(cache.with(&id, |_, _| ()).is_none());
     }
 
     #[test]
@@ -451,32 +602,80 @@ mod tests {
         assert_eq!(s.last_access_at, Timestamp(16));
     }
 
+    /// A trusted cache with `s` filled in.
+    fn cache_with(s: &Session) -> NearCache {
+        let cache = NearCache::new(100, Duration::from_secs(60));
+        cache.set_up();
+        cache.fill(cache.ticket(&s.id), s.id, Cached::Live(Arc::new(s.clone())));
+        cache
+    }
+
+    /// Validates `id` through the cache at `at`, touching it, as the store does.
+    fn touch_cached(cache: &NearCache, id: &SessionId, at: Timestamp) {
+        cache
+            .with(id, |cached, held| {
+                let Cached::Live(s) = cached else {
+                    panic!("not live")
+                };
+                let due = s.deadline().0;
+                if Session::touch_shared(s, at) {
+                    held.touched(s, at, due);
+                }
+            })
+            .expect("cached");
+    }
+
     #[test]
     fn touches_keep_the_latest_per_id_and_come_back_after_a_failure() {
-        let touches = Touches::default();
         let s = session(&sessiond_core::Policy::default());
+        let cache = NearCache::new(100, Duration::from_secs(60));
         let id = s.id;
-        let t = |first, last| Touch {
-            first: Timestamp(first),
-            last: Timestamp(last),
-            idle_ms: s.idle_timeout_ms,
-            expires_at: s.expires_at,
-        };
+        let t = |first, last| Touch::of(&s, Timestamp(first), Timestamp(last));
         let due = s.deadline().0;
-        touches.record(&s, Timestamp(5), due);
-        touches.record(&s, Timestamp(3), due);
-        assert_eq!(touches.get(&id), Some(t(3, 5)));
-        let taken = touches.take(id.tag());
+        cache.touches.record(&s, Timestamp(5), due);
+        cache.touches.record(&s, Timestamp(3), due);
+        assert_eq!(cache.pending_touch(&id), Some(t(3, 5)));
+        let taken = cache.take_touches(id.tag());
         assert_eq!(taken, vec![(id, t(3, 5))]);
-        assert_eq!(touches.get(&id), None);
-        touches.record(&s, Timestamp(7), due);
-        touches.restore(taken);
-        assert_eq!(touches.get(&id), Some(t(3, 7)));
+        assert_eq!(cache.pending_touch(&id), None);
+        cache.touches.record(&s, Timestamp(7), due);
+        cache.touches.restore(taken);
+        assert_eq!(cache.pending_touch(&id), Some(t(3, 7)));
         assert_eq!(
-            touches.take_urgent().len(),
+            cache.take_urgent_touches().len(),
             1,
             "a failed write is retried at the next tick"
         );
+    }
+
+    #[test]
+    fn a_touch_held_in_an_entry_is_taken_with_its_latest_access_and_survives_eviction() {
+        let s = session(&sessiond_core::Policy::default());
+        let t = |first, last| Touch::of(&s, Timestamp(first), Timestamp(last));
+        let cache = cache_with(&s);
+        for at in [10, 20, 30] {
+            touch_cached(&cache, &s.id, Timestamp(at));
+        }
+        assert_eq!(cache.pending_touch(&s.id), Some(t(10, 30)));
+        assert_eq!(
+            cache.take_all_touches(),
+            vec![(s.id.tag(), [(s.id, t(10, 30))].into())]
+        );
+        assert!(cache.take_all_touches().is_empty(), "taken once");
+
+        // Touched again, then the entry goes: the touch stays pending, and merges with one
+        // recorded meanwhile on a Redis read.
+        touch_cached(&cache, &s.id, Timestamp(40));
+        cache.invalidate(&s.id);
+        assert!(cache.with(&s.id, |_, _| ()).is_none());
+        cache.touches.record(&s, Timestamp(50), s.deadline().0);
+        assert_eq!(cache.take_touches(s.id.tag()), vec![(s.id, t(40, 50))]);
+
+        // Losing the subscription empties the cache, not the touches.
+        let cache = cache_with(&s);
+        touch_cached(&cache, &s.id, Timestamp(60));
+        cache.set_down();
+        assert_eq!(cache.take_touches(s.id.tag()), vec![(s.id, t(60, 60))]);
     }
 
     #[test]
@@ -487,21 +686,21 @@ mod tests {
             ..s.clone()
         };
         let due = s.deadline().0;
-        let touches = Touches::default();
+        let cache = cache_with(&other);
         // Half an hour of idle timeout left: the periodic flush lands well before.
-        touches.record(&s, Timestamp(1_000), due);
-        assert!(touches.take_urgent().is_empty());
+        cache.touches.record(&s, Timestamp(1_000), due);
+        assert!(cache.take_urgent_touches().is_empty());
         // Within a flush window (and the tick) of the deadline: it goes at the next tick,
         // and takes the tag's other touches along.
         let late = due.minus(URGENT_WITHIN).plus(Duration::from_millis(1));
-        touches.record(&other, late, due);
-        let urgent = touches.take_urgent();
+        touch_cached(&cache, &other.id, late);
+        let urgent = cache.take_urgent_touches();
         assert_eq!(urgent.len(), 1);
         assert_eq!(urgent[0].1.len(), 2, "the whole tag is written");
-        assert!(touches.take_all().is_empty());
+        assert!(cache.take_all_touches().is_empty());
         // A tag taken by a script is no longer urgent.
-        touches.record(&other, late, due);
-        touches.take(other.id.tag());
-        assert!(touches.take_urgent().is_empty());
+        cache.touches.record(&other, late, due);
+        cache.take_touches(other.id.tag());
+        assert!(cache.take_urgent_touches().is_empty());
     }
 }

@@ -47,7 +47,7 @@ use sessiond_core::input::apply_attributes;
 use sessiond_core::policy::{OnLimit, UserLimit};
 use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Verifier};
 
-use self::cache::{Cached, NearCache, TagTouches, Touches};
+use self::cache::{Cached, NearCache, TagTouches};
 use self::codec::Fields;
 use self::conn::Conn;
 pub use self::conn::Target;
@@ -133,9 +133,9 @@ pub struct RedisStore {
     target: Target,
     keys: Keys,
     scripts: Scripts,
+    /// Validate answers known locally, and the touches not yet in Redis (laid over every
+    /// read, so this node sees its own touches).
     cache: Arc<NearCache>,
-    /// Touches not yet in Redis; laid over every read so this node sees its own touches.
-    touches: Touches,
     options: StoreOptions,
     /// The global keys, passed into tag scripts when they can be (not in a Cluster).
     inline_globals: Option<[String; keys::GLOBAL_KEY_COUNT]>,
@@ -204,7 +204,6 @@ impl RedisStore {
             keys,
             scripts: Scripts::new(),
             cache,
-            touches: Touches::default(),
             options,
             inline_globals,
             channel,
@@ -256,14 +255,14 @@ impl RedisStore {
     ) -> Result<Vec<Value>, StoreError> {
         let base = self.keys.base(tag);
         let header = self.header(&base, now);
-        let touches = self.touches.take(tag);
+        let touches = self.cache.take_touches(tag);
         let globals = self.inline_globals.as_ref().map(|g| &g[..]);
         let mut call = Call::tag(script, &route, globals, header, &touches);
         args(&mut call);
         let reply = match self.conn.eval(&call).await {
             Ok(v) => v,
             Err(e) => {
-                self.touches.restore(touches);
+                self.cache.touches.restore(touches);
                 return Err(e);
             }
         };
@@ -304,7 +303,7 @@ impl RedisStore {
             .arg(self.keys.tombstone(id));
         let (s, t): (Fields, Fields) = self.conn.pipe(&pipe).await?;
         let mut session = codec::decode_session(&s)?.filter(|s| s.id == *id);
-        if let (Some(s), Some(t)) = (session.as_mut(), self.touches.get(id)) {
+        if let (Some(s), Some(t)) = (session.as_mut(), self.cache.pending_touch(id)) {
             t.apply(s);
         }
         Ok((session, codec::decode_tombstone(*id, &t)?))
@@ -328,7 +327,7 @@ impl RedisStore {
         for group in futures_util::future::try_join_all(reads).await? {
             for (id, fields) in group {
                 if let Some(mut s) = codec::decode_session(&fields)? {
-                    if let Some(t) = self.touches.get(&id) {
+                    if let Some(t) = self.cache.pending_touch(&id) {
                         t.apply(&mut s);
                     }
                     found.insert(id, s);
@@ -388,7 +387,7 @@ impl RedisStore {
                 }
                 Err(e) => {
                     for (_, touches) in chunk {
-                        self.touches.restore(touches);
+                        self.cache.touches.restore(touches);
                     }
                     Err(e)
                 }
@@ -418,7 +417,7 @@ impl RedisStore {
         now: Timestamp,
     ) -> Option<Lookup> {
         self.cache
-            .with(&id, |cached| match cached {
+            .with(&id, |cached, held| match cached {
                 Cached::Live(s) => {
                     if !s.verifier.matches(verifier) {
                         return Some(Lookup::NotFound);
@@ -429,7 +428,7 @@ impl RedisStore {
                     }
                     let due = s.deadline().0;
                     if touch && Session::touch_shared(s, now) {
-                        self.touches.record(s, now, due);
+                        held.touched(s, now, due);
                     }
                     Some(Lookup::Live(s.clone()))
                 }
@@ -578,7 +577,7 @@ impl SessionStore for RedisStore {
             }
             let due = s.deadline().0;
             if touch && s.touch(now) {
-                self.touches.record(&s, now, due);
+                self.cache.touches.record(&s, now, due);
             }
             let s = Arc::new(s);
             self.cache.fill(ticket, id, Cached::Live(s.clone()));
@@ -775,7 +774,7 @@ impl SessionStore for RedisStore {
         // A script on a tag carries this node's touches of it, so the sweep never ends a
         // session this node kept alive. Touches near the deadline Redis holds go now, so
         // no other node's sweep or read ends one either.
-        let urgent = self.touches.take_urgent();
+        let urgent = self.cache.take_urgent_touches();
         if !urgent.is_empty() {
             self.write_touches(urgent).await?;
         }
@@ -787,7 +786,7 @@ impl SessionStore for RedisStore {
 
     async fn flush_touches(&self) -> Result<u64, StoreError> {
         self.check_open()?;
-        let pending = self.touches.take_all();
+        let pending = self.cache.take_all_touches();
         if pending.is_empty() {
             return Ok(0);
         }
