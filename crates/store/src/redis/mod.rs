@@ -20,6 +20,9 @@
 //!   session is live: every read judges the session's own hash by `Session::status(now)`.
 //! - Validate answers from the near cache only while the invalidation subscription is up;
 //!   otherwise it reads Redis, and if Redis is unreachable it fails with `Unavailable`.
+//! - A touch reaches Redis before the deadline Redis held when it was made: with the
+//!   periodic flush (every flush window), or at the next sweep tick when that deadline is
+//!   near (`cache::URGENT_WITHIN`). A script on a tag carries the tag's pending touches.
 //! - Every change appends its change event to the stream in the same step as the global
 //!   bookkeeping: atomically with the change on a single Redis, right after it in a Cluster.
 //!
