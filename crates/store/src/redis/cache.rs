@@ -53,13 +53,19 @@ struct Entry {
 }
 
 impl Entry {
+    /// The touch held in the entry.
+    fn held_touch(&self) -> Option<Touch> {
+        match (&self.value, self.touched) {
+            (Cached::Live(s), Some(first)) => Some(Touch::of(s, first, s.last_access_at)),
+            _ => None,
+        }
+    }
+
     /// The touch held in the entry, taken out of it.
     fn take_touch(&mut self) -> Option<Touch> {
-        let first = self.touched.take()?;
-        match &self.value {
-            Cached::Live(s) => Some(Touch::of(s, first, s.last_access_at)),
-            Cached::Ended(_) => None,
-        }
+        let t = self.held_touch();
+        self.touched = None;
+        t
     }
 }
 
@@ -156,15 +162,12 @@ impl NearCache {
 
     /// This node's touch of `id` not yet in Redis, to lay over what Redis says.
     pub(super) fn pending_touch(&self, id: &SessionId) -> Option<Touch> {
-        let held =
-            self.shard(id)
-                .lock()
-                .entries
-                .get(id)
-                .and_then(|e| match (&e.value, e.touched) {
-                    (Cached::Live(s), Some(first)) => Some(Touch::of(s, first, s.last_access_at)),
-                    _ => None,
-                });
+        let held = self
+            .shard(id)
+            .lock()
+            .entries
+            .get(id)
+            .and_then(Entry::held_touch);
         let pending = self.touches.get(id);
         match (pending, held) {
             (Some(a), Some(b)) => Some(a.merged(b)),
@@ -182,11 +185,7 @@ impl NearCache {
                 pending.marked.remove(&tag).unwrap_or_default(),
             )
         };
-        for id in marked {
-            if let Some(t) = self.take_held(&id) {
-                merge_into(&mut touches, id, t);
-            }
-        }
+        self.add_held(&mut touches, marked);
         touches.into_vec()
     }
 
@@ -223,13 +222,18 @@ impl NearCache {
         marked: FxHashMap<[u8; 4], Marked>,
     ) -> Vec<([u8; 4], TagTouches)> {
         for (tag, ids) in marked {
-            for id in ids {
-                if let Some(t) = self.take_held(&id) {
-                    merge_into(by_tag.entry(tag).or_default(), id, t);
-                }
-            }
+            self.add_held(by_tag.entry(tag).or_default(), ids);
         }
         by_tag.into_iter().filter(|(_, t)| !t.is_empty()).collect()
+    }
+
+    /// Takes the touches held in the entries of `ids` (one tag's) into `touches`.
+    fn add_held(&self, touches: &mut TagTouches, ids: Marked) {
+        for id in ids {
+            if let Some(t) = self.take_held(&id) {
+                merge_into(touches, id, t);
+            }
+        }
     }
 
     pub(super) fn hits(&self) -> u64 {

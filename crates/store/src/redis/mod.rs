@@ -425,11 +425,12 @@ impl RedisStore {
                     if !s.verifier.matches(verifier) {
                         return Some(Lookup::NotFound);
                     }
-                    if s.status(now) != SessionStatus::Live {
+                    // Its deadline before this touch: past it, it is not live here.
+                    let due = s.deadline().0;
+                    if now >= due {
                         // Another node may have touched it: ask Redis before saying ended.
                         return None;
                     }
-                    let due = s.deadline().0;
                     if touch && Session::touch_shared(s, now) {
                         held.touched(s, now, due);
                     }
@@ -777,10 +778,7 @@ impl SessionStore for RedisStore {
         // A script on a tag carries this node's touches of it, so the sweep never ends a
         // session this node kept alive. Touches near the deadline Redis holds go now, so
         // no other node's sweep or read ends one either.
-        let urgent = self.cache.take_urgent_touches();
-        if !urgent.is_empty() {
-            self.write_touches(urgent).await?;
-        }
+        self.write_touches(self.cache.take_urgent_touches()).await?;
         let mut report = SweepReport::default();
         self.sweep_sessions(now, &mut report).await?;
         self.sweep_tombstones(now, &mut report).await?;
@@ -789,11 +787,7 @@ impl SessionStore for RedisStore {
 
     async fn flush_touches(&self) -> Result<u64, StoreError> {
         self.check_open()?;
-        let pending = self.cache.take_all_touches();
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        self.write_touches(pending).await
+        self.write_touches(self.cache.take_all_touches()).await
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
