@@ -157,15 +157,20 @@ local function touch(id, t1, t2, idle, exp)
   end
   return 1
 end
+-- A touch's arguments (`Call::touch` writes them): id, first, last, idle, exp.
+local TOUCH_ARGS = 5
+-- Applies the touch whose arguments start at ARGV[j].
+local function touch_at(j)
+  return touch(ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]),
+    tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]))
+end
 -- Applies the pending touches; returns the index of the script's first own argument.
 local function touches()
   local n, moved = tonumber(ARGV[6]), 0
   for i = 0, n - 1 do
-    local j = 7 + 5 * i
-    moved = moved + touch(ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]),
-      tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]))
+    moved = moved + touch_at(7 + TOUCH_ARGS * i)
   end
-  return 7 + 5 * n, moved
+  return 7 + TOUCH_ARGS * n, moved
 end
 local function gone(u) return flag(redis.call('EXISTS', u) == 0) end
 -- Ends `id`: for `reason` at `now` if it is live, else for its deadline's reason at its
@@ -358,9 +363,8 @@ for _ = 1, tonumber(ARGV[7]) do
   local n = tonumber(ARGV[j + 1])
   j = j + 2
   for _ = 1, n do
-    moved = moved + touch(ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]),
-      tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]))
-    j = j + 5
+    moved = moved + touch_at(j)
+    j = j + TOUCH_ARGS
   end
 end
 return done({I(moved)})
