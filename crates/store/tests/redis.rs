@@ -31,6 +31,17 @@ async fn open(target: RedisTarget, prefix: &str) -> RedisStore {
     RedisStore::connect(config, OPTIONS).await.unwrap()
 }
 
+/// A redis-server of the test's own in a fresh directory (kept while the test runs), or
+/// `None` when there is none to start (see [`redis_available`]): the test then skips.
+async fn redis_server() -> Option<(tempfile::TempDir, RedisServer)> {
+    if !redis_available() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path()).await;
+    Some((dir, server))
+}
+
 /// Waits (bounded) until the store's invalidation subscription is up.
 async fn until_subscribed(store: &RedisStore) {
     for _ in 0..250 {
@@ -44,11 +55,9 @@ async fn until_subscribed(store: &RedisStore) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_conforms() {
-    if !redis_available() {
+    let Some((_dir, server)) = redis_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(dir.path()).await;
+    };
     let url = server.url();
     conformance::run(|| {
         let url = url.clone();
@@ -137,11 +146,9 @@ async fn redis_store_conforms_through_sentinel() {
 /// `max - 1` before adding, as `UserLimit::to_displace` says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn displacing_after_the_limit_was_lowered_keeps_the_newest() {
-    if !redis_available() {
+    let Some((_dir, server)) = redis_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(dir.path()).await;
+    };
     let store = open(RedisTarget::Url(server.url()), &fresh_prefix()).await;
     let mut ids = Vec::new();
     for i in 0..5u32 {
@@ -175,11 +182,9 @@ async fn displacing_after_the_limit_was_lowered_keeps_the_newest() {
 /// B within the bound, a limit race across both never exceeds the limit, and both count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_one_truth() {
-    if !redis_available() {
+    let Some((_dir, server)) = redis_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(dir.path()).await;
+    };
     let prefix = fresh_prefix();
     let a = Arc::new(open(RedisTarget::Url(server.url()), &prefix).await);
     let b = Arc::new(open(RedisTarget::Url(server.url()), &prefix).await);
@@ -287,11 +292,9 @@ async fn revocation_delay(a: &RedisStore, b: &RedisStore, user: &str) -> String 
 /// Redis comes back on the same port: the same store serves again, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_fails_closed_and_heals() {
-    if !redis_available() {
+    let Some((_dir, mut server)) = redis_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = RedisServer::start(dir.path()).await;
+    };
     let store = open(RedisTarget::Url(server.url()), &fresh_prefix()).await;
     until_subscribed(&store).await;
     let s = conformance::session("xena", T0);
@@ -389,11 +392,9 @@ where
 /// live during the outage gets a reset and then follows again. Closing the store ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_events_cross_nodes_survive_restarts_and_reset_after_an_outage() {
-    if !redis_available() {
+    let Some((_dir, mut server)) = redis_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = RedisServer::start(dir.path()).await;
+    };
     let prefix = fresh_prefix();
     let a = open(RedisTarget::Url(server.url()), &prefix).await;
     let b = open(RedisTarget::Url(server.url()), &prefix).await;
@@ -460,11 +461,9 @@ async fn change_events_cross_nodes_survive_restarts_and_reset_after_an_outage() 
 /// trimmed away cannot be resumed from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_behind_the_stream_cap_gets_a_reset() {
-    if !redis_available() {
+    let Some((_dir, server)) = redis_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(dir.path()).await;
+    };
     let prefix = fresh_prefix();
     let store = open(RedisTarget::Url(server.url()), &prefix).await;
     let mut feed = store.events(None).await.unwrap();
@@ -534,11 +533,9 @@ async fn a_consumer_behind_the_stream_cap_gets_a_reset() {
 /// the end reaches the stream with no `PUBLISH` at all, so only the feed can evict it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_evicts_what_its_event_feed_relays() {
-    if !redis_available() {
+    let Some((_dir, server)) = redis_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(dir.path()).await;
+    };
     let prefix = fresh_prefix();
     let b = open(RedisTarget::Url(server.url()), &prefix).await;
     until_subscribed(&b).await;
@@ -589,11 +586,9 @@ async fn a_node_evicts_what_its_event_feed_relays() {
 /// `ttl` field: its first touch moves its TTL out to the max lifetime and marks it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_hash_lives_to_its_max_lifetime_and_a_touch_brings_older_ones_there() {
-    if !redis_available() {
+    let Some((_dir, server)) = redis_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(dir.path()).await;
+    };
     let prefix = fresh_prefix();
     let store = open(RedisTarget::Url(server.url()), &prefix).await;
     let mut raw = connect_raw(&server).await;
@@ -659,11 +654,9 @@ async fn a_session_hash_lives_to_its_max_lifetime_and_a_touch_brings_older_ones_
 /// another node's sweep does not end a session this node kept alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn touches_wait_for_the_flush_unless_near_the_deadline_redis_holds() {
-    if !redis_available() {
+    let Some((_dir, server)) = redis_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(dir.path()).await;
+    };
     let prefix = fresh_prefix();
     let a = open(RedisTarget::Url(server.url()), &prefix).await;
     let b = open(RedisTarget::Url(server.url()), &prefix).await;
