@@ -24,6 +24,22 @@ use crate::load::Spec;
 use crate::machine::Monitor;
 use crate::report::{Row, Target};
 
+/// How often sessiond writes touches with the default policy.
+fn touch_flush_window() -> Duration {
+    sessiond_core::Policy::default().touch_flush_window()
+}
+
+/// How a run from [`Ctx::touching_spec`] was measured, for its rows.
+pub fn touching_note(spec: &Spec) -> String {
+    format!(
+        "sessiond measured over {:.0} s after {:.0} s of load, whole touch-flush windows (the \
+         default policy's {:.0} s), so the batched touch writes are in its figures",
+        spec.duration.as_secs_f64(),
+        spec.warmup.as_secs_f64(),
+        touch_flush_window().as_secs_f64()
+    )
+}
+
 /// How big and how long.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -106,7 +122,7 @@ impl Ctx {
     pub fn touching_spec(&self) -> Spec {
         let mut spec = self.spec();
         if !self.settings.smoke {
-            let window = sessiond_core::Policy::default().touch_flush_window();
+            let window = touch_flush_window();
             let windows = (spec.duration.as_secs_f64() / window.as_secs_f64())
                 .ceil()
                 .max(1.0);

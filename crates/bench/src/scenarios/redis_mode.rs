@@ -148,7 +148,7 @@ pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> 
             crate::report::num(n as f64),
             crate::report::num(default_cache as f64),
             (100.0 * default_cache as f64 / n as f64).min(100.0),
-            super::serving::window_note(&spec),
+            super::touching_note(&spec),
         )),
     ];
     let cpu = out.server_cpu.map(|s| s + redis_cpu.unwrap_or_default());

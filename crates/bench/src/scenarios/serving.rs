@@ -170,7 +170,7 @@ async fn compare(
             Some((base.rate(), "hyper")),
             Target::RatioAtLeast(0.90),
         )
-        .note(window_note(&spec)),
+        .note(super::touching_note(&spec)),
     ];
     if let (Some(a), Some(b)) = (
         ours.server_cpu_us_per_request(),
@@ -208,16 +208,6 @@ async fn compare(
         }
     }
     Ok((rows, ours.figures()))
-}
-
-/// How a touching run was measured, for its row.
-pub fn window_note(spec: &Spec) -> String {
-    format!(
-        "sessiond measured over {:.0} s after {:.0} s of load, whole touch-flush windows (the \
-         default policy's 60 s), so the batched touch writes are in its figures",
-        spec.duration.as_secs_f64(),
-        spec.warmup.as_secs_f64()
-    )
 }
 
 fn describe(o: &Outcome) -> String {
