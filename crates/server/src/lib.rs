@@ -53,7 +53,7 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn SessionStore>, St
                 tokio::task::spawn_blocking(move || LocalStore::open_embedded(&path, options))
                     .await
                     .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-            Ok(Arc::new(store))
+            Ok(store)
         }
         StoreKind::Redis(r) => Ok(Arc::new(
             RedisStore::connect(redis_config(r)?, options).await?,

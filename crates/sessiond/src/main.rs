@@ -147,11 +147,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("sessiond: {what} in {}", path.display());
     }
     let users = sessiond_server::open_directory(&settings)?;
-    let loading = HugePagesOff::during_load();
+    let huge_pages_off = HugePagesOff::during_load();
     let store = sessiond_server::open_store(&settings)
         .await
         .context("opening the session store")?;
-    drop(loading);
+    // The embedded store reads its sessions back while serving starts: huge pages come back
+    // once it is done, and a failed load stops the server (it cannot tell what it holds).
+    tokio::spawn({
+        let store = store.clone();
+        async move {
+            let _ = store.loaded().await;
+            drop(huge_pages_off);
+        }
+    });
+    let shutdown = {
+        let store = store.clone();
+        async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                Err(e) = store.loaded() => {
+                    tracing::error!(error = %e, "the session store could not be loaded; stopping");
+                }
+            }
+        }
+    };
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
@@ -166,7 +185,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = sessiond_server::state(
         &settings,
         secrets,
-        store,
+        store.clone(),
         directory,
         std::sync::Arc::new(SystemClock),
     );
@@ -179,7 +198,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(users) = &users {
         println!("sessiond: users from {}", users.path().display());
     }
-    sessiond_server::serve(listener, state, users, shutdown_signal()).await?;
+    sessiond_server::serve(listener, state, users, shutdown).await?;
+    store.loaded().await.context("loading the session store")?;
     println!("sessiond: stopped");
     Ok(())
 }

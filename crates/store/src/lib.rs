@@ -11,9 +11,10 @@
 //!
 //! Architecture invariants:
 //! - Validate is answered from memory when the answer is known locally and fresh (the
-//!   local backends: always; Redis: from its near cache while invalidations flow). It never
-//!   waits on a disk write; touches are only marked dirty, then flushed in batches by
-//!   [`SessionStore::flush_touches`].
+//!   local backends: always, once loaded, and from a point read of the disk in the seconds
+//!   after a restart while they load; Redis: from its near cache while invalidations
+//!   flow). It never waits on a disk write; touches are only marked dirty, then flushed in
+//!   batches by [`SessionStore::flush_touches`].
 //! - A mutation is acknowledged (its future resolves `Ok`) only once it is durable.
 //! - Expiry work is proportional to what expires: deadlines sit in an ordered index.
 //! - An ended session never comes back: its row is deleted and its tombstone written in the
@@ -157,6 +158,14 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether the store can serve (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Resolves once everything the store had on disk at open is in memory, or fails if it
+    /// could not be read back. The embedded store loads in the background after
+    /// [`LocalStore::open_embedded`]: meanwhile validate and get read the disk and every
+    /// other call waits. Other backends are loaded from the start.
+    async fn loaded(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Flushes touches, makes everything acknowledged durable and stops background writers.
     /// Later calls fail with [`StoreError::Unavailable`].

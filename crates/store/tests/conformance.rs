@@ -20,7 +20,7 @@ async fn embedded_store_conforms() {
             let dir = tempfile::tempdir().unwrap();
             let store = LocalStore::open_embedded(&dir.path().join("store"), OPTIONS).unwrap();
             dirs.lock().push(dir);
-            Arc::new(store) as Arc<dyn SessionStore>
+            store as Arc<dyn SessionStore>
         }
     })
     .await;
@@ -30,9 +30,7 @@ async fn embedded_store_conforms() {
 async fn embedded_store_conforms_across_restarts() {
     conformance::run_durable(|dir| {
         let path = dir.join("store");
-        async move {
-            Arc::new(LocalStore::open_embedded(&path, OPTIONS).unwrap()) as Arc<dyn SessionStore>
-        }
+        async move { LocalStore::open_embedded(&path, OPTIONS).unwrap() as Arc<dyn SessionStore> }
     })
     .await;
 }
@@ -41,7 +39,7 @@ async fn embedded_store_conforms_across_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_share_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(LocalStore::open_embedded(&dir.path().join("store"), OPTIONS).unwrap());
+    let store = LocalStore::open_embedded(&dir.path().join("store"), OPTIONS).unwrap();
     let before = store.durable_commits();
     let t0 = sessiond_core::Timestamp(1_800_000_000_000);
     let tasks: Vec<_> = (0..400)

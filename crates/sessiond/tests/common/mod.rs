@@ -120,14 +120,24 @@ impl Server {
     }
 
     /// SIGTERM, then the exit status (waits at most 30 s, then kills).
-    pub fn terminate(mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let pid = child.id();
+    pub fn terminate(self) -> ExitStatus {
+        let pid = self.child.as_ref().expect("running").id();
         let sent = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
             .expect("kill");
         assert!(sent.success());
+        self.exit_status("of SIGTERM")
+    }
+
+    /// The exit status of a server that stops on its own (waits at most 30 s, then kills).
+    pub fn exited(self) -> ExitStatus {
+        self.exit_status("of starting")
+    }
+
+    fn exit_status(mut self, after: &str) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(child.wait());
@@ -138,7 +148,7 @@ impl Server {
                 let _ = Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
                     .status();
-                panic!("sessiond did not stop within 30 s of SIGTERM");
+                panic!("sessiond did not stop within 30 s {after}");
             }
         }
     }

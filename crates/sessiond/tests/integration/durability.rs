@@ -32,6 +32,32 @@ async fn sigterm_exits_zero_and_a_restart_loads_everything_back() {
     assert_eq!(code(&err), "session_ended");
 }
 
+/// A restart serves while its sessions load; a data file whose records cannot be read back
+/// stops the server with an error instead of serving part of what it held.
+#[tokio::test]
+async fn a_data_file_that_cannot_be_loaded_stops_the_server() {
+    let (_tmp, dir) = data_dir();
+    let server = Server::start(&dir, None);
+    server.agent().create_session(&req("judy")).await.unwrap();
+    assert!(server.terminate().success());
+    {
+        let db = fjall::Database::builder(dir.join("store")).open().unwrap();
+        let sessions = db
+            .keyspace("sessions", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        // A record in no format sessiond writes.
+        sessions.insert([0x55; 16], [0xff, 1, 2]).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    // It listens at once (the load runs in the background), then stops when the load fails.
+    let server = Server::start(&dir, None);
+    let status = server.exited();
+    assert!(
+        !status.success(),
+        "a failed load exits non-zero: {status:?}"
+    );
+}
+
 /// Creates, logs out and terminates many sessions concurrently, sends `kill -9` the moment
 /// the last one is acknowledged, restarts, and checks every acknowledged change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,7 +166,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// The open database and its two keyspaces.
+/// The open database and its three keyspaces.
 struct Tables {
     db: Database,
     sessions: Keyspace,
@@ -174,23 +174,28 @@ struct Tables {
     touches: Keyspace,
 }
 
-/// Opens (or creates) the data directory, reads everything back, and starts the writer.
-///
-/// The sessions are read by `parts` threads at once (a power of two up to 64), each
-/// scanning one contiguous range of ids (by their first byte) and folding every session
-/// into its own `P` with `add`, in id order; part `i` covers ids whose first byte is in
-/// `[i * 256 / parts, (i + 1) * 256 / parts)`. `new_part(i, n)` makes part `i`, which can
-/// expect about `n` sessions. Each session reaches `add` as a [`StoredSession`] borrowing
-/// its strings from the row, so a part can share the strings it already holds instead of
-/// allocating a copy first. `finish` runs on each part in its loading thread once its range
-/// is read.
-pub(super) fn open<P: Send>(
-    path: &Path,
-    parts: usize,
-    new_part: impl Fn(usize, usize) -> P + Sync,
-    add: impl Fn(&mut P, StoredSession<'_>) + Sync,
-    finish: impl Fn(&mut P) + Sync,
-) -> Result<(Journal, Loaded<P>), StoreError> {
+/// Read access to what is on disk: the background load at open, and the point reads that
+/// answer validates while it runs. Cheap to clone (fjall's handles are shared).
+#[derive(Clone)]
+pub(super) struct Disk {
+    sessions: Keyspace,
+    tombstones: Keyspace,
+    touches: Keyspace,
+}
+
+/// What the disk holds for one id.
+#[derive(Debug)]
+pub(super) enum OnDisk {
+    /// A live record, its last access moved on to its touch row's.
+    Live(Session),
+    /// A tombstone, retained or not yet purged.
+    Ended(Tombstone),
+    Absent,
+}
+
+/// Opens (or creates) the data directory and starts the writer. fjall replays its journal
+/// here; the sessions are read back afterwards, through [`Disk::load`].
+pub(super) fn open(path: &Path) -> Result<(Journal, Disk), StoreError> {
     let opened = std::time::Instant::now();
     // Every session lives in memory, so fjall is only written, and read once at start: its
     // block cache would hold copies nobody asks for, and a large memtable would be a second
@@ -203,19 +208,20 @@ pub(super) fn open<P: Send>(
     let sessions = db.keyspace(SESSIONS, options).map_err(unavailable)?;
     let tombstones = db.keyspace(TOMBSTONES, options).map_err(unavailable)?;
     let touches = db.keyspace(TOUCHES, options).map_err(unavailable)?;
+    let disk = Disk {
+        sessions: sessions.clone(),
+        tombstones: tombstones.clone(),
+        touches: touches.clone(),
+    };
     let db = Tables {
         db,
         sessions,
         tombstones,
         touches,
     };
-    let started = std::time::Instant::now();
-    let loaded = load(&db, parts, &new_part, &add, &finish)?;
     tracing::debug!(
-        open_ms = (started - opened).as_millis() as u64,
-        scan_ms = started.elapsed().as_millis() as u64,
-        parts,
-        "read the journal"
+        open_ms = opened.elapsed().as_millis() as u64,
+        "opened the data file"
     );
     let (tx, rx) = mpsc::channel();
     let failed = Arc::new(AtomicBool::new(false));
@@ -233,76 +239,116 @@ pub(super) fn open<P: Send>(
         failed,
         commits,
     };
-    Ok((Journal::Fjall(writer), loaded))
+    Ok((Journal::Fjall(writer), disk))
 }
 
-fn load<P: Send>(
-    db: &Tables,
-    parts: usize,
-    new_part: &(impl Fn(usize, usize) -> P + Sync),
-    add: &(impl Fn(&mut P, StoredSession<'_>) + Sync),
-    finish: &(impl Fn(&mut P) + Sync),
-) -> Result<Loaded<P>, StoreError> {
-    assert!(
-        parts.is_power_of_two() && parts <= 64,
-        "parts must be a power of two up to 64"
-    );
-    let step = 256 / parts;
-    // Ids are uniform over the key space, so each range holds about its share.
-    let expected = db.sessions.approximate_len() / parts;
-    let scan = |i: usize| -> Result<P, StoreError> {
-        let lower = Bound::Included(vec![(i * step) as u8]);
-        let upper = match (i + 1) * step {
-            256 => Bound::Unbounded,
-            end => Bound::Excluded(vec![end as u8]),
+impl Disk {
+    /// Reads every session and tombstone back.
+    ///
+    /// The sessions are read by `parts` threads at once (a power of two up to 64), each
+    /// scanning one contiguous range of ids (by their first byte) and folding every session
+    /// into its own `P` with `add`, in id order; part `i` covers ids whose first byte is in
+    /// `[i * 256 / parts, (i + 1) * 256 / parts)`. `new_part(i, n)` makes part `i`, which
+    /// can expect about `n` sessions. Each session reaches `add` as a [`StoredSession`]
+    /// borrowing its strings from the row, so a part can share the strings it already holds
+    /// instead of allocating a copy first. `finish` runs on each part in its loading thread
+    /// once its range is read.
+    pub(super) fn load<P: Send>(
+        &self,
+        parts: usize,
+        new_part: impl Fn(usize, usize) -> P + Sync,
+        add: impl Fn(&mut P, StoredSession<'_>) + Sync,
+        finish: impl Fn(&mut P) + Sync,
+    ) -> Result<Loaded<P>, StoreError> {
+        assert!(
+            parts.is_power_of_two() && parts <= 64,
+            "parts must be a power of two up to 64"
+        );
+        let started = std::time::Instant::now();
+        let step = 256 / parts;
+        // Ids are uniform over the key space, so each range holds about its share.
+        let expected = self.sessions.approximate_len() / parts;
+        let scan = |i: usize| -> Result<P, StoreError> {
+            let lower = Bound::Included(vec![(i * step) as u8]);
+            let upper = match (i + 1) * step {
+                256 => Bound::Unbounded,
+                end => Bound::Excluded(vec![end as u8]),
+            };
+            // Records and touch rows are both in id order: one pass over each, side by
+            // side, moves a record's last access on to its touch row's.
+            let mut touches = self.touches.range((lower.clone(), upper.clone()));
+            let mut touch = next_touch(&mut touches)?;
+            let mut part = new_part(i, expected);
+            for row in self.sessions.range((lower, upper)) {
+                let (k, v) = row.into_inner().map_err(unavailable)?;
+                let id = key_id(&k)?;
+                while touch.is_some_and(|(t, _)| t < id) {
+                    touch = next_touch(&mut touches)?;
+                }
+                let mut session: StoredSession<'_> = decode(&v)?;
+                check_id(id, session.id)?;
+                if let Some((_, at)) = touch.filter(|&(t, _)| t == id) {
+                    session.last_access_at = session.last_access_at.max(at);
+                }
+                add(&mut part, session);
+            }
+            finish(&mut part);
+            Ok(part)
         };
-        // Records and touch rows are both in id order: one pass over each, side by side,
-        // moves a record's last access on to its touch row's.
-        let mut touches = db.touches.range((lower.clone(), upper.clone()));
-        let mut touch = next_touch(&mut touches)?;
-        let mut part = new_part(i, expected);
-        for row in db.sessions.range((lower, upper)) {
-            let (k, v) = row.into_inner().map_err(unavailable)?;
-            let id = key_id(&k)?;
-            while touch.is_some_and(|(t, _)| t < id) {
-                touch = next_touch(&mut touches)?;
+        let scan = &scan;
+        let parts = std::thread::scope(|scope| {
+            let handles: Vec<_> = (1..parts).map(|i| scope.spawn(move || scan(i))).collect();
+            let mut out = vec![scan(0)];
+            for h in handles {
+                out.push(
+                    h.join()
+                        .unwrap_or_else(|_| Err(unavailable("a loading thread panicked"))),
+                );
             }
-            let mut session: StoredSession<'_> = decode(&v)?;
-            if session.id != id {
-                return Err(StoreError::Corrupt(format!(
-                    "the record stored under {id} is session {}",
-                    session.id
-                )));
-            }
-            if let Some((_, at)) = touch.filter(|&(t, _)| t == id) {
-                session.last_access_at = session.last_access_at.max(at);
-            }
-            add(&mut part, session);
+            out.into_iter().collect::<Result<Vec<P>, StoreError>>()
+        })?;
+        let mut tombs = Vec::new();
+        for row in self.tombstones.iter() {
+            let (_, v) = row.into_inner().map_err(unavailable)?;
+            tombs.push(decode(&v)?);
         }
-        finish(&mut part);
-        Ok(part)
-    };
-    let scan = &scan;
-    let parts = std::thread::scope(|scope| {
-        let handles: Vec<_> = (1..parts).map(|i| scope.spawn(move || scan(i))).collect();
-        let mut out = vec![scan(0)];
-        for h in handles {
-            out.push(
-                h.join()
-                    .unwrap_or_else(|_| Err(unavailable("a loading thread panicked"))),
-            );
-        }
-        out.into_iter().collect::<Result<Vec<P>, StoreError>>()
-    })?;
-    let mut tombs = Vec::new();
-    for row in db.tombstones.iter() {
-        let (_, v) = row.into_inner().map_err(unavailable)?;
-        tombs.push(decode(&v)?);
+        tracing::debug!(
+            scan_ms = started.elapsed().as_millis() as u64,
+            "read the sessions back"
+        );
+        Ok(Loaded {
+            parts,
+            tombstones: tombs,
+        })
     }
-    Ok(Loaded {
-        parts,
-        tombstones: tombs,
-    })
+
+    /// What the disk holds for `id`: three point reads at most (record, touch row,
+    /// tombstone).
+    pub(super) fn read(&self, id: &SessionId) -> Result<OnDisk, StoreError> {
+        let key = id.as_bytes().as_slice();
+        if let Some(v) = self.sessions.get(key).map_err(unavailable)? {
+            let mut session: Session = decode(&v)?;
+            check_id(*id, session.id)?;
+            if let Some(t) = self.touches.get(key).map_err(unavailable)? {
+                session.last_access_at = session.last_access_at.max(decode_touch(&t)?);
+            }
+            return Ok(OnDisk::Live(session));
+        }
+        match self.tombstones.get(key).map_err(unavailable)? {
+            Some(v) => Ok(OnDisk::Ended(decode(&v)?)),
+            None => Ok(OnDisk::Absent),
+        }
+    }
+}
+
+fn check_id(key: SessionId, stored: SessionId) -> Result<(), StoreError> {
+    if key == stored {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "the record stored under {key} is session {stored}"
+        )))
+    }
 }
 
 /// The next touch row of a range: the session it moves and its last access.

@@ -13,9 +13,17 @@
 //!   touches only what is due.
 //! - `dirty`: ids touched since the last flush, each listed once.
 //!
-//! Lock order: `members`, then one shard, then the leaf locks (`expiry`, `purges`, `dirty`).
-//! Every journal append for a session happens while its shard lock is held, so the journal
-//! sees changes to one session in the order memory saw them.
+//! Lock order: the warming touches (see below), then `members`, then one shard, then the
+//! leaf locks (`expiry`, `purges`, `dirty`). Every journal append for a session happens
+//! while its shard lock is held, so the journal sees changes to one session in the order
+//! memory saw them.
+//!
+//! Warming: [`LocalStore::open_embedded`] answers as soon as fjall has opened its files and
+//! reads the sessions back into memory in the background. Until they are all in place,
+//! validate and get read the one id they need from the disk (nothing on disk changes
+//! meanwhile), and remember the touches they make in `warming.touches`, which the load
+//! applies when it installs its sessions; every other call waits for the load. Nothing is
+//! written while warming, so the load reads the same state the point reads do.
 
 mod intern;
 mod journal;
@@ -23,6 +31,7 @@ mod journal;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,9 +41,10 @@ use sessiond_core::input::apply_attributes;
 use sessiond_core::policy::UserLimit;
 use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Tombstone, Verifier};
 use smallvec::SmallVec;
+use tokio::sync::watch;
 
 use self::intern::Interner;
-use self::journal::{Change, Journal, Pending, StoredSession};
+use self::journal::{Change, Disk, Journal, Loaded, OnDisk, Pending, StoredSession};
 use crate::events::{self, ChangeKind, EventLog, Feed};
 use crate::{
     AttributeChange, Created, Ended, Lookup, Page, SessionStore, StoreError, StoreOptions,
@@ -62,7 +72,59 @@ pub struct LocalStore {
     events: EventLog,
     /// The one copy of each user agent and policy name the records share.
     strings: Interner,
+    /// The background load at open (always loaded for the memory store).
+    warming: Warming,
     options: StoreOptions,
+}
+
+/// [`Warming::state`]: sessions are still being read back; validate reads the disk.
+const LOADING: u8 = 0;
+/// Every session on disk is in memory.
+const LOADED: u8 = 1;
+/// The load failed: the store refuses to serve (it cannot tell what it holds).
+const FAILED: u8 = 2;
+
+/// The background load of an embedded store; see the module docs.
+struct Warming {
+    /// [`LOADING`], [`LOADED`] or [`FAILED`]: the one thing a validate checks.
+    state: AtomicU8,
+    /// Becomes `Some` when the load ends, with how it ended: what waiting calls watch.
+    done: watch::Sender<Option<Result<(), StoreError>>>,
+    /// What validates read while loading; let go once the load ends, so that nothing
+    /// holds the files open after [`SessionStore::close`].
+    disk: RwLock<Option<Disk>>,
+    /// Touches made while loading (the latest per id), applied when the load installs its
+    /// sessions; `None` from then on, so a validate that finds `None` asks memory instead.
+    touches: Mutex<Option<FxHashMap<SessionId, Timestamp>>>,
+}
+
+impl Warming {
+    fn loaded() -> Warming {
+        Warming {
+            state: AtomicU8::new(LOADED),
+            done: watch::Sender::new(Some(Ok(()))),
+            disk: RwLock::new(None),
+            touches: Mutex::new(None),
+        }
+    }
+
+    fn loading(disk: Disk) -> Warming {
+        Warming {
+            state: AtomicU8::new(LOADING),
+            done: watch::Sender::new(None),
+            disk: RwLock::new(Some(disk)),
+            touches: Mutex::new(Some(FxHashMap::default())),
+        }
+    }
+
+    /// Why the load failed (once it has).
+    fn failure(&self) -> StoreError {
+        match &*self.done.borrow() {
+            Some(Err(e)) => e.clone(),
+            // Between the state and its reason (set in that order).
+            _ => StoreError::Unavailable("the store could not be loaded".into()),
+        }
+    }
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -240,50 +302,120 @@ impl Members {
 impl LocalStore {
     /// A store that lives and dies with the process.
     pub fn memory(options: StoreOptions) -> LocalStore {
-        LocalStore::with_journal(Journal::None, options)
+        LocalStore::with_journal(Journal::None, Warming::loaded(), options)
     }
 
-    /// The embedded durable store in directory `path` (a fjall database), loaded back into
-    /// memory. Runs blocking I/O: call it from a blocking context.
+    /// The embedded durable store in directory `path` (a fjall database). Runs blocking I/O
+    /// (fjall replays its journal here): call it from a blocking context.
+    ///
+    /// It answers once the files are open; the sessions are then read back into memory by
+    /// a background thread (the module docs say what is served meanwhile), and
+    /// [`SessionStore::loaded`] resolves when they are all in place.
     ///
     /// Loading is parallel: each thread scans one range of ids, which is a whole number of
     /// shards, and builds those shards and its share of the indexes on its own (a user's
     /// sessions share their id's first bytes, so each user's list is built by one thread).
     /// The shares are then moved into place and the deadline index is built in one pass.
-    pub fn open_embedded(path: &Path, options: StoreOptions) -> Result<LocalStore, StoreError> {
+    pub fn open_embedded(
+        path: &Path,
+        options: StoreOptions,
+    ) -> Result<Arc<LocalStore>, StoreError> {
+        LocalStore::open_embedded_gated(path, options, None)
+    }
+
+    /// [`LocalStore::open_embedded`], whose load first waits for `gate` to send (or close)
+    /// when one is given: tests hold the store in its warming state with it.
+    fn open_embedded_gated(
+        path: &Path,
+        options: StoreOptions,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+    ) -> Result<Arc<LocalStore>, StoreError> {
+        let (journal, disk) = journal::open(path)?;
+        let store = Arc::new(LocalStore::with_journal(
+            journal,
+            Warming::loading(disk.clone()),
+            options,
+        ));
+        let loader = store.clone();
+        std::thread::Builder::new()
+            .name("sessiond-load".into())
+            .spawn(move || {
+                if let Some(gate) = gate {
+                    let _ = gate.recv();
+                }
+                loader.load(disk);
+            })
+            .map_err(|e| StoreError::Unavailable(format!("starting the load: {e}")))?;
+        Ok(store)
+    }
+
+    /// Reads every session back from `disk`, installs them, and ends the warming.
+    fn load(&self, disk: Disk) {
         let started = std::time::Instant::now();
         let threads = std::thread::available_parallelism()
             .map_or(1, usize::from)
             .min(SHARDS);
         // A power of two, so every range is a whole number of shards.
         let parts = 1 << threads.ilog2();
-        let (journal, loaded) = journal::open(
-            path,
-            parts,
-            |i, expected| LoadPart::new(i, parts, expected),
-            LoadPart::add,
-            LoadPart::finish,
-        )?;
-        let read = started.elapsed();
-        let store = LocalStore::with_journal(journal, options);
-        let sessions = store.install(loaded.parts);
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            disk.load(
+                parts,
+                |i, expected| LoadPart::new(i, parts, expected),
+                LoadPart::add,
+                LoadPart::finish,
+            )
+        }))
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("the load panicked".into())));
+        let result = read.map(|loaded| {
+            let read = started.elapsed();
+            let (sessions, tombstones) = self.install(loaded);
+            tracing::info!(
+                sessions,
+                tombstones,
+                threads = parts,
+                read_ms = read.as_millis() as u64,
+                indexed_ms = (started.elapsed() - read).as_millis() as u64,
+                "loaded the embedded store"
+            );
+        });
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "loading the embedded store failed; refusing to serve");
+            self.warming.state.store(FAILED, Ordering::Release);
+        }
+        // Let go of the files before anyone waiting hears of the end (and may close).
+        drop(disk);
+        *self.warming.disk.write() = None;
+        self.warming.done.send_replace(Some(result));
+    }
+
+    /// Moves what the load read into the empty store, applies the touches validates made
+    /// meanwhile, and ends the warming. Returns how many sessions and tombstones it held.
+    fn install(&self, loaded: Loaded<LoadPart>) -> (u64, usize) {
+        // Held until the state says loaded: a validate that still finds the map reads the
+        // disk and records its touch here; one that finds `None` finds memory complete.
+        let mut early = self.warming.touches.lock();
+        let sessions = self.install_parts(loaded.parts);
         let tombstones = loaded.tombstones.len();
         for tomb in loaded.tombstones {
-            store.insert_tombstone(tomb);
+            self.insert_tombstone(tomb);
         }
-        tracing::info!(
-            sessions,
-            tombstones,
-            threads = parts,
-            read_ms = read.as_millis() as u64,
-            indexed_ms = (started.elapsed() - read).as_millis() as u64,
-            "loaded the embedded store"
-        );
-        Ok(store)
+        // Set, not replayed through `Session::touch`: each was a live touch when made, but
+        // only the latest is kept, and it may lie past the deadline the earlier ones moved.
+        for (id, at) in early.take().unwrap_or_default() {
+            let mut shard = self.shard(&id).write();
+            if let Some(entry) = shard.live.get_mut(&id)
+                && at > entry.session.last_access_at
+            {
+                Arc::make_mut(&mut entry.session).last_access_at = at;
+                self.mark_dirty(entry);
+            }
+        }
+        self.warming.state.store(LOADED, Ordering::Release);
+        (sessions, tombstones)
     }
 
     /// Moves loaded parts into the empty store; returns how many sessions they held.
-    fn install(&self, parts: Vec<LoadPart>) -> u64 {
+    fn install_parts(&self, parts: Vec<LoadPart>) -> u64 {
         let mut m = self.members.lock();
         let mut deadlines = Vec::new();
         for part in parts {
@@ -308,7 +440,7 @@ impl LocalStore {
         self.journal.commits()
     }
 
-    fn with_journal(journal: Journal, options: StoreOptions) -> LocalStore {
+    fn with_journal(journal: Journal, warming: Warming, options: StoreOptions) -> LocalStore {
         LocalStore {
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             members: Mutex::new(Members::default()),
@@ -318,6 +450,7 @@ impl LocalStore {
             journal,
             events: EventLog::new(),
             strings: Interner::default(),
+            warming,
             options,
         }
     }
@@ -389,28 +522,95 @@ impl LocalStore {
         now: Timestamp,
     ) -> Lookup {
         match shard.ended.get(id) {
-            Some(t) if now < t.purge_at && verifier.is_none_or(|v| t.verifier.matches(v)) => {
-                Lookup::Ended(t.clone())
-            }
-            _ => Lookup::NotFound,
+            Some(t) => Self::retained(t, verifier, now),
+            None => Lookup::NotFound,
         }
     }
 
-    /// What a read of the live `entry` answers when it is not the caller's live session:
+    /// `t`, if it is still retained at `now` and `verifier` (when given) matches it.
+    fn retained(t: &Tombstone, verifier: Option<&Verifier>, now: Timestamp) -> Lookup {
+        if now < t.purge_at && verifier.is_none_or(|v| t.verifier.matches(v)) {
+            Lookup::Ended(t.clone())
+        } else {
+            Lookup::NotFound
+        }
+    }
+
+    /// What a read of the live `session` answers when it is not the caller's live session:
     /// `NotFound` for a verifier that does not match, its tombstone once past its deadline.
     fn refusal(
         &self,
-        entry: &Entry,
+        session: &Session,
         verifier: Option<&Verifier>,
         now: Timestamp,
     ) -> Option<Lookup> {
-        if verifier.is_some_and(|v| !entry.session.verifier.matches(v)) {
+        if verifier.is_some_and(|v| !session.verifier.matches(v)) {
             return Some(Lookup::NotFound);
         }
-        entry
-            .session
+        session
             .expired_tombstone(now, self.options.ended_retention)
             .map(Lookup::Ended)
+    }
+
+    /// Ready for a call that needs every session in memory: waits for the load.
+    async fn usable(&self) -> Result<(), StoreError> {
+        self.wait_loaded().await?;
+        self.journal.check()
+    }
+
+    /// Waits until every session on disk is in memory; fails if the load failed.
+    async fn wait_loaded(&self) -> Result<(), StoreError> {
+        if self.warming.state.load(Ordering::Acquire) != LOADED {
+            let mut done = self.warming.done.subscribe();
+            let ended = done
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| StoreError::Unavailable("the load stopped".into()))?;
+            if let Some(Err(e)) = &*ended {
+                return Err(e.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// The answer to a validate (`verifier` given) or get while the store is still
+    /// loading, read from the disk: the same answer memory will give once loaded. `None`
+    /// once the load has installed its sessions (ask memory then).
+    #[cold]
+    fn read_warming(
+        &self,
+        id: SessionId,
+        verifier: Option<&Verifier>,
+        touch: bool,
+        now: Timestamp,
+    ) -> Result<Option<Lookup>, StoreError> {
+        if self.warming.state.load(Ordering::Acquire) == FAILED {
+            return Err(self.warming.failure());
+        }
+        let Some(disk) = self.warming.disk.read().clone() else {
+            return Ok(None);
+        };
+        let stored = disk.read(&id)?;
+        let mut early = self.warming.touches.lock();
+        let Some(early) = early.as_mut() else {
+            return Ok(None);
+        };
+        Ok(Some(match stored {
+            OnDisk::Absent => Lookup::NotFound,
+            OnDisk::Ended(t) => Self::retained(&t, verifier, now),
+            OnDisk::Live(mut session) => {
+                if let Some(&at) = early.get(&id) {
+                    session.last_access_at = session.last_access_at.max(at);
+                }
+                if let Some(refused) = self.refusal(&session, verifier, now) {
+                    return Ok(Some(refused));
+                }
+                if touch && session.touch(now) {
+                    early.insert(id, now);
+                }
+                Lookup::Live(Arc::new(session))
+            }
+        }))
     }
 
     /// A read of `id` that touches nothing: the shared live record, or why not.
@@ -423,7 +623,7 @@ impl LocalStore {
     ) -> Lookup {
         match shard.live.get(id) {
             Some(e) => self
-                .refusal(e, verifier, now)
+                .refusal(&e.session, verifier, now)
                 .unwrap_or_else(|| Lookup::Live(e.session.clone())),
             None => Self::tombstone(shard, id, verifier, now),
         }
@@ -611,7 +811,7 @@ impl SessionStore for LocalStore {
         limit: UserLimit,
         now: Timestamp,
     ) -> Result<Created, StoreError> {
-        self.journal.check()?;
+        self.usable().await?;
         self.strings.share(&mut session);
         let mut pendings = Vec::new();
         let mut displaced = Vec::new();
@@ -681,6 +881,11 @@ impl SessionStore for LocalStore {
         now: Timestamp,
     ) -> Result<Lookup, StoreError> {
         self.journal.check()?;
+        if self.warming.state.load(Ordering::Acquire) != LOADED
+            && let Some(answer) = self.read_warming(id, Some(verifier), touch, now)?
+        {
+            return Ok(answer);
+        }
         if !touch {
             let shard = self.shard(&id).read();
             return Ok(self.read_live(&shard, &id, Some(verifier), now));
@@ -689,7 +894,7 @@ impl SessionStore for LocalStore {
         let Some(entry) = shard.live.get_mut(&id) else {
             return Ok(Self::tombstone(&shard, &id, Some(verifier), now));
         };
-        if let Some(refused) = self.refusal(entry, Some(verifier), now) {
+        if let Some(refused) = self.refusal(&entry.session, Some(verifier), now) {
             return Ok(refused);
         }
         // The record is copied only if an earlier answer or a queued journal write holds it.
@@ -701,6 +906,11 @@ impl SessionStore for LocalStore {
 
     async fn get(&self, id: SessionId, now: Timestamp) -> Result<Lookup, StoreError> {
         self.journal.check()?;
+        if self.warming.state.load(Ordering::Acquire) != LOADED
+            && let Some(answer) = self.read_warming(id, None, false, now)?
+        {
+            return Ok(answer);
+        }
         let shard = self.shard(&id).read();
         Ok(self.read_live(&shard, &id, None, now))
     }
@@ -713,7 +923,7 @@ impl SessionStore for LocalStore {
         expected_version: Option<u64>,
         now: Timestamp,
     ) -> Result<Updated, StoreError> {
-        self.journal.check()?;
+        self.usable().await?;
         let (session, pending) = {
             let mut shard = self.shard(&id).write();
             let Some(entry) = shard.live.get_mut(&id) else {
@@ -770,7 +980,7 @@ impl SessionStore for LocalStore {
         reason: EndReason,
         now: Timestamp,
     ) -> Result<Ended, StoreError> {
-        self.journal.check()?;
+        self.usable().await?;
         let (tomb, was_live, pending) = {
             let mut m = self.members.lock();
             let mut shard = self.shard(&id).write();
@@ -803,7 +1013,7 @@ impl SessionStore for LocalStore {
         reason: EndReason,
         now: Timestamp,
     ) -> Result<u64, StoreError> {
-        self.journal.check()?;
+        self.usable().await?;
         let mut pendings = Vec::new();
         let mut count = 0;
         {
@@ -829,7 +1039,7 @@ impl SessionStore for LocalStore {
         limit: usize,
         now: Timestamp,
     ) -> Result<Page, StoreError> {
-        self.journal.check()?;
+        self.usable().await?;
         let limit = limit.max(1);
         Ok(match user {
             Some(u) => self.list_user(u, cursor, limit, now),
@@ -838,7 +1048,7 @@ impl SessionStore for LocalStore {
     }
 
     async fn sweep(&self, now: Timestamp) -> Result<SweepReport, StoreError> {
-        self.journal.check()?;
+        self.usable().await?;
         self.strings.purge();
         let mut report = SweepReport::default();
         let mut pendings = self.sweep_expired(now, &mut report);
@@ -848,7 +1058,7 @@ impl SessionStore for LocalStore {
     }
 
     async fn flush_touches(&self) -> Result<u64, StoreError> {
-        self.journal.check()?;
+        self.usable().await?;
         let ids = std::mem::take(&mut *self.dirty.lock());
         // Grouped by shard in one pass, then taken FLUSH_CHUNK ids per write lock and per
         // turn of the async worker: a flush after a busy window carries up to a million
@@ -887,7 +1097,7 @@ impl SessionStore for LocalStore {
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        self.journal.check()?;
+        self.usable().await?;
         let m = self.members.lock();
         Ok(StoreStats {
             live: m.live,
@@ -913,11 +1123,20 @@ impl SessionStore for LocalStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.warming.state.load(Ordering::Acquire) == FAILED {
+            return Err(self.warming.failure());
+        }
         self.journal.check()
     }
 
+    async fn loaded(&self) -> Result<(), StoreError> {
+        self.wait_loaded().await
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
-        if self.journal.check().is_ok() {
+        // A store closed while loading waits for the load, which holds the files open.
+        let loaded = self.wait_loaded().await;
+        if loaded.is_ok() && self.journal.check().is_ok() {
             self.flush_touches().await?;
         }
         self.journal.close().await
@@ -978,6 +1197,154 @@ mod tests {
             11,
             "ten live agents and the policy are left"
         );
+    }
+
+    /// While a reopened store loads, validate and get answer from the disk exactly what
+    /// memory answers once loaded, the idle timer slides on the touches made meanwhile, and
+    /// every other call waits for the load.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_loading_store_answers_from_the_disk_what_memory_answers_after() {
+        const MIN: i64 = 60_000;
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Timestamp(1_800_000_000_000);
+        let (a, b, c) = (
+            crate::conformance::session("alice", t0),
+            crate::conformance::session("bob", t0),
+            crate::conformance::session("carol", t0),
+        );
+        {
+            let store = LocalStore::open_embedded(dir.path(), StoreOptions::default()).unwrap();
+            for s in [&a, &b, &c] {
+                store
+                    .create(s.clone(), UserLimit::UNLIMITED, t0)
+                    .await
+                    .unwrap();
+            }
+            // alice's last access moves to t0 + 1m (a touch row); bob logs out.
+            let touched = Timestamp(t0.0 + MIN);
+            store
+                .validate(a.id, &a.verifier, true, touched)
+                .await
+                .unwrap();
+            store.flush_touches().await.unwrap();
+            store
+                .end(b.id, Some(&b.verifier), EndReason::LoggedOut, touched)
+                .await
+                .unwrap();
+            store.close().await.unwrap();
+        }
+        let (release, gate) = std::sync::mpsc::channel();
+        let store =
+            LocalStore::open_embedded_gated(dir.path(), StoreOptions::default(), Some(gate))
+                .unwrap();
+        let wrong = Verifier([0xee; 32]);
+        let unknown = SessionId([0x42; 16]);
+        // Reads that touch nothing, asked again once loaded. carol (idle 30m from t0) has
+        // expired at t0 + 31m.
+        let at = move |m: i64| Timestamp(t0.0 + m * MIN);
+        let reads = [
+            (a.id, a.verifier, at(5)),
+            (a.id, wrong, at(5)),
+            (b.id, b.verifier, at(5)),
+            (b.id, wrong, at(5)),
+            (c.id, c.verifier, at(31)),
+            (unknown, a.verifier, at(5)),
+        ];
+        let mut warming = Vec::new();
+        for (id, v, now) in reads {
+            warming.push(store.validate(id, &v, false, now).await.unwrap());
+        }
+        assert!(matches!(&warming[0], Lookup::Live(s) if s.last_access_at == at(1)));
+        assert_eq!(warming[1], Lookup::NotFound);
+        assert!(matches!(&warming[2], Lookup::Ended(t) if t.reason == EndReason::LoggedOut));
+        assert_eq!(warming[3], Lookup::NotFound);
+        assert!(matches!(&warming[4], Lookup::Ended(t) if t.reason == EndReason::IdleTimeout));
+        assert_eq!(warming[5], Lookup::NotFound);
+        assert!(matches!(
+            store.get(b.id, at(5)).await.unwrap(),
+            Lookup::Ended(_)
+        ));
+        // alice is touched at t0 + 10m, then again at t0 + 39m: live only because the first
+        // touch counted (the disk's last access, t0 + 1m, ends her at t0 + 31m).
+        for m in [10, 39] {
+            let Lookup::Live(s) = store
+                .validate(a.id, &a.verifier, true, at(m))
+                .await
+                .unwrap()
+            else {
+                panic!("alice is not live at t0 + {m}m while loading")
+            };
+            assert_eq!(s.last_access_at, at(m));
+        }
+        // Everything else waits for the load.
+        let create = tokio::spawn({
+            let store = store.clone();
+            let d = crate::conformance::session("dave", t0);
+            async move { store.create(d, UserLimit::UNLIMITED, at(39)).await }
+        });
+        let waited = tokio::time::timeout(Duration::from_millis(200), store.stats()).await;
+        assert!(waited.is_err(), "stats answered before the load");
+        assert!(!create.is_finished(), "a create was served before the load");
+        release.send(()).unwrap();
+        store.loaded().await.unwrap();
+        assert!(matches!(
+            create.await.unwrap().unwrap(),
+            Created::Created { .. }
+        ));
+        assert_eq!(store.stats().await.unwrap().live, 3, "alice, carol, dave");
+        let mut after = Vec::new();
+        for (id, v, now) in reads {
+            after.push(store.validate(id, &v, false, now).await.unwrap());
+        }
+        // alice's answer differs only by the touches made while loading.
+        let Lookup::Live(alice) = &after[0] else {
+            panic!("alice is not live after the load")
+        };
+        assert_eq!(alice.last_access_at, at(39));
+        assert_eq!(warming[1..], after[1..]);
+        assert_eq!(store.flush_touches().await.unwrap(), 1, "alice's touch");
+        store.close().await.unwrap();
+        let store = LocalStore::open_embedded(dir.path(), StoreOptions::default()).unwrap();
+        store.loaded().await.unwrap();
+        let Lookup::Live(alice) = store.get(a.id, at(39)).await.unwrap() else {
+            panic!("alice is not live after a second restart")
+        };
+        assert_eq!(alice.last_access_at, at(39));
+        store.close().await.unwrap();
+    }
+
+    /// A record that cannot be read back fails the load: from then on the store refuses
+    /// every call instead of answering from a part of what it held.
+    #[tokio::test]
+    async fn a_store_whose_load_fails_refuses_to_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Timestamp(1_800_000_000_000);
+        let a = crate::conformance::session("alice", t0);
+        {
+            let store = LocalStore::open_embedded(dir.path(), StoreOptions::default()).unwrap();
+            store
+                .create(a.clone(), UserLimit::UNLIMITED, t0)
+                .await
+                .unwrap();
+            store.close().await.unwrap();
+        }
+        {
+            let db = fjall::Database::builder(dir.path()).open().unwrap();
+            let sessions = db
+                .keyspace("sessions", fjall::KeyspaceCreateOptions::default)
+                .unwrap();
+            sessions.insert([0x55; 16], [0xff, 1, 2]).unwrap();
+            db.persist(fjall::PersistMode::SyncAll).unwrap();
+        }
+        let store = LocalStore::open_embedded(dir.path(), StoreOptions::default()).unwrap();
+        assert!(matches!(store.loaded().await, Err(StoreError::Corrupt(_))));
+        assert!(store.ping().await.is_err());
+        assert!(store.validate(a.id, &a.verifier, true, t0).await.is_err());
+        assert!(store.get(a.id, t0).await.is_err());
+        assert!(store.stats().await.is_err());
+        let b = crate::conformance::session("bob", t0);
+        assert!(store.create(b, UserLimit::UNLIMITED, t0).await.is_err());
+        store.close().await.unwrap();
     }
 
     /// A flush takes a shard's touched ids a chunk at a time: with several chunks' worth in
