@@ -9,10 +9,13 @@
 //! creates therefore share one sync.
 //!
 //! On-disk format (see `docs/storage.md`): keyspace `sessions` maps a 16-byte id to a
-//! record, `tombstones` a 16-byte id to a tombstone, and `touches` a 16-byte id to the
-//! session's last access when a touch moved it after the record was written. Each value is
-//! one format byte ([`FORMAT`]) followed by the postcard encoding of the core type (for a
-//! touch, the 8-byte little-endian milliseconds).
+//! record, `tombstones` a 16-byte id to a tombstone, and `touch_groups` an id's first two
+//! bytes (its *group*) to the last accesses touches moved in that group: `(id, ms)` pairs
+//! sorted by id. Each value is one format byte ([`FORMAT`]) followed by the postcard
+//! encoding of the core type (for a group, 24 bytes per pair: the id, then the
+//! milliseconds as i64 little-endian). Keyspace `touches` maps a 16-byte id to its last
+//! access (8 bytes, i64 LE) for ids whose group is full ([`MAX_GROUP_PAIRS`]); earlier
+//! versions wrote every touch there. A load takes the latest of a record and its touches.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -32,8 +35,18 @@ use crate::StoreError;
 
 const SESSIONS: &str = "sessions";
 const TOMBSTONES: &str = "tombstones";
-/// A session's last access, when a touch moved it after its record was written.
+/// Touches by group: see the module docs.
+const TOUCH_GROUPS: &str = "touch_groups";
+/// One row per touched id: for ids whose group is full, and as earlier versions wrote
+/// every touch.
 const TOUCHES: &str = "touches";
+/// Bytes of one `(id, ms)` pair in a touch group.
+const PAIR: usize = 24;
+/// Most pairs a group holds (24 KiB), so that a touch or an end rewrites at most that
+/// much: random ids put ~15 sessions in a group at 1M and ~150 at 10M, but a user's
+/// sessions all share one group (their id starts with the user's tag), and a user with
+/// thousands of them gets rows of their own past this.
+pub(super) const MAX_GROUP_PAIRS: usize = 1024;
 /// The format byte in front of every stored value.
 const FORMAT: u8 = 1;
 /// fjall's block cache (its default is 32 MiB).
@@ -48,7 +61,8 @@ const MAX_BATCHES_PER_COMMIT: usize = 8192;
 pub(super) enum Change {
     /// Insert or replace a live session (shared with memory: nothing is copied to queue it).
     Put(Arc<Session>),
-    /// A touch: the session's new last access, in a 9-byte record instead of a whole one.
+    /// A touch: the session's new last access, merged into its group instead of rewriting
+    /// the whole record.
     Touch(SessionId, Timestamp),
     /// Delete the session and write its tombstone, in one transaction.
     End(Tombstone),
@@ -171,6 +185,7 @@ struct Tables {
     db: Database,
     sessions: Keyspace,
     tombstones: Keyspace,
+    touch_groups: Keyspace,
     touches: Keyspace,
 }
 
@@ -180,13 +195,14 @@ struct Tables {
 pub(super) struct Disk {
     sessions: Keyspace,
     tombstones: Keyspace,
+    touch_groups: Keyspace,
     touches: Keyspace,
 }
 
 /// What the disk holds for one id.
 #[derive(Debug)]
 pub(super) enum OnDisk {
-    /// A live record, its last access moved on to its touch row's.
+    /// A live record, its last access moved on to its touches'.
     Live(Session),
     /// A tombstone, retained or not yet purged.
     Ended(Tombstone),
@@ -207,16 +223,19 @@ pub(super) fn open(path: &Path) -> Result<(Journal, Disk), StoreError> {
     let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
     let sessions = db.keyspace(SESSIONS, options).map_err(unavailable)?;
     let tombstones = db.keyspace(TOMBSTONES, options).map_err(unavailable)?;
+    let touch_groups = db.keyspace(TOUCH_GROUPS, options).map_err(unavailable)?;
     let touches = db.keyspace(TOUCHES, options).map_err(unavailable)?;
     let disk = Disk {
         sessions: sessions.clone(),
         tombstones: tombstones.clone(),
+        touch_groups: touch_groups.clone(),
         touches: touches.clone(),
     };
     let db = Tables {
         db,
         sessions,
         tombstones,
+        touch_groups,
         touches,
     };
     tracing::debug!(
@@ -274,21 +293,24 @@ impl Disk {
                 256 => Bound::Unbounded,
                 end => Bound::Excluded(vec![end as u8]),
             };
-            // Records and touch rows are both in id order: one pass over each, side by
-            // side, moves a record's last access on to its touch row's.
-            let mut touches = self.touches.range((lower.clone(), upper.clone()));
-            let mut touch = next_touch(&mut touches)?;
+            // Records, touch groups and touch rows are all in id order: one pass over
+            // each, side by side, moves a record's last access on to its touches'.
+            let mut grouped = Touches::new(
+                self.touch_groups.range((lower.clone(), upper.clone())),
+                decode_group,
+            );
+            let mut rows = Touches::new(
+                self.touches.range((lower.clone(), upper.clone())),
+                decode_row,
+            );
             let mut part = new_part(i, expected);
             for row in self.sessions.range((lower, upper)) {
                 let (k, v) = row.into_inner().map_err(unavailable)?;
                 let id = key_id(&k)?;
-                while touch.is_some_and(|(t, _)| t < id) {
-                    touch = next_touch(&mut touches)?;
-                }
                 let mut session: StoredSession<'_> = decode(&v)?;
                 check_id(id, session.id)?;
-                if let Some((_, at)) = touch.filter(|&(t, _)| t == id) {
-                    session.last_access_at = session.last_access_at.max(at);
+                for touched in [grouped.at(id)?, rows.at(id)?].into_iter().flatten() {
+                    session.last_access_at = session.last_access_at.max(touched);
                 }
                 add(&mut part, session);
             }
@@ -322,13 +344,18 @@ impl Disk {
         })
     }
 
-    /// What the disk holds for `id`: three point reads at most (record, touch row,
-    /// tombstone).
+    /// What the disk holds for `id`: three point reads at most (the record and its touch
+    /// group and row, or the tombstone).
     pub(super) fn read(&self, id: &SessionId) -> Result<OnDisk, StoreError> {
         let key = id.as_bytes().as_slice();
         if let Some(v) = self.sessions.get(key).map_err(unavailable)? {
             let mut session: Session = decode(&v)?;
             check_id(*id, session.id)?;
+            if let Some(g) = self.touch_groups.get(group(id)).map_err(unavailable)?
+                && let Some(at) = find_in_group(&decode_group(&group(id), &g)?, id)
+            {
+                session.last_access_at = session.last_access_at.max(at);
+            }
             if let Some(t) = self.touches.get(key).map_err(unavailable)? {
                 session.last_access_at = session.last_access_at.max(decode_touch(&t)?);
             }
@@ -351,15 +378,100 @@ fn check_id(key: SessionId, stored: SessionId) -> Result<(), StoreError> {
     }
 }
 
-/// The next touch row of a range: the session it moves and its last access.
-fn next_touch(
-    rows: &mut impl Iterator<Item = fjall::Guard>,
-) -> Result<Option<(SessionId, Timestamp)>, StoreError> {
-    let Some(row) = rows.next() else {
-        return Ok(None);
-    };
-    let (k, v) = row.into_inner().map_err(unavailable)?;
-    Ok(Some((key_id(&k)?, decode_touch(&v)?)))
+/// Decodes one touch row or group (key, value) into its `(id, ms)` pairs, sorted by id.
+type DecodeTouches = fn(&[u8], &[u8]) -> Result<Vec<(SessionId, Timestamp)>, StoreError>;
+
+/// The touches of one keyspace (groups or rows), walked in id order alongside the
+/// records.
+struct Touches<I> {
+    rows: I,
+    decode: DecodeTouches,
+    /// The current row's pairs not yet passed, reversed (the next one last).
+    ahead: Vec<(SessionId, Timestamp)>,
+}
+
+impl<I: Iterator<Item = fjall::Guard>> Touches<I> {
+    fn new(rows: I, decode: DecodeTouches) -> Touches<I> {
+        Touches {
+            rows,
+            decode,
+            ahead: Vec::new(),
+        }
+    }
+
+    /// The last access a touch gave `id`, if any. Ids must come in increasing order.
+    fn at(&mut self, id: SessionId) -> Result<Option<Timestamp>, StoreError> {
+        loop {
+            while let Some(&(t, at)) = self.ahead.last() {
+                if t > id {
+                    return Ok(None);
+                }
+                self.ahead.pop();
+                if t == id {
+                    return Ok(Some(at));
+                }
+            }
+            let Some(row) = self.rows.next() else {
+                return Ok(None);
+            };
+            let (k, v) = row.into_inner().map_err(unavailable)?;
+            self.ahead = (self.decode)(&k, &v)?;
+            self.ahead.reverse();
+        }
+    }
+}
+
+/// A touch row: one id and its last access.
+fn decode_row(key: &[u8], value: &[u8]) -> Result<Vec<(SessionId, Timestamp)>, StoreError> {
+    Ok(vec![(key_id(key)?, decode_touch(value)?)])
+}
+
+/// The group key of `id`: its first two bytes.
+fn group(id: &SessionId) -> [u8; 2] {
+    [id.0[0], id.0[1]]
+}
+
+/// A touch group's pairs, sorted by id (`key` is unused: each pair names its id).
+fn decode_group(_key: &[u8], value: &[u8]) -> Result<Vec<(SessionId, Timestamp)>, StoreError> {
+    let bytes = payload(value)?;
+    if bytes.len() % PAIR != 0 {
+        return Err(StoreError::Corrupt(
+            "a touch group is not a whole number of pairs".into(),
+        ));
+    }
+    let pairs: Vec<(SessionId, Timestamp)> = bytes
+        .chunks_exact(PAIR)
+        .map(|p| {
+            let (id, at) = p.split_at(16);
+            let id = <[u8; 16]>::try_from(id).map(SessionId);
+            let at = <[u8; 8]>::try_from(at).map(i64::from_le_bytes);
+            match (id, at) {
+                (Ok(id), Ok(at)) => (id, Timestamp(at)),
+                _ => unreachable!("chunks of exactly {PAIR} bytes split at 16"),
+            }
+        })
+        .collect();
+    if !pairs.is_sorted_by(|a, b| a.0 < b.0) {
+        return Err(StoreError::Corrupt("a touch group is not sorted".into()));
+    }
+    Ok(pairs)
+}
+
+fn encode_group(pairs: &[(SessionId, Timestamp)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + pairs.len() * PAIR);
+    out.push(FORMAT);
+    for (id, at) in pairs {
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(&at.0.to_le_bytes());
+    }
+    out
+}
+
+fn find_in_group(pairs: &[(SessionId, Timestamp)], id: &SessionId) -> Option<Timestamp> {
+    pairs
+        .binary_search_by(|(t, _)| t.cmp(id))
+        .ok()
+        .map(|i| pairs[i].1)
 }
 
 fn key_id(key: &[u8]) -> Result<SessionId, StoreError> {
@@ -482,7 +594,7 @@ fn write_loop(
     // Closing: write the memtables out as tables, so the next start reads sorted tables
     // instead of replaying every journaled change since the last flush.
     if !failed.load(Ordering::Acquire) {
-        for keyspace in [&db.sessions, &db.tombstones, &db.touches] {
+        for keyspace in [&db.sessions, &db.tombstones, &db.touch_groups, &db.touches] {
             if let Err(e) = keyspace.rotate_memtable_and_wait() {
                 tracing::warn!(error = %e, "flushing the memtable at close failed; the next start replays the journal");
             }
@@ -492,20 +604,62 @@ fn write_loop(
 
 fn commit(db: &Tables, batches: &[Batch]) -> Result<(), StoreError> {
     let mut batch = db.db.batch().durability(Some(PersistMode::SyncAll));
+    // Each group a commit touches is read, changed and written once (this thread is the
+    // only writer, so what it reads is what the disk holds). Per id, the latest access, or
+    // `None` once the session ended (nothing touches an ended session again).
+    let mut groups: BTreeMap<[u8; 2], BTreeMap<SessionId, Option<Timestamp>>> = BTreeMap::new();
     for change in batches.iter().flat_map(|b| &b.changes) {
         match change {
             Change::Put(s) => {
                 batch.insert(&db.sessions, s.id.as_bytes().as_slice(), encode(&**s)?);
             }
             Change::Touch(id, at) => {
-                batch.insert(&db.touches, id.as_bytes().as_slice(), encode_touch(*at));
+                let latest = groups
+                    .entry(group(id))
+                    .or_default()
+                    .entry(*id)
+                    .or_insert(Some(*at));
+                *latest = latest.map(|t| t.max(*at));
             }
             Change::End(t) => {
                 batch.remove(&db.sessions, t.id.as_bytes().as_slice());
-                batch.remove(&db.touches, t.id.as_bytes().as_slice());
+                groups.entry(group(&t.id)).or_default().insert(t.id, None);
                 batch.insert(&db.tombstones, t.id.as_bytes().as_slice(), encode(t)?);
             }
             Change::Purge(id) => batch.remove(&db.tombstones, id.as_bytes().as_slice()),
+        }
+    }
+    for (key, changes) in groups {
+        let mut pairs = match db.touch_groups.get(key).map_err(unavailable)? {
+            Some(v) => decode_group(&key, &v)?,
+            None => Vec::new(),
+        };
+        let mut changed = false;
+        for (id, at) in changes {
+            let row = id.as_bytes().as_slice();
+            match (pairs.binary_search_by(|(t, _)| t.cmp(&id)), at) {
+                (Ok(i), Some(at)) if at > pairs[i].1 => pairs[i].1 = at,
+                (Ok(_), Some(_)) => continue,
+                (Err(_), Some(at)) if pairs.len() >= MAX_GROUP_PAIRS => {
+                    batch.insert(&db.touches, row, encode_touch(at));
+                    continue;
+                }
+                (Err(i), Some(at)) => pairs.insert(i, (id, at)),
+                (found, None) => {
+                    batch.remove(&db.touches, row);
+                    let Ok(i) = found else { continue };
+                    pairs.remove(i);
+                }
+            }
+            changed = true;
+        }
+        if !changed {
+            continue;
+        }
+        if pairs.is_empty() {
+            batch.remove(&db.touch_groups, key);
+        } else {
+            batch.insert(&db.touch_groups, key, encode_group(&pairs));
         }
     }
     batch.commit().map_err(unavailable)

@@ -1068,6 +1068,11 @@ impl SessionStore for LocalStore {
         for id in ids {
             by_shard[Self::shard_index(&id)].push(id);
         }
+        // In id order, so each chunk holds whole touch groups (ids sharing their first two
+        // bytes, one row on disk) and a group is rewritten about once per flush.
+        for ids in &mut by_shard {
+            ids.sort_unstable();
+        }
         let mut pendings = Vec::new();
         let mut n = 0;
         for (lock, ids) in self.shards.iter().zip(&by_shard) {
@@ -1347,13 +1352,35 @@ mod tests {
         store.close().await.unwrap();
     }
 
+    /// How many touch groups and touch rows the closed store in `dir` holds, and the pairs
+    /// in its largest group.
+    fn touches_on_disk(dir: &Path) -> (usize, usize, usize) {
+        let db = fjall::Database::builder(dir).open().unwrap();
+        let groups = db
+            .keyspace("touch_groups", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        let rows = db
+            .keyspace("touches", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        let largest = groups
+            .iter()
+            .map(|g| g.value().unwrap().len() / 24)
+            .max()
+            .unwrap_or(0);
+        (groups.iter().count(), rows.iter().count(), largest)
+    }
+
     /// A flush takes a shard's touched ids a chunk at a time: with several chunks' worth in
-    /// one shard (one user's sessions share a shard), every touch still reaches the disk.
-    #[tokio::test]
+    /// one shard (one user's sessions share a shard, and one touch group), every touch
+    /// still reaches the disk: the group holds its most, the rest get rows of their own,
+    /// both are read back (from the disk while loading, and by the load), and an end
+    /// forgets both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flush_of_many_chunks_in_one_shard_persists_every_touch() {
         let dir = tempfile::tempdir().unwrap();
         let created = Timestamp(1_800_000_000_000);
         let n = FLUSH_CHUNK * 2 + 7;
+        assert!(n > journal::MAX_GROUP_PAIRS);
         let mut ids = Vec::new();
         {
             let store = LocalStore::open_embedded(dir.path(), StoreOptions::default()).unwrap();
@@ -1382,13 +1409,41 @@ mod tests {
             );
             store.close().await.unwrap();
         }
-        let store = LocalStore::open_embedded(dir.path(), StoreOptions::default()).unwrap();
-        for (i, (id, _)) in ids.iter().enumerate() {
-            let Lookup::Live(s) = store.get(*id, created).await.unwrap() else {
-                panic!("session {i} is not live after the restart")
-            };
-            assert_eq!(s.last_access_at, Timestamp(created.0 + 1000 + i as i64));
+        assert_eq!(
+            touches_on_disk(dir.path()),
+            (1, n - journal::MAX_GROUP_PAIRS, journal::MAX_GROUP_PAIRS),
+            "one full group, and rows for the rest"
+        );
+        let (release, gate) = std::sync::mpsc::channel();
+        let store =
+            LocalStore::open_embedded_gated(dir.path(), StoreOptions::default(), Some(gate))
+                .unwrap();
+        for loaded in [false, true] {
+            if loaded {
+                release.send(()).unwrap();
+                store.loaded().await.unwrap();
+            }
+            for (i, (id, _)) in ids.iter().enumerate() {
+                let Lookup::Live(s) = store.get(*id, created).await.unwrap() else {
+                    panic!("session {i} is not live after the restart (loaded: {loaded})")
+                };
+                assert_eq!(
+                    s.last_access_at,
+                    Timestamp(created.0 + 1000 + i as i64),
+                    "session {i}, loaded: {loaded}"
+                );
+            }
         }
+        let ended = store
+            .end_user("alice", EndReason::TerminatedByAdmin, created)
+            .await
+            .unwrap();
+        assert_eq!(ended, n as u64);
         store.close().await.unwrap();
+        assert_eq!(
+            touches_on_disk(dir.path()),
+            (0, 0, 0),
+            "ends forget touches"
+        );
     }
 }
