@@ -180,7 +180,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// The open database and its three keyspaces.
+/// The open database and its four keyspaces.
 struct Tables {
     db: Database,
     sessions: Keyspace,

@@ -391,14 +391,15 @@ impl LocalStore {
     /// Moves what the load read into the empty store, applies the touches validates made
     /// meanwhile, and ends the warming. Returns how many sessions and tombstones it held.
     fn install(&self, loaded: Loaded<LoadPart>) -> (u64, usize) {
-        // Held until the state says loaded: a validate that still finds the map reads the
-        // disk and records its touch here; one that finds `None` finds memory complete.
-        let mut early = self.warming.touches.lock();
         let sessions = self.install_parts(loaded.parts);
         let tombstones = loaded.tombstones.len();
         for tomb in loaded.tombstones {
             self.insert_tombstone(tomb);
         }
+        // Until the state says loaded, validates read the disk and record their touches in
+        // the map. Taken and applied under its lock, and the state flipped before letting
+        // go: a validate that then finds `None` finds memory complete.
+        let mut early = self.warming.touches.lock();
         // Set, not replayed through `Session::touch`: each was a live touch when made, but
         // only the latest is kept, and it may lie past the deadline the earlier ones moved.
         for (id, at) in early.take().unwrap_or_default() {
@@ -560,17 +561,24 @@ impl LocalStore {
 
     /// Waits until every session on disk is in memory; fails if the load failed.
     async fn wait_loaded(&self) -> Result<(), StoreError> {
-        if self.warming.state.load(Ordering::Acquire) != LOADED {
-            let mut done = self.warming.done.subscribe();
-            let ended = done
-                .wait_for(Option::is_some)
-                .await
-                .map_err(|_| StoreError::Unavailable("the load stopped".into()))?;
-            if let Some(Err(e)) = &*ended {
-                return Err(e.clone());
-            }
+        if self.warming.state.load(Ordering::Acquire) == LOADED {
+            return Ok(());
         }
-        Ok(())
+        self.load_ended().await
+    }
+
+    /// Waits until the load has ended and let go of the files (a little after the state
+    /// says loaded); how it ended.
+    async fn load_ended(&self) -> Result<(), StoreError> {
+        let mut done = self.warming.done.subscribe();
+        let ended = done
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| StoreError::Unavailable("the load stopped".into()))?;
+        match &*ended {
+            Some(Err(e)) => Err(e.clone()),
+            _ => Ok(()),
+        }
     }
 
     /// The answer to a validate (`verifier` given) or get while the store is still
@@ -1135,12 +1143,12 @@ impl SessionStore for LocalStore {
     }
 
     async fn loaded(&self) -> Result<(), StoreError> {
-        self.wait_loaded().await
+        self.load_ended().await
     }
 
     async fn close(&self) -> Result<(), StoreError> {
         // A store closed while loading waits for the load, which holds the files open.
-        let loaded = self.wait_loaded().await;
+        let loaded = self.load_ended().await;
         if loaded.is_ok() && self.journal.check().is_ok() {
             self.flush_touches().await?;
         }
