@@ -33,15 +33,15 @@ use tokio::sync::oneshot;
 
 use crate::StoreError;
 
-const SESSIONS: &str = "sessions";
+pub(super) const SESSIONS: &str = "sessions";
 const TOMBSTONES: &str = "tombstones";
 /// Touches by group: see the module docs.
-const TOUCH_GROUPS: &str = "touch_groups";
+pub(super) const TOUCH_GROUPS: &str = "touch_groups";
 /// One row per touched id: for ids whose group is full, and as earlier versions wrote
 /// every touch.
-const TOUCHES: &str = "touches";
+pub(super) const TOUCHES: &str = "touches";
 /// Bytes of one `(id, ms)` pair in a touch group.
-const PAIR: usize = 24;
+pub(super) const PAIR: usize = 24;
 /// Most pairs a group holds (24 KiB), so that a touch or an end rewrites at most that
 /// much: random ids put ~15 sessions in a group at 1M and ~150 at 10M, but a user's
 /// sessions all share one group (their id starts with the user's tag), and a user with
@@ -351,8 +351,9 @@ impl Disk {
         if let Some(v) = self.sessions.get(key).map_err(unavailable)? {
             let mut session: Session = decode(&v)?;
             check_id(*id, session.id)?;
-            if let Some(g) = self.touch_groups.get(group(id)).map_err(unavailable)?
-                && let Some(at) = find_in_group(&decode_group(&group(id), &g)?, id)
+            let g = group(id);
+            if let Some(pairs) = self.touch_groups.get(g).map_err(unavailable)?
+                && let Some(at) = find_in_group(&decode_group(&g, &pairs)?, id)
             {
                 session.last_access_at = session.last_access_at.max(at);
             }
@@ -443,12 +444,9 @@ fn decode_group(_key: &[u8], value: &[u8]) -> Result<Vec<(SessionId, Timestamp)>
         .chunks_exact(PAIR)
         .map(|p| {
             let (id, at) = p.split_at(16);
-            let id = <[u8; 16]>::try_from(id).map(SessionId);
-            let at = <[u8; 8]>::try_from(at).map(i64::from_le_bytes);
-            match (id, at) {
-                (Ok(id), Ok(at)) => (id, Timestamp(at)),
-                _ => unreachable!("chunks of exactly {PAIR} bytes split at 16"),
-            }
+            let id = id.try_into().expect("a pair starts with 16 bytes of id");
+            let at = at.try_into().expect("a pair ends with 8 bytes of time");
+            (SessionId(id), Timestamp(i64::from_le_bytes(at)))
         })
         .collect();
     if !pairs.is_sorted_by(|a, b| a.0 < b.0) {

@@ -117,12 +117,17 @@ impl Warming {
         }
     }
 
-    /// Why the load failed (once it has).
-    fn failure(&self) -> StoreError {
+    /// Fails once the load has failed, with why.
+    fn check(&self) -> Result<(), StoreError> {
+        if self.state.load(Ordering::Acquire) != FAILED {
+            return Ok(());
+        }
         match &*self.done.borrow() {
-            Some(Err(e)) => e.clone(),
+            Some(Err(e)) => Err(e.clone()),
             // Between the state and its reason (set in that order).
-            _ => StoreError::Unavailable("the store could not be loaded".into()),
+            _ => Err(StoreError::Unavailable(
+                "the store could not be loaded".into(),
+            )),
         }
     }
 }
@@ -592,9 +597,7 @@ impl LocalStore {
         touch: bool,
         now: Timestamp,
     ) -> Result<Option<Lookup>, StoreError> {
-        if self.warming.state.load(Ordering::Acquire) == FAILED {
-            return Err(self.warming.failure());
-        }
+        self.warming.check()?;
         let Some(disk) = self.warming.disk.read().clone() else {
             return Ok(None);
         };
@@ -1067,23 +1070,18 @@ impl SessionStore for LocalStore {
 
     async fn flush_touches(&self) -> Result<u64, StoreError> {
         self.usable().await?;
-        let ids = std::mem::take(&mut *self.dirty.lock());
-        // Grouped by shard in one pass, then taken FLUSH_CHUNK ids per write lock and per
-        // turn of the async worker: a flush after a busy window carries up to a million
-        // ids, and neither that shard's validates nor the other connections served by this
-        // worker should wait for all of them.
-        let mut by_shard: Vec<Vec<SessionId>> = vec![Vec::new(); SHARDS];
-        for id in ids {
-            by_shard[Self::shard_index(&id)].push(id);
-        }
-        // In id order, so each chunk holds whole touch groups (ids sharing their first two
-        // bytes, one row on disk) and a group is rewritten about once per flush.
-        for ids in &mut by_shard {
-            ids.sort_unstable();
-        }
+        let mut ids = std::mem::take(&mut *self.dirty.lock());
+        // In id order, which groups them by shard, and puts whole touch groups (ids sharing
+        // their first two bytes, one row on disk) in each chunk, so a group is rewritten
+        // about once per flush. Taken FLUSH_CHUNK ids per write lock and per turn of the
+        // async worker: a flush after a busy window carries up to a million ids, and
+        // neither that shard's validates nor the other connections served by this worker
+        // should wait for all of them.
+        ids.sort_unstable();
         let mut pendings = Vec::new();
         let mut n = 0;
-        for (lock, ids) in self.shards.iter().zip(&by_shard) {
+        for ids in ids.chunk_by(|a, b| Self::shard_index(a) == Self::shard_index(b)) {
+            let lock = self.shard(&ids[0]);
             for chunk in ids.chunks(FLUSH_CHUNK) {
                 {
                     let mut shard = lock.write();
@@ -1136,9 +1134,7 @@ impl SessionStore for LocalStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        if self.warming.state.load(Ordering::Acquire) == FAILED {
-            return Err(self.warming.failure());
-        }
+        self.warming.check()?;
         self.journal.check()
     }
 
@@ -1344,7 +1340,7 @@ mod tests {
         {
             let db = fjall::Database::builder(dir.path()).open().unwrap();
             let sessions = db
-                .keyspace("sessions", fjall::KeyspaceCreateOptions::default)
+                .keyspace(journal::SESSIONS, fjall::KeyspaceCreateOptions::default)
                 .unwrap();
             sessions.insert([0x55; 16], [0xff, 1, 2]).unwrap();
             db.persist(fjall::PersistMode::SyncAll).unwrap();
@@ -1365,14 +1361,14 @@ mod tests {
     fn touches_on_disk(dir: &Path) -> (usize, usize, usize) {
         let db = fjall::Database::builder(dir).open().unwrap();
         let groups = db
-            .keyspace("touch_groups", fjall::KeyspaceCreateOptions::default)
+            .keyspace(journal::TOUCH_GROUPS, fjall::KeyspaceCreateOptions::default)
             .unwrap();
         let rows = db
-            .keyspace("touches", fjall::KeyspaceCreateOptions::default)
+            .keyspace(journal::TOUCHES, fjall::KeyspaceCreateOptions::default)
             .unwrap();
         let largest = groups
             .iter()
-            .map(|g| g.value().unwrap().len() / 24)
+            .map(|g| g.value().unwrap().len() / journal::PAIR)
             .max()
             .unwrap_or(0);
         (groups.iter().count(), rows.iter().count(), largest)
