@@ -31,6 +31,11 @@ async fn open(target: RedisTarget, prefix: &str) -> RedisStore {
     RedisStore::connect(config, OPTIONS).await.unwrap()
 }
 
+/// A store on `server` under `prefix`.
+async fn open_on(server: &RedisServer, prefix: &str) -> RedisStore {
+    open(RedisTarget::Url(server.url()), prefix).await
+}
+
 /// A redis-server of the test's own in a fresh directory (kept while the test runs), or
 /// `None` when there is none to start (see [`redis_available`]): the test then skips.
 async fn redis_server() -> Option<(tempfile::TempDir, RedisServer)> {
@@ -149,7 +154,7 @@ async fn displacing_after_the_limit_was_lowered_keeps_the_newest() {
     let Some((_dir, server)) = redis_server().await else {
         return;
     };
-    let store = open(RedisTarget::Url(server.url()), &fresh_prefix()).await;
+    let store = open_on(&server, &fresh_prefix()).await;
     let mut ids = Vec::new();
     for i in 0..5u32 {
         let at = T0.plus(Duration::from_secs(i.into()));
@@ -186,8 +191,8 @@ async fn two_nodes_share_one_truth() {
         return;
     };
     let prefix = fresh_prefix();
-    let a = Arc::new(open(RedisTarget::Url(server.url()), &prefix).await);
-    let b = Arc::new(open(RedisTarget::Url(server.url()), &prefix).await);
+    let a = Arc::new(open_on(&server, &prefix).await);
+    let b = Arc::new(open_on(&server, &prefix).await);
 
     let delay = revocation_delay(&a, &b, "vera").await;
     eprintln!("single redis: {delay}");
@@ -295,7 +300,7 @@ async fn an_outage_fails_closed_and_heals() {
     let Some((_dir, mut server)) = redis_server().await else {
         return;
     };
-    let store = open(RedisTarget::Url(server.url()), &fresh_prefix()).await;
+    let store = open_on(&server, &fresh_prefix()).await;
     until_subscribed(&store).await;
     let s = conformance::session("xena", T0);
     store
@@ -396,8 +401,8 @@ async fn change_events_cross_nodes_survive_restarts_and_reset_after_an_outage() 
         return;
     };
     let prefix = fresh_prefix();
-    let a = open(RedisTarget::Url(server.url()), &prefix).await;
-    let b = open(RedisTarget::Url(server.url()), &prefix).await;
+    let a = open_on(&server, &prefix).await;
+    let b = open_on(&server, &prefix).await;
     let mut feed = b.events(None).await.unwrap();
     let s = conformance::session("yara", T0);
     a.create(s.clone(), UserLimit::UNLIMITED, T0).await.unwrap();
@@ -465,7 +470,7 @@ async fn a_consumer_behind_the_stream_cap_gets_a_reset() {
         return;
     };
     let prefix = fresh_prefix();
-    let store = open(RedisTarget::Url(server.url()), &prefix).await;
+    let store = open_on(&server, &prefix).await;
     let mut feed = store.events(None).await.unwrap();
     let s = conformance::session("zack", T0);
     store
@@ -537,7 +542,7 @@ async fn a_node_evicts_what_its_event_feed_relays() {
         return;
     };
     let prefix = fresh_prefix();
-    let b = open(RedisTarget::Url(server.url()), &prefix).await;
+    let b = open_on(&server, &prefix).await;
     until_subscribed(&b).await;
     let mut feed = b.events(None).await.unwrap();
     let s = conformance::session("zora", T0);
@@ -590,7 +595,7 @@ async fn a_session_hash_lives_to_its_max_lifetime_and_a_touch_brings_older_ones_
         return;
     };
     let prefix = fresh_prefix();
-    let store = open(RedisTarget::Url(server.url()), &prefix).await;
+    let store = open_on(&server, &prefix).await;
     let mut raw = connect_raw(&server).await;
     let s = conformance::session("yara", T0);
     store
@@ -658,8 +663,8 @@ async fn touches_wait_for_the_flush_unless_near_the_deadline_redis_holds() {
         return;
     };
     let prefix = fresh_prefix();
-    let a = open(RedisTarget::Url(server.url()), &prefix).await;
-    let b = open(RedisTarget::Url(server.url()), &prefix).await;
+    let a = open_on(&server, &prefix).await;
+    let b = open_on(&server, &prefix).await;
     let mut raw = connect_raw(&server).await;
     let min = Duration::from_secs(60);
     let early = conformance::session("zoe", T0);
