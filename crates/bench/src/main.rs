@@ -85,7 +85,8 @@ struct AllArgs {
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<scenarios::Group>,
     /// Record a `perf` profile of sessiond during each measured load window into this
-    /// directory (`perf report -i DIR/<window>.data`); needs `perf` on PATH.
+    /// directory (`perf report -i DIR/<window>.data`), and of the baseline server during
+    /// its window (`DIR/<window>-baseline.data`); needs `perf` on PATH.
     #[arg(long)]
     perf: Option<PathBuf>,
 }

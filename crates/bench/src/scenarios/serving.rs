@@ -158,7 +158,16 @@ async fn compare(
     ours.ensure_clean(name)?;
     ctx.phase(&format!("{name}: baseline"));
     // The baseline writes nothing later: the plain spec measures it whole.
-    let base = load::run(baseline.addr, &ctx.spec(), work, Some(baseline.proc.pid)).await?;
+    let base_spec = ctx.spec();
+    let perf = ctx.perf(
+        &format!("{}-baseline", name.replace(' ', "-")),
+        baseline.proc.pid,
+        &base_spec,
+    )?;
+    let base = load::run(baseline.addr, &base_spec, work, Some(baseline.proc.pid)).await?;
+    if let Some(perf) = perf {
+        ctx.log(perf.finish()?);
+    }
     base.ensure_clean(&format!("{name} (baseline)"))?;
     ctx.log(format!("{name}: sessiond {}", describe(&ours)));
     ctx.log(format!("{name}: baseline {}", describe(&base)));
