@@ -16,38 +16,49 @@ pub enum Presented<'a> {
     Malformed,
 }
 
-/// The value of cookie `name` in the request.
-pub fn read<'a>(headers: &'a HeaderMap, name: &str) -> Presented<'a> {
-    let mut found: Option<&str> = None;
+/// Suffix of the login form's anti-forgery cookie's name (see [`csrf_name`]).
+const CSRF_SUFFIX: &str = "-csrf";
+
+/// The session cookie `name` and its anti-forgery companion ([`csrf_name`]), read in one
+/// pass over the `Cookie` headers: forward auth reads them on every page view.
+pub fn read<'a>(headers: &'a HeaderMap, name: &str) -> (Presented<'a>, Presented<'a>) {
+    let (mut session, mut csrf) = (Presented::None, Presented::None);
     for value in headers.get_all(header::COOKIE) {
         if value.len() > MAX_COOKIE_HEADER {
-            return Presented::Malformed;
+            return (Presented::Malformed, Presented::Malformed);
         }
         let Ok(text) = value.to_str() else {
-            return Presented::Malformed;
+            return (Presented::Malformed, Presented::Malformed);
         };
         for pair in text.split(';') {
             let Some((k, v)) = pair.trim().split_once('=') else {
                 continue;
             };
-            if k != name {
-                continue;
-            }
-            let v = v.trim_matches('"');
-            if v.len() > sessiond_core::token::MAX_TOKEN_LEN
-                || !v
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            if k == name {
+                fold(&mut session, v);
+            } else if k.len() == name.len() + CSRF_SUFFIX.len()
+                && k.starts_with(name)
+                && k.ends_with(CSRF_SUFFIX)
             {
-                return Presented::Malformed;
-            }
-            match found {
-                Some(prev) if prev != v => return Presented::Malformed,
-                _ => found = Some(v),
+                fold(&mut csrf, v);
             }
         }
     }
-    found.map_or(Presented::None, Presented::Token)
+    (session, csrf)
+}
+
+/// One more value of a cookie: a token unless it cannot be one or differs from the last.
+fn fold<'a>(seen: &mut Presented<'a>, v: &'a str) {
+    let v = v.trim_matches('"');
+    let token_like = v.len() <= sessiond_core::token::MAX_TOKEN_LEN
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    *seen = match *seen {
+        Presented::Malformed => Presented::Malformed,
+        _ if !token_like => Presented::Malformed,
+        Presented::Token(prev) if prev != v => Presented::Malformed,
+        _ => Presented::Token(v),
+    };
 }
 
 fn attributes(s: &CookieSettings) -> String {
@@ -74,7 +85,7 @@ pub fn clear(s: &CookieSettings, name: &str) -> Option<HeaderValue> {
 
 /// The name of the login form's anti-forgery cookie.
 pub fn csrf_name(s: &CookieSettings) -> String {
-    format!("{}-csrf", s.name)
+    format!("{}{CSRF_SUFFIX}", s.name)
 }
 
 #[cfg(test)]
@@ -88,24 +99,50 @@ mod tests {
         m
     }
 
+    /// What [`read`] makes of `Cookie: <v>` for the session cookie `sid`, as text.
+    fn session(v: &str) -> String {
+        format!("{:?}", read(&h(v), "sid").0)
+    }
+
     #[test]
     fn reads_the_named_cookie_only() {
         assert_eq!(
-            read(&h("a=1; sid=k1.abc.def; b=2"), "sid"),
-            Presented::Token("k1.abc.def")
+            session("a=1; sid=k1.abc.def; b=2"),
+            r#"Token("k1.abc.def")"#
         );
-        assert_eq!(read(&h("a=1"), "sid"), Presented::None);
-        assert_eq!(read(&HeaderMap::new(), "sid"), Presented::None);
+        assert_eq!(session("a=1; xsid=k1; sid-x=k2"), "None");
+        assert_eq!(
+            read(&HeaderMap::new(), "sid"),
+            (Presented::None, Presented::None)
+        );
+    }
+
+    #[test]
+    fn the_anti_forgery_cookie_is_read_in_the_same_pass() {
+        let headers = h("sid-csrf=c1; a=1; sid=k1");
+        assert_eq!(
+            read(&headers, "sid"),
+            (Presented::Token("k1"), Presented::Token("c1"))
+        );
+        let headers = h("sid-csrf=<x>; sid=k1");
+        assert_eq!(
+            read(&headers, "sid"),
+            (Presented::Token("k1"), Presented::Malformed)
+        );
     }
 
     #[test]
     fn forged_and_oversized_cookies_are_malformed() {
+        assert_eq!(session(&format!("sid={}", "a".repeat(200))), "Malformed");
+        assert_eq!(session("sid=<script>"), "Malformed");
+        assert_eq!(session("sid=a; sid=b"), "Malformed");
+        assert_eq!(session("sid=a; sid=<b>; sid=a"), "Malformed");
+        assert_eq!(session("sid=a; sid=\"a\""), r#"Token("a")"#);
+        let big = h(&format!("x={}; sid=a", "b".repeat(MAX_COOKIE_HEADER)));
         assert_eq!(
-            read(&h(&format!("sid={}", "a".repeat(200))), "sid"),
-            Presented::Malformed
+            read(&big, "sid"),
+            (Presented::Malformed, Presented::Malformed)
         );
-        assert_eq!(read(&h("sid=<script>"), "sid"), Presented::Malformed);
-        assert_eq!(read(&h("sid=a; sid=b"), "sid"), Presented::Malformed);
     }
 
     #[test]

@@ -41,12 +41,13 @@ impl FromRequestParts<AppState> for Cookies {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let settings = &state.web.settings.cookie;
-        let (session, malformed) = match cookie::read(&parts.headers, &settings.name) {
+        let (session, csrf) = cookie::read(&parts.headers, &settings.name);
+        let (session, malformed) = match session {
             Presented::None => (None, false),
             Presented::Token(t) => (Some(t.to_owned()), false),
             Presented::Malformed => (None, true),
         };
-        let csrf = match cookie::read(&parts.headers, &cookie::csrf_name(settings)) {
+        let csrf = match csrf {
             Presented::Token(t) => Some(t.to_owned()),
             _ => None,
         };
