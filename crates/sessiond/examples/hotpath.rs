@@ -1,0 +1,140 @@
+//! Times validate's in-memory work with N sessions held, in this process: the store's
+//! lookup and touch, then the same with the JSON answer written, for sessions drawn at
+//! random from the whole population, as the benchmark's load generator draws them. With
+//! the server's allocator (mimalloc). For profiling and for trying layouts of the record
+//! (`perf record -g -- ...`), not a test; the end-to-end figures are `sessiond-bench`'s.
+//!
+//! ```sh
+//! cargo run --release -p sessiond --example hotpath -- 1000000
+//! ```
+//! Prints nanoseconds per validate for each step: what grows from 1,000 sessions to a
+//! million is the memory a validate reads (cache and TLB misses over a large heap).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use mimalloc::MiMalloc;
+use sessiond_core::session::NewSession;
+use sessiond_core::{Policy, Session, SessionId, Timestamp, Verifier};
+use sessiond_store::{Created, LocalStore, Lookup, SessionStore, StoreOptions};
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+const AGENTS: [&str; 4] = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
+];
+
+/// Validates timed per step (each step over the same random order).
+const LOOKUPS: usize = 2_000_000;
+/// SHA-256 rounds run between two validates (see `apart` in `main`).
+const SEPARATION: usize = 4;
+
+fn session(i: u64, now: Timestamp, policy: &Policy) -> Session {
+    let mix = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let new = NewSession {
+        user: format!("user{:08}@example.com", i / 2),
+        universal_id: Some(format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            mix >> 32,
+            (mix >> 16) & 0xffff,
+            mix & 0xffff,
+            i & 0xffff,
+            i
+        )),
+        client_ip: Some(std::net::IpAddr::from([198, 51, (i >> 8) as u8, i as u8])),
+        user_agent: Some(AGENTS[(i % 4) as usize].to_owned()),
+        ..NewSession::default()
+    };
+    let id = SessionId::for_user(&new.user).expect("random ids");
+    let mut v = [0u8; 32];
+    v[..8].copy_from_slice(&mix.to_le_bytes());
+    Session::create(new, id, Verifier(v), "default", policy, now)
+}
+
+/// The store's calls never wait in memory: one poll answers them.
+fn now<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("an in-memory store call waited"),
+    }
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("N: a number of sessions"))
+        .unwrap_or(1_000_000);
+    let policy = Policy::default();
+    let t0 = Timestamp(1_795_000_000_000);
+    let store = LocalStore::memory(StoreOptions::default());
+    let mut keys = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let s = session(i, t0, &policy);
+        keys.push((s.id, s.verifier));
+        match now(store.create(s, policy.limit(), t0)) {
+            Ok(Created::Created { .. }) => {}
+            other => panic!("create {i}: {other:?}"),
+        }
+    }
+    // A random draw from the whole population, as the load generator makes.
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let order: Vec<(SessionId, Verifier)> = (0..LOOKUPS)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            keys[(x % n) as usize]
+        })
+        .collect();
+    drop(keys);
+
+    // Store time moves a millisecond every 8 validates: a touch moves most records, and
+    // the 8M validates span about 17 minutes, inside the default 30-minute idle timeout.
+    let mut k: u64 = 0;
+    // Between two validates the server runs thousands of instructions of HTTP and
+    // kernel work, so one validate's misses never overlap the next one's. Here the same
+    // separation is a few hashes, timed alone and subtracted.
+    let mut buf = [7u8; 64];
+    let mut apart = || {
+        for _ in 0..SEPARATION {
+            let h = sessiond_core::token::sha256(&buf);
+            buf[..32].copy_from_slice(&h);
+        }
+        black_box(&buf);
+    };
+    let started = Instant::now();
+    for _ in 0..LOOKUPS {
+        apart();
+    }
+    let apart_ns = started.elapsed().as_nanos() as f64 / LOOKUPS as f64;
+    let mut step = |name: &str, answer: bool| {
+        let started = Instant::now();
+        for (id, verifier) in &order {
+            apart();
+            k += 1;
+            let at = Timestamp(t0.0 + (k / 8) as i64);
+            let found = now(store.validate(*id, verifier, true, at));
+            let Ok(Lookup::Live(s)) = found else {
+                panic!("validate: {found:?}")
+            };
+            if answer {
+                black_box(sessiond_server::json::session_envelope(&s));
+            } else {
+                black_box(Arc::as_ptr(&s));
+            }
+        }
+        let ns = started.elapsed().as_nanos() as f64 / LOOKUPS as f64 - apart_ns;
+        println!("{n} sessions: {name}: {ns:.0} ns per validate");
+    };
+    step("lookup and touch", false);
+    step("lookup, touch and answer", true);
+    step("lookup and touch", false);
+    step("lookup, touch and answer", true);
+}
