@@ -1,24 +1,41 @@
 //! Times validate's in-memory work with N sessions held, in this process: the store's
-//! lookup and touch, then the same with the JSON answer written, for sessions drawn at
-//! random from the whole population, as the benchmark's load generator draws them. With
-//! the server's allocator (mimalloc). For profiling and for trying layouts of the record
+//! lookup and touch, then the same with the JSON answer written, then whole requests
+//! through the server's `App` (limits, extractors, token check, store, answer) for validate
+//! and forward auth, everything but the network. Sessions are drawn at random from the
+//! whole population, as the benchmark's load generator draws them. With the server's
+//! allocator (mimalloc). For profiling and for trying changes to the hot path
 //! (`perf record -g -- ...`), not a test; the end-to-end figures are `sessiond-bench`'s.
 //!
 //! ```sh
 //! cargo run --release -p sessiond --example hotpath -- 1000000
 //! ```
 //! Prints nanoseconds per validate for each step: what grows from 1,000 sessions to a
-//! million is the memory a validate reads (cache and TLB misses over a large heap).
+//! million is the memory a validate reads (cache and TLB misses over a large heap); what
+//! the `App` rows add to the first two is the HTTP framework's share.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use axum::body::Body;
+use axum::http::Request;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE};
+use http_body_util::BodyExt;
 use mimalloc::MiMalloc;
+use sessiond_core::clock::ManualClock;
 use sessiond_core::session::NewSession;
+use sessiond_core::token::{TokenKey, TokenKeys, sha256};
 use sessiond_core::{Policy, Session, SessionId, Timestamp, Verifier};
+use sessiond_server::config::{AgentCredential, Settings};
+use sessiond_server::http::{self, App, AppState, Shared, WebState};
+use sessiond_server::login::Login;
+use sessiond_server::regulation::Regulator;
+use sessiond_server::service::Service;
 use sessiond_store::{Created, LocalStore, Lookup, SessionStore, StoreOptions};
+
+/// The agent key the `App` rows present.
+const AGENT_KEY: &str = "hotpath-agent-key-0123456789abcdef";
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -73,11 +90,15 @@ fn main() {
         .unwrap_or(1_000_000);
     let policy = Policy::default();
     let t0 = Timestamp(1_795_000_000_000);
-    let store = LocalStore::memory(StoreOptions::default());
+    let token_keys =
+        TokenKeys::new(vec![TokenKey::new("k1", &[7; 32]).expect("a key")]).expect("a key set");
+    let store = Arc::new(LocalStore::memory(StoreOptions::default()));
     let mut keys = Vec::with_capacity(n as usize);
     for i in 0..n {
-        let s = session(i, t0, &policy);
-        keys.push((s.id, s.verifier));
+        let mut s = session(i, t0, &policy);
+        let minted = token_keys.mint(s.id).expect("a token");
+        s.verifier = minted.verifier;
+        keys.push((s.id, s.verifier, minted.token));
         match now(store.create(s, policy.limit(), t0)) {
             Ok(Created::Created { .. }) => {}
             other => panic!("create {i}: {other:?}"),
@@ -85,15 +106,15 @@ fn main() {
     }
     // A random draw from the whole population, as the load generator makes.
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let order: Vec<(SessionId, Verifier)> = (0..LOOKUPS)
+    let drawn: Vec<usize> = (0..LOOKUPS)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            keys[(x % n) as usize]
+            (x % n) as usize
         })
         .collect();
-    drop(keys);
+    let order: Vec<(SessionId, Verifier)> = drawn.iter().map(|&i| (keys[i].0, keys[i].1)).collect();
 
     // Store time moves a millisecond every 8 validates: a touch moves most records, and
     // the 8M validates span about 17 minutes, inside the default 30-minute idle timeout.
@@ -137,4 +158,90 @@ fn main() {
     step("lookup, touch and answer", true);
     step("lookup and touch", false);
     step("lookup, touch and answer", true);
+
+    // Whole requests through the server's `App`, as `http::serve` hands them over.
+    let clock = ManualClock::new(Timestamp(t0.0 + (k / 8) as i64));
+    let app = app(&store, token_keys, clock.clone());
+    let cookie = Settings::load(None, &[], &Default::default())
+        .expect("default settings")
+        .web
+        .cookie
+        .name;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    // Each request is built in the loop, as hyper builds it from a hot buffer, and the
+    // time to build and drop one without handling it is subtracted.
+    let mut request = |name: &str, make: &dyn Fn(&str) -> Request<Body>| {
+        let started = Instant::now();
+        for &i in &drawn {
+            apart();
+            black_box(make(&keys[i].2));
+        }
+        let making = started.elapsed();
+        let started = Instant::now();
+        runtime.block_on(async {
+            for &i in &drawn {
+                apart();
+                clock.advance(std::time::Duration::from_micros(125));
+                let answer = app.clone().handle(make(&keys[i].2)).await;
+                assert_eq!(answer.status(), 200, "{name}");
+                black_box(
+                    answer
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes().len()),
+                )
+                .expect("a body");
+            }
+        });
+        let ns = started.elapsed().saturating_sub(making).as_nanos() as f64 / LOOKUPS as f64;
+        println!("{n} sessions: {name} through App::handle: {ns:.0} ns per request");
+    };
+    for _ in 0..2 {
+        request("validate", &|token| {
+            Request::post("/v1/sessions/validate")
+                .header(AUTHORIZATION, format!("Bearer {AGENT_KEY}"))
+                .header(CONTENT_TYPE, "application/json")
+                .body(Body::from(format!(r#"{{"token":"{token}"}}"#)))
+                .expect("a request")
+        });
+        request("forward auth", &|token| {
+            Request::get("/auth/nginx")
+                .header(COOKIE, format!("{cookie}={token}"))
+                .body(Body::empty())
+                .expect("a request")
+        });
+    }
+}
+
+/// The server's request handling on `store`, with one agent key ([`AGENT_KEY`]).
+fn app(store: &Arc<LocalStore>, keys: TokenKeys, clock: ManualClock) -> App {
+    let settings = Settings::load(None, &[], &Default::default()).expect("default settings");
+    let store: Arc<dyn SessionStore> = store.clone();
+    http::app(AppState::new(Shared {
+        service: Arc::new(Service {
+            store,
+            keys,
+            default_policy: settings.default_policy,
+            policies: settings.policies.clone(),
+            ended_retention: settings.ended_retention,
+            clock: Arc::new(clock),
+        }),
+        agents: vec![AgentCredential {
+            name: "hotpath".into(),
+            sha256: sha256(AGENT_KEY.as_bytes()),
+        }]
+        .into(),
+        admin_sha256: sha256(b"unused"),
+        web: Arc::new(WebState {
+            login: Login {
+                directory: None,
+                regulator: Regulator::new(settings.web.regulation),
+            },
+            settings: settings.web,
+        }),
+        closing: Arc::new(tokio::sync::watch::channel(false).0),
+    }))
 }
