@@ -180,17 +180,15 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// The open database and its four keyspaces.
+/// What the writer thread holds: the open database and its keyspaces.
 struct Tables {
     db: Database,
-    sessions: Keyspace,
-    tombstones: Keyspace,
-    touch_groups: Keyspace,
-    touches: Keyspace,
+    keyspaces: Disk,
 }
 
-/// Read access to what is on disk: the background load at open, and the point reads that
-/// answer validates while it runs. Cheap to clone (fjall's handles are shared).
+/// The four keyspaces: written by the writer thread, and read by the background load at
+/// open and by the point reads that answer validates while it runs. Cheap to clone
+/// (fjall's handles are shared).
 #[derive(Clone)]
 pub(super) struct Disk {
     sessions: Keyspace,
@@ -221,22 +219,15 @@ pub(super) fn open(path: &Path) -> Result<(Journal, Disk), StoreError> {
         .open()
         .map_err(unavailable)?;
     let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
-    let sessions = db.keyspace(SESSIONS, options).map_err(unavailable)?;
-    let tombstones = db.keyspace(TOMBSTONES, options).map_err(unavailable)?;
-    let touch_groups = db.keyspace(TOUCH_GROUPS, options).map_err(unavailable)?;
-    let touches = db.keyspace(TOUCHES, options).map_err(unavailable)?;
     let disk = Disk {
-        sessions: sessions.clone(),
-        tombstones: tombstones.clone(),
-        touch_groups: touch_groups.clone(),
-        touches: touches.clone(),
+        sessions: db.keyspace(SESSIONS, options).map_err(unavailable)?,
+        tombstones: db.keyspace(TOMBSTONES, options).map_err(unavailable)?,
+        touch_groups: db.keyspace(TOUCH_GROUPS, options).map_err(unavailable)?,
+        touches: db.keyspace(TOUCHES, options).map_err(unavailable)?,
     };
     let db = Tables {
         db,
-        sessions,
-        tombstones,
-        touch_groups,
-        touches,
+        keyspaces: disk.clone(),
     };
     tracing::debug!(
         open_ms = opened.elapsed().as_millis() as u64,
@@ -592,7 +583,8 @@ fn write_loop(
     // Closing: write the memtables out as tables, so the next start reads sorted tables
     // instead of replaying every journaled change since the last flush.
     if !failed.load(Ordering::Acquire) {
-        for keyspace in [&db.sessions, &db.tombstones, &db.touch_groups, &db.touches] {
+        let k = &db.keyspaces;
+        for keyspace in [&k.sessions, &k.tombstones, &k.touch_groups, &k.touches] {
             if let Err(e) = keyspace.rotate_memtable_and_wait() {
                 tracing::warn!(error = %e, "flushing the memtable at close failed; the next start replays the journal");
             }
@@ -600,8 +592,9 @@ fn write_loop(
     }
 }
 
-fn commit(db: &Tables, batches: &[Batch]) -> Result<(), StoreError> {
-    let mut batch = db.db.batch().durability(Some(PersistMode::SyncAll));
+fn commit(tables: &Tables, batches: &[Batch]) -> Result<(), StoreError> {
+    let mut batch = tables.db.batch().durability(Some(PersistMode::SyncAll));
+    let db = &tables.keyspaces;
     // Each group a commit touches is read, changed and written once (this thread is the
     // only writer, so what it reads is what the disk holds). Per id, the latest access, or
     // `None` once the session ended (nothing touches an ended session again).
