@@ -1,6 +1,7 @@
 //! Real `redis-server` processes for tests (feature `conformance`): on loopback ports,
 //! started by the tests themselves and killed when dropped, even on panic. Used by this
-//! crate's Redis tests and by the binary's multi-node tests, so there is one harness.
+//! crate's Redis tests and by the binary's multi-node tests, so there is one harness. And
+//! [`write_unreadable_record`], for the tests of a failed load.
 
 // A test harness: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
@@ -14,6 +15,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a server may take to answer PING after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Adds a session record in no format sessiond writes to the closed embedded store in
+/// `path` (the server's `<data_dir>/store`), so that its next load fails.
+pub fn write_unreadable_record(path: &Path) {
+    crate::local::write_unreadable_record(path);
+}
 
 /// Whether `redis-server` is installed. Without it: fail under `CI=true`, else skip loudly.
 pub fn redis_available() -> bool {

@@ -40,15 +40,7 @@ async fn a_data_file_that_cannot_be_loaded_stops_the_server() {
     let server = Server::start(&dir, None);
     server.agent().create_session(&req("judy")).await.unwrap();
     assert!(server.terminate().success());
-    {
-        let db = fjall::Database::builder(dir.join("store")).open().unwrap();
-        let sessions = db
-            .keyspace("sessions", fjall::KeyspaceCreateOptions::default)
-            .unwrap();
-        // A record in no format sessiond writes.
-        sessions.insert([0x55; 16], [0xff, 1, 2]).unwrap();
-        db.persist(fjall::PersistMode::SyncAll).unwrap();
-    }
+    sessiond_store::testkit::write_unreadable_record(&dir.join("store"));
     // It listens at once (the load runs in the background), then stops when the load fails.
     let server = Server::start(&dir, None);
     let status = server.exited();

@@ -360,6 +360,19 @@ impl Disk {
     }
 }
 
+/// Adds a session record in no format sessiond writes to the closed store in `path`, so
+/// that its next load fails: for the tests of what a failed load does.
+#[cfg(any(test, feature = "conformance"))]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn write_unreadable_record(path: &Path) {
+    let db = Database::builder(path).open().unwrap();
+    let sessions = db
+        .keyspace(SESSIONS, KeyspaceCreateOptions::default)
+        .unwrap();
+    sessions.insert([0x55; 16], [0xff, 1, 2]).unwrap();
+    db.persist(PersistMode::SyncAll).unwrap();
+}
+
 fn check_id(key: SessionId, stored: SessionId) -> Result<(), StoreError> {
     if key == stored {
         Ok(())

@@ -28,6 +28,9 @@
 mod intern;
 mod journal;
 
+#[cfg(feature = "conformance")]
+pub(crate) use journal::write_unreadable_record;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -1337,14 +1340,7 @@ mod tests {
                 .unwrap();
             store.close().await.unwrap();
         }
-        {
-            let db = fjall::Database::builder(dir.path()).open().unwrap();
-            let sessions = db
-                .keyspace(journal::SESSIONS, fjall::KeyspaceCreateOptions::default)
-                .unwrap();
-            sessions.insert([0x55; 16], [0xff, 1, 2]).unwrap();
-            db.persist(fjall::PersistMode::SyncAll).unwrap();
-        }
+        journal::write_unreadable_record(dir.path());
         let store = LocalStore::open_embedded(dir.path(), StoreOptions::default()).unwrap();
         assert!(matches!(store.loaded().await, Err(StoreError::Corrupt(_))));
         assert!(store.ping().await.is_err());
