@@ -1,9 +1,5 @@
-//! What the benchmark sends: the synthetic sessions (the same ones go to sessiond and to
-//! Redis) and the request workloads built on them.
-//!
-//! A session has the contract's default attributes: a user (two sessions per user on
-//! average, the usual phone-plus-laptop), a 36-character universal id, a client IP from the
-//! documentation ranges, and one of four real browser user agents (100-140 bytes).
+//! What the benchmark sends: the request workloads built on the synthetic sessions
+//! ([`SessionData`], shared with the examples; the same ones go to sessiond and to Redis).
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -14,78 +10,20 @@ use http_body_util::Full;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use serde::Deserialize;
-use sessiond_core::session::NewSession;
-use sessiond_core::token::sha256;
-use sessiond_core::{Policy, Session, SessionId, Timestamp, Verifier};
 
 use crate::load::Workload;
 use crate::servers::COOKIE_NAME;
 
-const USER_AGENTS: [&str; 4] = [
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
-    "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0",
-];
+pub use sessiond_store::testkit::SessionData;
 
-/// The attributes of synthetic session `i`.
-#[derive(Clone, Debug)]
-pub struct SessionData {
-    pub user: String,
-    pub universal_id: String,
-    pub ip: String,
-    pub user_agent: &'static str,
-}
-
-impl SessionData {
-    pub fn nth(i: u64) -> SessionData {
-        // A fixed odd multiplier spreads consecutive indexes over the id space.
-        let mix = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        SessionData {
-            user: format!("user{:08}", i / 2),
-            universal_id: format!(
-                "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-                mix >> 32,
-                (mix >> 16) & 0xffff,
-                mix & 0xfff,
-                (mix >> 12) & 0xfff,
-                mix & 0xffff_ffff_ffff
-            ),
-            ip: format!("198.51.100.{}", i % 256),
-            user_agent: USER_AGENTS[(i % 4) as usize],
-        }
-    }
-
-    /// This session as the server makes it on a create at `now` under `policy` (named
-    /// `policy_name`): a fresh id tagged with its user, the attributes, the policy's
-    /// deadlines. Its verifier is SHA-256 of its id, since nothing validates these by token.
-    pub fn into_session(
-        self,
-        policy_name: &str,
-        policy: &Policy,
-        now: Timestamp,
-    ) -> anyhow::Result<Session> {
-        let id = SessionId::for_user(&self.user)?;
-        let new = NewSession {
-            user: self.user,
-            universal_id: Some(self.universal_id),
-            client_ip: self.ip.parse().ok(),
-            user_agent: Some(self.user_agent.to_owned()),
-            ..NewSession::default()
-        };
-        let verifier = Verifier(sha256(&id.0));
-        Ok(Session::create(new, id, verifier, policy_name, policy, now))
-    }
-
-    /// The `POST /v1/sessions` body.
-    pub fn create_body(&self) -> String {
-        serde_json::json!({
-            "user": self.user,
-            "universal_id": self.universal_id,
-            "client": {"ip": self.ip, "user_agent": self.user_agent},
-        })
-        .to_string()
-    }
+/// The `POST /v1/sessions` body for `s`.
+pub fn create_body(s: &SessionData) -> String {
+    serde_json::json!({
+        "user": s.user,
+        "universal_id": s.universal_id,
+        "client": {"ip": s.ip, "user_agent": s.user_agent},
+    })
+    .to_string()
 }
 
 /// Headers every agent request carries.
@@ -204,7 +142,7 @@ impl Workload for Populate {
             return None;
         }
         self.agent
-            .post("/v1/sessions", SessionData::nth(i).create_body())
+            .post("/v1/sessions", create_body(&SessionData::nth(i)))
     }
 
     fn check(&self, status: StatusCode, body: &Bytes) -> Result<(), String> {
@@ -229,7 +167,7 @@ impl Workload for Create {
     fn request(&self, _: &mut fastrand::Rng) -> Option<Request<Full<Bytes>>> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         self.agent
-            .post("/v1/sessions", SessionData::nth(i).create_body())
+            .post("/v1/sessions", create_body(&SessionData::nth(i)))
     }
 
     fn check(&self, status: StatusCode, body: &Bytes) -> Result<(), String> {
@@ -252,7 +190,7 @@ mod tests {
         assert_ne!(a.user, c.user);
         assert_eq!(a.universal_id.len(), 36);
         assert_ne!(a.universal_id, b.universal_id);
-        let body: serde_json::Value = serde_json::from_str(&a.create_body()).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&create_body(&a)).unwrap();
         assert_eq!(body["client"]["ip"], "198.51.100.0");
     }
 }

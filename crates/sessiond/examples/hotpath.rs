@@ -1,10 +1,11 @@
 //! Times validate's in-memory work with N sessions held, in this process: the store's
 //! lookup and touch, then the same with the JSON answer written, then whole requests
 //! through the server's `App` (limits, extractors, token check, store, answer) for validate
-//! and forward auth, everything but the network. Sessions are drawn at random from the
-//! whole population, as the benchmark's load generator draws them. With the server's
-//! allocator (mimalloc). For profiling and for trying changes to the hot path
-//! (`perf record -g -- ...`), not a test; the end-to-end figures are `sessiond-bench`'s.
+//! and forward auth, everything but the network. The sessions are the benchmark's
+//! (`testkit::SessionData`), drawn at random from the whole population as its load
+//! generator draws them. With the server's allocator (mimalloc). For profiling and for
+//! trying changes to the hot path (`perf record -g -- ...`), not a test; the end-to-end
+//! figures are `sessiond-bench`'s.
 //!
 //! ```sh
 //! cargo run --release -p sessiond --example hotpath -- 1000000
@@ -15,23 +16,23 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::Request;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use mimalloc::MiMalloc;
 use sessiond_core::clock::ManualClock;
-use sessiond_core::session::NewSession;
 use sessiond_core::token::{TokenKey, TokenKeys, sha256};
-use sessiond_core::{Policy, Session, SessionId, Timestamp, Verifier};
+use sessiond_core::{Policy, SessionId, Timestamp, Verifier};
 use sessiond_server::config::{AgentCredential, Settings};
 use sessiond_server::http::{self, App, AppState, Shared, WebState};
 use sessiond_server::login::Login;
 use sessiond_server::regulation::Regulator;
 use sessiond_server::service::Service;
+use sessiond_store::testkit::SessionData;
 use sessiond_store::{Created, LocalStore, Lookup, SessionStore, StoreOptions};
 
 /// The agent key the `App` rows present.
@@ -40,48 +41,10 @@ const AGENT_KEY: &str = "hotpath-agent-key-0123456789abcdef";
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-const AGENTS: [&str; 4] = [
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
-    "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
-];
-
 /// Validates timed per step (each step over the same random order).
 const LOOKUPS: usize = 2_000_000;
 /// SHA-256 rounds run between two validates (see `apart` in `main`).
 const SEPARATION: usize = 4;
-
-fn session(i: u64, now: Timestamp, policy: &Policy) -> Session {
-    let mix = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let new = NewSession {
-        user: format!("user{:08}@example.com", i / 2),
-        universal_id: Some(format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            mix >> 32,
-            (mix >> 16) & 0xffff,
-            mix & 0xffff,
-            i & 0xffff,
-            i
-        )),
-        client_ip: Some(std::net::IpAddr::from([198, 51, (i >> 8) as u8, i as u8])),
-        user_agent: Some(AGENTS[(i % 4) as usize].to_owned()),
-        ..NewSession::default()
-    };
-    let id = SessionId::for_user(&new.user).expect("random ids");
-    let mut v = [0u8; 32];
-    v[..8].copy_from_slice(&mix.to_le_bytes());
-    Session::create(new, id, Verifier(v), "default", policy, now)
-}
-
-/// The store's calls never wait in memory: one poll answers them.
-fn now<F: Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("an in-memory store call waited"),
-    }
-}
 
 fn main() {
     let n: u64 = std::env::args()
@@ -101,12 +64,12 @@ fn main() {
     let store = Arc::new(LocalStore::memory(StoreOptions::default()));
     let mut keys = Vec::with_capacity(n as usize);
     for i in 0..n {
-        let mut s = session(i, t0, &policy);
+        let mut s = SessionData::nth(i).into_session("default", &policy, t0);
         let minted = token_keys.mint(s.id).expect("a token");
         s.verifier = minted.verifier;
         keys.push((s.id, s.verifier, minted.token));
-        match now(store.create(s, policy.limit(), t0)) {
-            Ok(Created::Created { .. }) => {}
+        match store.create(s, policy.limit(), t0).now_or_never() {
+            Some(Ok(Created::Created { .. })) => {}
             other => panic!("create {i}: {other:?}"),
         }
     }
@@ -130,7 +93,7 @@ fn main() {
     let mut buf = [7u8; 64];
     let mut apart = || {
         for _ in 0..SEPARATION {
-            let h = sessiond_core::token::sha256(&buf);
+            let h = sha256(&buf);
             buf[..32].copy_from_slice(&h);
         }
         black_box(&buf);
@@ -146,8 +109,9 @@ fn main() {
             apart();
             k += 1;
             let at = Timestamp(t0.0 + (k / 8) as i64);
-            let found = now(store.validate(*id, verifier, true, at));
-            let Ok(Lookup::Live(s)) = found else {
+            // In memory, one poll answers.
+            let found = store.validate(*id, verifier, true, at).now_or_never();
+            let Some(Ok(Lookup::Live(s))) = found else {
                 panic!("validate: {found:?}")
             };
             if answer {

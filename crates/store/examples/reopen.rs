@@ -14,28 +14,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use sessiond_core::session::NewSession;
-use sessiond_core::{Policy, Session, SessionId, Timestamp, Verifier};
+use sessiond_core::{Policy, Timestamp};
+use sessiond_store::testkit::SessionData;
 use sessiond_store::{LocalStore, SessionStore, StoreOptions};
-
-const AGENTS: [&str; 2] = [
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
-    "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0",
-];
-
-fn session(i: u64, now: Timestamp, policy: &Policy) -> Session {
-    let new = NewSession {
-        user: format!("user{:08}", i / 2),
-        universal_id: Some(format!("{:036x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
-        client_ip: Some(std::net::IpAddr::from([198, 51, 100, (i % 256) as u8])),
-        user_agent: Some(AGENTS[(i % 2) as usize].to_owned()),
-        ..NewSession::default()
-    };
-    let id = SessionId::for_user(&new.user).expect("random ids");
-    let mut v = [0u8; 32];
-    v[..8].copy_from_slice(&i.to_le_bytes());
-    Session::create(new, id, Verifier(v), "default", policy, now)
-}
 
 /// `VmRSS` of this process, in KiB.
 fn rss_kib() -> u64 {
@@ -74,7 +55,7 @@ fn main() {
                     let (store, policy) = (store.clone(), policy);
                     tokio::spawn(async move {
                         for i in (t..n).step_by(64) {
-                            let s = session(i, now, &policy);
+                            let s = SessionData::nth(i).into_session("default", &policy, now);
                             let (id, verifier) = (s.id, s.verifier);
                             store.create(s, policy.limit(), now).await.expect("create");
                             // Touched once, as the benchmark's validate windows touch them.

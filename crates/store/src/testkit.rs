@@ -1,7 +1,8 @@
 //! Real `redis-server` processes for tests (feature `conformance`): on loopback ports,
 //! started by the tests themselves and killed when dropped, even on panic. Used by this
 //! crate's Redis tests and by the binary's multi-node tests, so there is one harness. And
-//! [`write_unreadable_record`], for the tests of a failed load.
+//! [`write_unreadable_record`], for the tests of a failed load, and [`SessionData`], the
+//! synthetic population the benchmark and the examples share.
 
 // A test harness: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
@@ -11,10 +12,69 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use sessiond_core::session::NewSession;
+use sessiond_core::token::sha256;
+use sessiond_core::{Policy, Session, SessionId, Timestamp, Verifier};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a server may take to answer PING after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The user agents of [`SessionData`]: four real browsers, 100-140 bytes.
+const USER_AGENTS: [&str; 4] = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0",
+];
+
+/// The attributes of synthetic session `i`, the contract's defaults: a user (two sessions
+/// per user, the usual phone-plus-laptop), a 36-character universal id, a client IP from
+/// the documentation ranges, and one of four real browser user agents. The benchmark sends
+/// the same sessions to sessiond and to Redis; the examples hold them in-process.
+#[derive(Clone, Debug)]
+pub struct SessionData {
+    pub user: String,
+    pub universal_id: String,
+    pub ip: String,
+    pub user_agent: &'static str,
+}
+
+impl SessionData {
+    pub fn nth(i: u64) -> SessionData {
+        // A fixed odd multiplier spreads consecutive indexes over the id space.
+        let mix = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        SessionData {
+            user: format!("user{:08}", i / 2),
+            universal_id: format!(
+                "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                mix >> 32,
+                (mix >> 16) & 0xffff,
+                mix & 0xfff,
+                (mix >> 12) & 0xfff,
+                mix & 0xffff_ffff_ffff
+            ),
+            ip: format!("198.51.100.{}", i % 256),
+            user_agent: USER_AGENTS[(i % 4) as usize],
+        }
+    }
+
+    /// This session as the server makes it on a create at `now` under `policy` (named
+    /// `policy_name`): a fresh id tagged with its user, the attributes, the policy's
+    /// deadlines. Its verifier is SHA-256 of its id, since nothing validates these by token.
+    pub fn into_session(self, policy_name: &str, policy: &Policy, now: Timestamp) -> Session {
+        let id = SessionId::for_user(&self.user).expect("random ids");
+        let new = NewSession {
+            user: self.user,
+            universal_id: Some(self.universal_id),
+            client_ip: self.ip.parse().ok(),
+            user_agent: Some(self.user_agent.to_owned()),
+            ..NewSession::default()
+        };
+        let verifier = Verifier(sha256(&id.0));
+        Session::create(new, id, verifier, policy_name, policy, now)
+    }
+}
 
 /// Adds a session record in no format sessiond writes to the closed embedded store in
 /// `path` (the server's `<data_dir>/store`), so that its next load fails.
