@@ -317,6 +317,38 @@ async fn bad_bodies_get_contract_errors_and_change_nothing() {
     assert_eq!(s["active_sessions"], 0);
 }
 
+/// A bad body's message says what is wrong with it: the field at fault (the path
+/// `axum::Json` reports, which the fast parse alone would lose) or the missing type.
+#[tokio::test]
+async fn body_errors_name_what_is_wrong() {
+    let h = Harness::new();
+    let message = |v: &Value| {
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (_, v) = h
+        .agent("/v1/sessions", json!({"user": "x", "auth_level": "high"}))
+        .await;
+    assert_eq!(code(&v), "invalid_request");
+    assert!(message(&v).contains("auth_level"), "{v}");
+    let (_, v) = h
+        .agent("/v1/sessions", json!({"user": "x", "client": {"ip": 5}}))
+        .await;
+    assert!(message(&v).contains("client.ip"), "{v}");
+    let untyped = Request::post("/v1/sessions/validate")
+        .header(header::AUTHORIZATION, format!("Bearer {AGENT_KEY}"))
+        .body(Body::from(json!({"token": "k1.a.b"}).to_string()))
+        .unwrap();
+    let resp = app(h.state.clone()).oneshot(untyped).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(code(&v), "invalid_request");
+    assert!(message(&v).contains("Content-Type"), "{v}");
+}
+
 #[tokio::test]
 async fn credentials_are_kept_apart() {
     let h = Harness::new();
