@@ -21,6 +21,7 @@ pub mod http;
 pub mod json;
 pub mod login;
 pub mod regulation;
+mod scan;
 pub mod service;
 pub mod tasks;
 

@@ -59,14 +59,10 @@ fn fold<'a>(seen: &mut Presented<'a>, v: &'a str) {
     };
 }
 
-/// Only the characters a token is made of. Each 32-byte piece is checked whole, without
-/// stopping at the first bad byte, which the compiler turns into vector instructions: a
-/// byte-at-a-time loop here was most of forward auth's cookie reading.
+/// Only the characters a token is made of.
 fn token_chars(v: &[u8]) -> bool {
-    v.chunks(32).all(|piece| {
-        piece.iter().fold(true, |ok, &b| {
-            ok & (b.is_ascii_alphanumeric() | (b == b'-') | (b == b'_') | (b == b'.'))
-        })
+    crate::scan::every_byte(v, |b| {
+        b.is_ascii_alphanumeric() | (b == b'-') | (b == b'_') | (b == b'.')
     })
 }
 
