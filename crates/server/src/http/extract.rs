@@ -3,12 +3,14 @@
 //! Handlers never read raw headers. A credential is checked by hashing what was presented
 //! and comparing the hash with every configured one in constant time.
 
-use axum::body::Bytes;
+use axum::BoxError;
+use axum::body::{Bytes, HttpBody};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
@@ -18,8 +20,8 @@ use crate::error::ApiError;
 /// Longest `Authorization` header looked at.
 const MAX_AUTHORIZATION_LEN: usize = 1024;
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?;
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?;
     if value.len() > MAX_AUTHORIZATION_LEN {
         return None;
     }
@@ -44,17 +46,25 @@ fn matches_any<'a>(presented: &[u8; 32], candidates: impl Iterator<Item = &'a [u
 #[derive(Debug)]
 pub struct Agent;
 
-impl FromRequestParts<AppState> for Agent {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let presented = bearer(parts).ok_or(ApiError::Unauthorized)?;
+impl Agent {
+    /// Checks the `Authorization` header of a request: the extractor, for a handler that
+    /// reads the request itself.
+    pub fn check(headers: &HeaderMap, state: &AppState) -> Result<Agent, ApiError> {
+        let presented = bearer(headers).ok_or(ApiError::Unauthorized)?;
         let hash = sessiond_core::token::sha256(presented.as_bytes());
         if matches_any(&hash, state.agents.iter().map(|a| &a.sha256)) {
             Ok(Agent)
         } else {
             Err(ApiError::Unauthorized)
         }
+    }
+}
+
+impl FromRequestParts<AppState> for Agent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Agent::check(&parts.headers, state)
     }
 }
 
@@ -66,7 +76,7 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let presented = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let presented = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let hash = sessiond_core::token::sha256(presented.as_bytes());
         if matches_any(&hash, std::iter::once(&state.admin_sha256)) {
             Ok(Admin)
@@ -87,31 +97,53 @@ where
 {
     type Rejection = ApiError;
 
-    /// What `axum::Json` does, with its answers, minus the parts a profile of validate
-    /// found dear: the `Content-Type` is compared as text rather than parsed as a MIME
-    /// type, and the body is read by serde_json alone; only a body that fails is read once
-    /// more through `axum::Json`, whose message names the field at fault.
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        if !is_json(req.headers()) {
-            return Err(json_rejection(JsonRejection::MissingJsonContentType(
-                Default::default(),
-            )));
-        }
-        let bytes = match Bytes::from_request(req, state).await {
-            Ok(b) => b,
-            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(too_large());
-            }
-            Err(r) => return Err(ApiError::invalid(r.body_text())),
-        };
-        if let Ok(v) = serde_json::from_slice(&bytes) {
-            return Ok(Body(v));
-        }
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(v)) => Ok(Body(v)),
-            Err(r) => Err(json_rejection(r)),
-        }
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        json_body(&parts.headers, body).await.map(Body)
     }
+}
+
+/// What [`Body`] extracts, for a handler that reads the request itself: `axum::Json`'s
+/// checks and answers, minus the parts a profile of validate found dear. The
+/// `Content-Type` is compared as text rather than parsed as a MIME type, and the body is
+/// read by serde_json alone; only a body that fails is read once more through
+/// `axum::Json`, whose message names the field at fault.
+pub async fn json_body<T, B>(headers: &HeaderMap, body: B) -> Result<T, ApiError>
+where
+    T: DeserializeOwned,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if !is_json(headers) {
+        return Err(json_rejection(JsonRejection::MissingJsonContentType(
+            Default::default(),
+        )));
+    }
+    let bytes = match Limited::new(body, super::MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if over_limit(&*e) => return Err(too_large()),
+        Err(e) => return Err(ApiError::invalid(format!("failed to read the body: {e}"))),
+    };
+    if let Ok(v) = serde_json::from_slice(&bytes) {
+        return Ok(v);
+    }
+    match axum::Json::<T>::from_bytes(&bytes) {
+        Ok(axum::Json(v)) => Ok(v),
+        Err(r) => Err(json_rejection(r)),
+    }
+}
+
+/// The body passed [`super::MAX_BODY_BYTES`]: our limit's error, here or wrapped in the
+/// errors of the bodies around it.
+fn over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(e);
+    while let Some(e) = at {
+        if e.is::<LengthLimitError>() {
+            return true;
+        }
+        at = e.source();
+    }
+    false
 }
 
 /// `Content-Type: application/json`, or any `application/*+json`, parameters allowed: the

@@ -6,14 +6,13 @@
 //! portal with `rd` rebuilt from the trusted proxy's `X-Forwarded-*`. Anything malformed is
 //! 401; an unreachable store is 503. Never 200 unless a live session was found.
 
-use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::AppState;
-use super::portal::Cookies;
+use super::cookie::{self, Presented};
 use super::proxy::Origin;
 use super::redirect::safe_target;
 use crate::error::ApiError;
@@ -21,23 +20,13 @@ use crate::error::ApiError;
 /// Request header by which a proxy says "this check is not user activity".
 pub const TOUCH_HEADER: &str = "x-sessiond-touch";
 
-/// Whether the check should slide the idle timer: not when the proxy says `0`/`false`.
-#[derive(Debug)]
-pub struct TouchWanted(bool);
-
-impl<S: Send + Sync> FromRequestParts<S> for TouchWanted {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let passive = parts
-            .headers
-            .get(TOUCH_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "no")
-            });
-        Ok(TouchWanted(!passive))
-    }
+/// Whether the check should slide the idle timer: not when the proxy says `0`/`false`/`no`.
+fn touch_wanted(headers: &HeaderMap) -> bool {
+    let passive = headers
+        .get(TOUCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "no"));
+    !passive
 }
 
 enum Check {
@@ -52,18 +41,17 @@ fn unauthorized() -> Response {
     r
 }
 
-async fn check(
-    state: &AppState,
-    origin: &Origin,
-    cookies: &Cookies,
-    touch: bool,
-) -> Result<Check, Response> {
-    if cookies.malformed || origin.malformed {
-        return Ok(Check::Denied);
-    }
-    let Some(token) = &cookies.session else {
+/// Forward auth reads the request head itself, as validate does (see `agent::validate`):
+/// these routes answer every page view.
+async fn check(state: &AppState, origin: &Origin, head: &Parts) -> Result<Check, Response> {
+    let (session, _) = cookie::read(&head.headers, &state.web.settings.cookie.name);
+    let Presented::Token(token) = session else {
         return Ok(Check::Denied);
     };
+    if origin.malformed {
+        return Ok(Check::Denied);
+    }
+    let touch = touch_wanted(&head.headers);
     let passive_path = origin.uri.as_deref().is_some_and(|u| {
         state
             .web
@@ -120,27 +108,18 @@ async fn check(
     Ok(Check::Allowed(r))
 }
 
-pub(super) async fn nginx(
-    State(state): State<AppState>,
-    origin: Origin,
-    cookies: Cookies,
-    TouchWanted(touch): TouchWanted,
-) -> Response {
-    match check(&state, &origin, &cookies, touch).await {
+pub(super) async fn nginx(state: &AppState, head: &Parts) -> Response {
+    match check(state, &Origin::of(head, state), head).await {
         Ok(Check::Allowed(r)) | Err(r) => r,
         Ok(Check::Denied) => unauthorized(),
     }
 }
 
-pub(super) async fn forward(
-    State(state): State<AppState>,
-    origin: Origin,
-    cookies: Cookies,
-    TouchWanted(touch): TouchWanted,
-) -> Response {
-    match check(&state, &origin, &cookies, touch).await {
+pub(super) async fn forward(state: &AppState, head: &Parts) -> Response {
+    let origin = Origin::of(head, state);
+    match check(state, &origin, head).await {
         Ok(Check::Allowed(r)) | Err(r) => r,
-        Ok(Check::Denied) => login_redirect(&state, &origin).unwrap_or_else(unauthorized),
+        Ok(Check::Denied) => login_redirect(state, &origin).unwrap_or_else(unauthorized),
     }
 }
 

@@ -24,7 +24,6 @@ use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
-use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -89,9 +88,13 @@ pub struct WebState {
 /// straight to their handlers, everything else through the router.
 ///
 /// The hot routes skip the router's layers because a profile of validate showed them at
-/// about 9% of its CPU (matching, a boxed clone of the route, middleware futures). The
-/// handlers and extractors are the same either way; tests drive this type through
-/// `tower::ServiceExt::oneshot`, so they cover the path the server takes.
+/// about 9% of its CPU (matching, a boxed clone of the route, middleware futures), and
+/// they read the request themselves rather than through axum's extractors, whose boxed
+/// handler future and copies of the request cost another 150 ns a request
+/// (`examples/hotpath`). They run the extractors' own checks (`extract::Agent::check`,
+/// `extract::json_body`, `proxy::Origin::of`); the router routes the same paths to
+/// the same functions, for the methods it answers otherwise (`HEAD`, `405`). Tests drive
+/// this type through `tower::ServiceExt::oneshot`, so they cover the path the server takes.
 #[derive(Clone, Debug)]
 pub struct App {
     router: Router,
@@ -106,7 +109,12 @@ pub fn app(state: AppState) -> App {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/sessions", post(agent::create))
-        .route("/v1/sessions/validate", post(agent::validate))
+        .route(
+            "/v1/sessions/validate",
+            post(|State(s): State<AppState>, req: Request| async move {
+                agent::validate(&s, req).await
+            }),
+        )
         .route("/v1/sessions/update", post(agent::update))
         .route("/v1/sessions/logout", post(agent::logout))
         .route("/v1/login", post(agent::login))
@@ -127,8 +135,18 @@ pub fn app(state: AppState) -> App {
         .route("/sessions", get(portal::sessions_page))
         .route("/sessions/end", post(portal::end_one))
         .route("/sessions/end-others", post(portal::end_others))
-        .route("/auth/nginx", get(forward::nginx))
-        .route("/auth/forward", get(forward::forward))
+        .route(
+            "/auth/nginx",
+            get(|State(s): State<AppState>, req: Request| async move {
+                forward::nginx(&s, &req.into_parts().0).await
+            }),
+        )
+        .route(
+            "/auth/forward",
+            get(|State(s): State<AppState>, req: Request| async move {
+                forward::forward(&s, &req.into_parts().0).await
+            }),
+        )
         .fallback(not_found)
         .with_state(state.clone());
     App { router, state }
@@ -144,20 +162,21 @@ impl App {
         if let Some(refused) = oversized_headers(&req) {
             return refused;
         }
-        // Handlers read bodies through axum's extractors, which turn the limit's error
-        // into 413 (`payload_too_large`).
-        let req = req.map(|b| Body::new(Limited::new(b, MAX_BODY_BYTES)));
-        let state = self.state;
         match (req.method(), req.uri().path()) {
-            (&Method::POST, "/v1/sessions/validate") => {
-                Handler::call(agent::validate, req, state).await
+            (&Method::POST, "/v1/sessions/validate") => agent::validate(&self.state, req).await,
+            (&Method::GET, "/auth/nginx") => forward::nginx(&self.state, &req.into_parts().0).await,
+            (&Method::GET, "/auth/forward") => {
+                forward::forward(&self.state, &req.into_parts().0).await
             }
-            (&Method::GET, "/auth/nginx") => Handler::call(forward::nginx, req, state).await,
-            (&Method::GET, "/auth/forward") => Handler::call(forward::forward, req, state).await,
-            _ => match self.router.oneshot(req).await {
-                Ok(r) => r,
-                Err(never) => match never {},
-            },
+            _ => {
+                // Handlers read bodies through axum's extractors, which turn the limit's
+                // error into 413 (`payload_too_large`).
+                let req = req.map(|b| Body::new(Limited::new(b, MAX_BODY_BYTES)));
+                match self.router.oneshot(req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                }
+            }
         }
     }
 }

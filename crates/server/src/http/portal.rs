@@ -27,12 +27,11 @@ use super::proxy::Origin;
 use super::redirect::safe_target;
 use crate::error::ApiError;
 
-/// The session and anti-forgery cookies of a browser request.
+/// The session and anti-forgery cookies of a browser request. A cookie that cannot be a
+/// token counts as absent.
 #[derive(Debug)]
 pub struct Cookies {
     pub session: Option<String>,
-    /// A session cookie was sent but cannot be a token.
-    pub malformed: bool,
     pub csrf: Option<String>,
 }
 
@@ -41,20 +40,14 @@ impl FromRequestParts<AppState> for Cookies {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let settings = &state.web.settings.cookie;
-        let (session, csrf) = cookie::read(&parts.headers, &settings.name);
-        let (session, malformed) = match session {
-            Presented::None => (None, false),
-            Presented::Token(t) => (Some(t.to_owned()), false),
-            Presented::Malformed => (None, true),
-        };
-        let csrf = match csrf {
+        let token = |p: Presented<'_>| match p {
             Presented::Token(t) => Some(t.to_owned()),
-            _ => None,
+            Presented::None | Presented::Malformed => None,
         };
+        let (session, csrf) = cookie::read(&parts.headers, &settings.name);
         Ok(Cookies {
-            session,
-            malformed,
-            csrf,
+            session: token(session),
+            csrf: token(csrf),
         })
     }
 }

@@ -123,19 +123,23 @@ pub fn origin(headers: &HeaderMap, peer: Option<IpAddr>, proxies: &[IpNet]) -> O
     o
 }
 
-impl FromRequestParts<AppState> for Origin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+impl Origin {
+    /// The origin of the request with head `parts`: the extractor, for a handler that reads
+    /// the request itself.
+    pub fn of(parts: &Parts, state: &AppState) -> Origin {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        Ok(origin(
-            &parts.headers,
-            peer,
-            &state.web.settings.trusted_proxies,
-        ))
+        origin(&parts.headers, peer, &state.web.settings.trusted_proxies)
+    }
+}
+
+impl FromRequestParts<AppState> for Origin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Ok(Origin::of(parts, state))
     }
 }
 
