@@ -6,6 +6,7 @@
 //! - [`policy`]: idle timeout, maximum lifetime and the concurrent-session limit.
 //! - [`session`]: the session record, its deadlines and end, and tombstones.
 //! - [`input`]: limits and checks on what agents send.
+//! - [`text`]: [`Text`], the record's strings, inline when short.
 //!
 //! Architecture invariant: nothing here does I/O or reads the clock; callers pass `now`.
 
@@ -14,6 +15,7 @@ pub mod id;
 pub mod input;
 pub mod policy;
 pub mod session;
+pub mod text;
 pub mod token;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
@@ -21,4 +23,5 @@ pub use id::SessionId;
 pub use policy::{OnLimit, Policy};
 pub use session::{Session, SessionStatus, Tombstone};
 pub use sessiond_proto::EndReason;
+pub use text::Text;
 pub use token::{TokenError, TokenKey, TokenKeys, Verifier};

@@ -44,7 +44,7 @@ pub fn view(s: Session) -> v1::Session {
         id: s.id.to_string(),
         idle_expires_at: s.idle_expires_at().to_rfc3339(),
         user: s.user.to_string(),
-        universal_id: s.universal_id,
+        universal_id: s.universal_id.map(String::from),
         auth_level: s.auth_level,
         attributes: s.attributes,
         client: v1::ClientInfo {

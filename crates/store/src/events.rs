@@ -11,10 +11,9 @@
 //! random per process start, so ids from before a restart are recognised as unresumable.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use parking_lot::Mutex;
-use sessiond_core::{EndReason, SessionId, Timestamp};
+use sessiond_core::{EndReason, SessionId, Text, Timestamp};
 use tokio::sync::{broadcast, mpsc};
 
 /// Events kept for resumption.
@@ -38,7 +37,7 @@ pub struct ChangeEvent {
     pub event_id: String,
     pub kind: ChangeKind,
     pub session: SessionId,
-    pub user: Arc<str>,
+    pub user: Text,
     pub version: u64,
     /// For `Ended`.
     pub reason: Option<EndReason>,
@@ -61,7 +60,7 @@ pub type Feed = mpsc::Receiver<FeedItem>;
 pub struct Change {
     pub kind: ChangeKind,
     pub session: SessionId,
-    pub user: Arc<str>,
+    pub user: Text,
     pub version: u64,
     pub reason: Option<EndReason>,
     pub at: Timestamp,

@@ -28,7 +28,7 @@ use std::thread::JoinHandle;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
-use sessiond_core::{Session, SessionId, Timestamp, Tombstone, Verifier};
+use sessiond_core::{Session, SessionId, Text, Timestamp, Tombstone, Verifier};
 use tokio::sync::oneshot;
 
 use crate::StoreError;
@@ -538,15 +538,13 @@ pub(super) struct StoredSession<'a> {
 }
 
 impl StoredSession<'_> {
-    /// The session, named by `user` (the caller's copy of `self.user`), with `shared`
-    /// giving the one copy of its user agent and policy name.
-    pub fn into_session(self, user: Arc<str>, mut shared: impl FnMut(&str) -> Arc<str>) -> Session {
-        debug_assert_eq!(&*user, self.user);
+    /// The session, with `shared` giving the one copy of its user agent and policy name.
+    pub fn into_session(self, mut shared: impl FnMut(&str) -> Arc<str>) -> Session {
         Session {
             id: self.id,
             verifier: self.verifier,
-            user,
-            universal_id: self.universal_id.map(str::to_owned),
+            user: Text::new(self.user),
+            universal_id: self.universal_id.map(Text::new),
             auth_level: self.auth_level,
             attributes: self
                 .attributes
@@ -708,8 +706,7 @@ mod tests {
             s.last_access_at = Timestamp(1_795_000_060_000);
             let bytes = encode(&s).unwrap();
             let stored: StoredSession<'_> = decode(&bytes).unwrap();
-            let user = Arc::from(stored.user);
-            assert_eq!(stored.into_session(user, |v| Arc::from(v)), s);
+            assert_eq!(stored.into_session(|v| Arc::from(v)), s);
             assert_eq!(decode::<Session>(&bytes).unwrap(), s);
         }
     }

@@ -42,7 +42,9 @@ use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use sessiond_core::input::apply_attributes;
 use sessiond_core::policy::UserLimit;
-use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Tombstone, Verifier};
+use sessiond_core::{
+    EndReason, Session, SessionId, SessionStatus, Text, Timestamp, Tombstone, Verifier,
+};
 use smallvec::SmallVec;
 use tokio::sync::watch;
 
@@ -204,13 +206,9 @@ impl LoadPart {
     }
 
     fn add(&mut self, stored: StoredSession<'_>) {
-        // Strings this part already holds are shared, not copied: a user's second session
-        // takes the index's name, and user agents and policy names come from the interner.
-        let user = match self.members.by_user.get_key_value(stored.user) {
-            Some((name, _)) => name.clone(),
-            None => Arc::from(stored.user),
-        };
-        let session = stored.into_session(user, |s| self.strings.shared(s));
+        // Strings this part already holds are shared, not copied: user agents and policy
+        // names come from the interner.
+        let session = stored.into_session(|s| self.strings.shared(s));
         self.members.join(&session);
         let entry = Entry::new(Arc::new(session));
         let id = entry.session.id;
@@ -233,10 +231,10 @@ type UserIds = SmallVec<[SessionId; 2]>;
 
 #[derive(Default)]
 struct Members {
-    /// Keyed by the sessions' own shared user string. Fx hashing: user names come from
+    /// Keyed by user name (inline when short, as in the records). Fx hashing: user names come from
     /// authenticated agents or from the users directory, not from anonymous clients (the
     /// user-agent interner, whose keys do, keeps std's keyed hashing).
-    by_user: FxHashMap<Arc<str>, UserIds>,
+    by_user: FxHashMap<Text, UserIds>,
     per_policy: FxHashMap<Arc<str>, u64>,
     live: u64,
     ended_by_reason: BTreeMap<EndReason, u64>,
@@ -246,7 +244,7 @@ impl Members {
     /// Counts a live session and lists it under its user (kept sorted; a load, which
     /// reads ids in order, appends).
     fn join(&mut self, s: &Session) {
-        // Look up before inserting: a key is cloned (an atomic increment) only when new.
+        // Look up before inserting: a key is copied only when new.
         match self.by_user.get_mut(&*s.user) {
             Some(ids) => {
                 if let Err(at) = ids.binary_search(&s.id) {
@@ -553,6 +551,9 @@ impl LocalStore {
         verifier: Option<&Verifier>,
         now: Timestamp,
     ) -> Option<Lookup> {
+        // The caller answers with the whole record: fetch its cache lines now, together
+        // with the ones read below, not one by one as the answer reaches them.
+        std::hint::black_box(session.warm());
         if verifier.is_some_and(|v| !session.verifier.matches(v)) {
             return Some(Lookup::NotFound);
         }
