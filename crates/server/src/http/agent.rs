@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{BoxError, Json};
 use sessiond_proto::v1;
 
-use super::AppState;
 use super::extract::{Agent, Body, json_body};
+use super::{AppState, Connection};
 use crate::error::ApiError;
 use crate::json;
 use crate::service::view;
@@ -27,14 +27,14 @@ pub(super) async fn create(
 /// route of every page view reads the request itself rather than through axum's
 /// extractors, whose boxing and copying cost more than the validate (`examples/hotpath`).
 /// The checks and answers are the extractors' ([`Agent::check`], [`json_body`]).
-pub(super) async fn validate<B>(state: &AppState, req: Request<B>) -> Response
+pub(super) async fn validate<B>(state: &AppState, conn: &Connection, req: Request<B>) -> Response
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
     let answer = async {
-        Agent::check(&parts.headers, state)?;
+        Agent::check(&parts.headers, state, Some(&conn.agent_key))?;
         let req: v1::ValidateRequest = json_body(&parts.headers, body).await?;
         state.service.validate(&req.token, req.touch).await
     };

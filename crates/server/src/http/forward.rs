@@ -11,10 +11,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::AppState;
 use super::cookie::{self, Presented};
 use super::proxy::Origin;
 use super::redirect::safe_target;
+use super::{AppState, Connection};
 use crate::error::ApiError;
 
 /// Request header by which a proxy says "this check is not user activity".
@@ -108,15 +108,15 @@ async fn check(state: &AppState, origin: &Origin, head: &Parts) -> Result<Check,
     Ok(Check::Allowed(r))
 }
 
-pub(super) async fn nginx(state: &AppState, head: &Parts) -> Response {
-    match check(state, &Origin::of(head, state), head).await {
+pub(super) async fn nginx(state: &AppState, conn: &Connection, head: &Parts) -> Response {
+    match check(state, &Origin::of(&head.headers, conn.peer, state), head).await {
         Ok(Check::Allowed(r)) | Err(r) => r,
         Ok(Check::Denied) => unauthorized(),
     }
 }
 
-pub(super) async fn forward(state: &AppState, head: &Parts) -> Response {
-    let origin = Origin::of(head, state);
+pub(super) async fn forward(state: &AppState, conn: &Connection, head: &Parts) -> Response {
+    let origin = Origin::of(&head.headers, conn.peer, state);
     match check(state, &origin, head).await {
         Ok(Check::Allowed(r)) | Err(r) => r,
         Ok(Check::Denied) => login_redirect(state, &origin).unwrap_or_else(unauthorized),

@@ -124,14 +124,14 @@ pub fn origin(headers: &HeaderMap, peer: Option<IpAddr>, proxies: &[IpNet]) -> O
 }
 
 impl Origin {
-    /// The origin of the request with head `parts`: the extractor, for a handler that reads
-    /// the request itself.
-    pub fn of(parts: &Parts, state: &AppState) -> Origin {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        origin(&parts.headers, peer, &state.web.settings.trusted_proxies)
+    /// The origin of a request with `headers` from `peer`: the extractor, for a handler
+    /// that reads the request itself.
+    pub fn of(headers: &HeaderMap, peer: Option<SocketAddr>, state: &AppState) -> Origin {
+        origin(
+            headers,
+            peer.map(|p| p.ip()),
+            &state.web.settings.trusted_proxies,
+        )
     }
 }
 
@@ -139,7 +139,8 @@ impl FromRequestParts<AppState> for Origin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        Ok(Origin::of(parts, state))
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+        Ok(Origin::of(&parts.headers, peer.map(|c| c.0), state))
     }
 }
 

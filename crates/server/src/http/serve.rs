@@ -3,14 +3,13 @@
 //! In place of `axum::serve` so the connection setup is ours: HTTP/1.1 only (the contract
 //! serves nothing else, and axum's loop sniffs every connection for HTTP/2), `TCP_NODELAY`
 //! so an answer never waits for the peer's ACK, a bounded read buffer, and the peer's
-//! address handed to [`App`] without a layer per request.
+//! address handed to [`App`] with the [`Connection`], without a layer per request.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -18,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use super::{App, MAX_BODY_BYTES, MAX_HEADER_BYTES};
+use super::{App, Connection, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 
 /// Largest read buffer of a connection. A request head must fit in it (hyper answers 431
 /// otherwise), so headers are bounded before they are parsed, not only after.
@@ -43,7 +42,8 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
         // Only fails on a socket that is already gone; the connection then fails on its own.
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |req| answer(app.clone(), req, peer));
+        let conn = Arc::new(Connection::new(peer));
+        let service = service_fn(move |req| answer(app.clone(), conn.clone(), req));
         let conn = http1::Builder::new()
             .max_buf_size(MAX_READ_BUFFER)
             .serve_connection(TokioIo::new(stream), service);
@@ -60,11 +60,10 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
 
 async fn answer(
     app: App,
-    mut req: hyper::Request<Incoming>,
-    peer: SocketAddr,
+    conn: Arc<Connection>,
+    req: hyper::Request<Incoming>,
 ) -> Result<axum::response::Response, Infallible> {
-    req.extensions_mut().insert(ConnectInfo(peer));
-    Ok(app.handle(req).await)
+    Ok(app.handle_on(&conn, req).await)
 }
 
 /// An accept that failed for the listener, not for one connection (out of descriptors,

@@ -411,6 +411,48 @@ async fn oversized_headers_are_refused() {
     }
 }
 
+/// A connection remembers the agent key that passed on it, and nothing else: another key
+/// of the same length is refused on it, and a key that failed first is never remembered.
+#[tokio::test]
+async fn a_connection_remembers_only_an_agent_key_that_passed() {
+    let h = Harness::new();
+    let (token, _) = h.login("alice", None).await;
+    let validate = |key: &str| {
+        Request::post("/v1/sessions/validate")
+            .header(header::AUTHORIZATION, format!("Bearer {key}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({ "token": token }).to_string()))
+            .unwrap()
+    };
+    let forged = "x".repeat(AGENT_KEY.len());
+    async fn on(h: &Harness, conn: &super::Connection, req: Request<Body>) -> StatusCode {
+        app(h.state.clone()).handle_on(conn, req).await.status()
+    }
+    let conn = super::Connection::new(([127, 0, 0, 1], 50000).into());
+    assert_eq!(on(&h, &conn, validate(AGENT_KEY)).await, StatusCode::OK);
+    assert_eq!(on(&h, &conn, validate(AGENT_KEY)).await, StatusCode::OK);
+    assert_eq!(
+        on(&h, &conn, validate(&forged)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        on(&h, &conn, validate("short")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(on(&h, &conn, validate(AGENT_KEY)).await, StatusCode::OK);
+
+    let conn = super::Connection::new(([127, 0, 0, 1], 50001).into());
+    assert_eq!(
+        on(&h, &conn, validate(&forged)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        on(&h, &conn, validate(&forged)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(on(&h, &conn, validate(AGENT_KEY)).await, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn oversized_bodies_are_refused_on_the_routes_that_skip_the_router() {
     let h = Harness::new();
