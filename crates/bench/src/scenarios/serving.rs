@@ -62,7 +62,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
     });
     let floor = tokio::task::spawn_blocking(super::floor::measure).await??;
     ctx.log(format!(
-        "fixed work per request (in-process): validate {:.2} us (token MAC + hash, agent key hash, JSON in and out), forward auth {:.2} us (token MAC + hash)",
+        "fixed work per request (in-process): validate {:.2} us (token MAC + hash, JSON in and out), forward auth {:.2} us (token MAC + hash)",
         floor.validate_us, floor.forward_us
     ));
     let (validate_rows, validate_figures) = compare(
