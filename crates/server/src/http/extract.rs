@@ -1,7 +1,9 @@
 //! Extractors: credentials and bodies are parsed here, once, into types.
 //!
 //! Handlers never read raw headers. A credential is checked by hashing what was presented
-//! and comparing the hash with every configured one in constant time.
+//! and comparing the hash with every configured one in constant time; on a connection
+//! where an agent key passed, the same key is then compared with it in constant time
+//! (`Agent::check`, `Connection`).
 
 use std::sync::OnceLock;
 
