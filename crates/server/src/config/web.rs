@@ -129,7 +129,12 @@ fn header_name(
     {
         return Err(refused());
     }
-    HeaderName::from_bytes(name.as_bytes()).map_err(|_| refused())
+    let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| refused())?;
+    // Forward auth sends these names on every allowed page view. A name made from a
+    // `'static` string is cloned without touching a reference count; the few bytes are
+    // kept for the life of the process (settings are read once at start).
+    let kept: &'static str = Box::leak(parsed.as_str().into());
+    Ok(HeaderName::from_static(kept))
 }
 
 /// Resolves the web sections; relative paths are taken from `base` (the config file's

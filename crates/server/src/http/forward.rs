@@ -22,8 +22,10 @@ pub const TOUCH_HEADER: &str = "x-sessiond-touch";
 
 /// Whether the check should slide the idle timer: not when the proxy says `0`/`false`/`no`.
 fn touch_wanted(headers: &HeaderMap) -> bool {
+    // Parsed once, not on every check.
+    const TOUCH: HeaderName = HeaderName::from_static(TOUCH_HEADER);
     let passive = headers
-        .get(TOUCH_HEADER)
+        .get(&TOUCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "no"));
     !passive
