@@ -6,7 +6,6 @@
 //! portal with `rd` rebuilt from the trusted proxy's `X-Forwarded-*`. Anything malformed is
 //! 401; an unreachable store is 503. Never 200 unless a live session was found.
 
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
@@ -43,17 +42,17 @@ fn unauthorized() -> Response {
     r
 }
 
-/// Forward auth reads the request head itself, as validate does (see `agent::validate`):
-/// these routes answer every page view.
-async fn check(state: &AppState, origin: &Origin, head: &Parts) -> Result<Check, Response> {
-    let (session, _) = cookie::read(&head.headers, &state.web.settings.cookie.name);
+/// Forward auth reads the request's headers itself, as validate reads its request (see
+/// `agent::validate`): these routes answer every page view.
+async fn check(state: &AppState, origin: &Origin, headers: &HeaderMap) -> Result<Check, Response> {
+    let (session, _) = cookie::read(headers, &state.web.settings.cookie.name);
     let Presented::Token(token) = session else {
         return Ok(Check::Denied);
     };
     if origin.malformed {
         return Ok(Check::Denied);
     }
-    let touch = touch_wanted(&head.headers);
+    let touch = touch_wanted(headers);
     let passive_path = origin.uri.as_deref().is_some_and(|u| {
         state
             .web
@@ -110,16 +109,16 @@ async fn check(state: &AppState, origin: &Origin, head: &Parts) -> Result<Check,
     Ok(Check::Allowed(r))
 }
 
-pub(super) async fn nginx(state: &AppState, conn: &Connection, head: &Parts) -> Response {
-    match check(state, &Origin::of(&head.headers, conn.peer, state), head).await {
+pub(super) async fn nginx(state: &AppState, conn: &Connection, headers: &HeaderMap) -> Response {
+    match check(state, &Origin::of(headers, conn.peer, state), headers).await {
         Ok(Check::Allowed(r)) | Err(r) => r,
         Ok(Check::Denied) => unauthorized(),
     }
 }
 
-pub(super) async fn forward(state: &AppState, conn: &Connection, head: &Parts) -> Response {
-    let origin = Origin::of(&head.headers, conn.peer, state);
-    match check(state, &origin, head).await {
+pub(super) async fn forward(state: &AppState, conn: &Connection, headers: &HeaderMap) -> Response {
+    let origin = Origin::of(headers, conn.peer, state);
+    match check(state, &origin, headers).await {
         Ok(Check::Allowed(r)) | Err(r) => r,
         Ok(Check::Denied) => login_redirect(state, &origin).unwrap_or_else(unauthorized),
     }
