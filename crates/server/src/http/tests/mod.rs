@@ -411,6 +411,21 @@ async fn oversized_headers_are_refused() {
     }
 }
 
+/// The hot routes skip the router, which still knows their paths: another method on them
+/// is `405`, not an unknown route.
+#[tokio::test]
+async fn the_hot_routes_answer_other_methods_as_the_router_does() {
+    let h = Harness::new();
+    for (method, uri) in [
+        ("GET", "/v1/sessions/validate"),
+        ("POST", "/auth/nginx"),
+        ("DELETE", "/auth/forward"),
+    ] {
+        let (s, _) = h.call(method, uri, Some(AGENT_KEY), None).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+    }
+}
+
 /// A connection remembers the agent key that passed on it, and nothing else: another key
 /// of the same length is refused on it, and a key that failed first is never remembered.
 #[tokio::test]

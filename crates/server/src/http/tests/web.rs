@@ -265,6 +265,18 @@ async fn forward_auth_answers_identity_or_refuses() {
     let session = h.state.service.validate(&sid, false).await.unwrap();
     assert_eq!(hd["remote-session-id"], session.id.to_string().as_str());
 
+    // The same check by HEAD, which goes through the router's copy of the route.
+    let (resp, _) = h
+        .raw(
+            from(PROXY, Request::head("/auth/nginx"))
+                .header(header::COOKIE, format!("sid={sid}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["remote-user"], "alice");
+
     let bad_cookies = [
         String::new(),
         "sid=garbage".into(),
