@@ -2,18 +2,18 @@
 //! lookup and touch, then the same with the JSON answer written; the service's validate
 //! (token check and store) with the answer, and the token check alone; then whole requests
 //! through the server's `App` (limits, agent key, body, token check, store, answer) for
-//! validate and forward auth, on one keep-alive `Connection`, everything but the network. The sessions are the benchmark's
-//! (`testkit::SessionData`), drawn at random from the whole population as its load
-//! generator draws them. With the server's allocator (mimalloc). For profiling and for
-//! trying changes to the hot path (`perf record -g -- ...`), not a test; the end-to-end
-//! figures are `sessiond-bench`'s.
+//! validate and forward auth, on one keep-alive `Connection`, everything but the network.
+//! The sessions are the benchmark's (`testkit::SessionData`), drawn at random from the
+//! whole population as its load generator draws them. With the server's allocator
+//! (mimalloc). For profiling and for trying changes to the hot path (`perf record -g --
+//! ...`), not a test; the end-to-end figures are `sessiond-bench`'s.
 //!
 //! ```sh
 //! cargo run --release -p sessiond --example hotpath -- 1000000
 //! ```
 //! Prints nanoseconds per validate for each step: what grows from 1,000 sessions to a
 //! million is the memory a validate reads (cache and TLB misses over a large heap); what
-//! the `App` rows add to the first two is the HTTP framework's share.
+//! the `App` rows add to the service's row is the HTTP framework's share.
 
 use std::hint::black_box;
 use std::sync::Arc;

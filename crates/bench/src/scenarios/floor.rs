@@ -2,10 +2,10 @@
 //! token's MAC and the SHA-256 of its secret (`TokenKeys::verify`), and for validate the
 //! JSON request read and the session answer written. The agent key is left out: it is
 //! hashed once per connection, and compared byte for byte with that connection's key on
-//! its later requests (`http::Connection`), a few nanoseconds. Added to the baseline's CPU per request, it is the least sessiond could cost
-//! with no HTTP framework and no store at all: if that floor is already above the 1.25x
-//! target, the target cannot be met without dropping one of the checks the security rules
-//! ask for.
+//! its later requests (`http::Connection`), a few nanoseconds. Added to the baseline's CPU
+//! per request, it is the least sessiond could cost with no HTTP framework and no store at
+//! all: if that floor is already above the 1.25x target, the target cannot be met without
+//! dropping one of the checks the security rules ask for.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -231,9 +231,9 @@ type UserIds = SmallVec<[SessionId; 2]>;
 
 #[derive(Default)]
 struct Members {
-    /// Keyed by user name (inline when short, as in the records). Fx hashing: user names come from
-    /// authenticated agents or from the users directory, not from anonymous clients (the
-    /// user-agent interner, whose keys do, keeps std's keyed hashing).
+    /// Keyed by user name (inline when short, as in the records). Fx hashing: user names
+    /// come from authenticated agents or from the users directory, not from anonymous
+    /// clients (the user-agent interner, whose keys do, keeps std's keyed hashing).
     by_user: FxHashMap<Text, UserIds>,
     per_policy: FxHashMap<Arc<str>, u64>,
     live: u64,
