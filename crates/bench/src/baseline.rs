@@ -5,11 +5,24 @@
 //!
 //! Runs as its own process (`sessiond-bench baseline-server`) so its CPU time can be read
 //! from `/proc` exactly as sessiond's is.
+//!
+//! With `--journal FILE` it is also the floor of a durable create: each `POST` is answered
+//! `201` with a fresh 256-bit token only once its body is on disk. One writer thread takes
+//! every body waiting, appends them to FILE in one `write` and makes them durable with one
+//! `fdatasync`, as sessiond's journal writer group-commits (see `scenarios/creates.rs`). No
+//! JSON, no session, no index, no LSM: the least any server must do per durable create on
+//! this machine's network stack and disk.
 
 use std::convert::Infallible;
+use std::fs::File;
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, mpsc};
 
 use anyhow::{Context, Result};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -18,21 +31,60 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 /// The answer body: about as long as a short JSON reply.
 const BODY: &[u8] = br#"{"ok":true}"#;
 
-/// Serves until killed; prints `baseline: listening on http://ADDR` once bound.
-pub fn run(listen: SocketAddr) -> Result<()> {
+/// A body to make durable, and who waits for it.
+type Append = (Bytes, oneshot::Sender<bool>);
+
+/// Serves until killed; prints `baseline: listening on http://ADDR` once bound. With
+/// `journal`, `POST`s are durable creates (see the module docs).
+pub fn run(listen: SocketAddr, journal: Option<&Path>) -> Result<()> {
+    let journal = match journal {
+        Some(path) => {
+            let file =
+                File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            let (tx, rx) = mpsc::channel();
+            std::thread::Builder::new()
+                .name("baseline-journal".into())
+                .spawn(move || write_loop(file, rx))
+                .context("starting the journal writer")?;
+            Some(tx)
+        }
+        None => None,
+    };
     // The same runtime sessiond's main builds: multi-threaded, one worker per core.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(listen))
+    runtime.block_on(serve(listen, journal))
 }
 
-async fn serve(listen: SocketAddr) -> Result<()> {
+/// Group commit: everything queued goes out in one write and one `fdatasync`, then each
+/// waiter learns whether it is durable. Ends when the server does.
+fn write_loop(mut file: File, rx: mpsc::Receiver<Append>) {
+    let mut buf = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        group.extend(rx.try_iter());
+        buf.clear();
+        for (body, _) in &group {
+            // Length-prefixed, so the file could be read back.
+            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            buf.extend_from_slice(body);
+        }
+        let ok = file.write_all(&buf).and_then(|()| file.sync_data()).is_ok();
+        for (_, done) in group {
+            let _ = done.send(ok);
+        }
+    }
+}
+
+async fn serve(listen: SocketAddr, journal: Option<mpsc::Sender<Append>>) -> Result<()> {
+    let journal = journal.map(Arc::new);
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -43,26 +95,54 @@ async fn serve(listen: SocketAddr) -> Result<()> {
             // Out of descriptors and the like: keep serving the connections we have.
             Err(_) => continue,
         };
+        let journal = journal.clone();
         tokio::spawn(async move {
             // A connection error only ends that connection.
             let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service_fn(answer))
+                .serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(|req| answer(req, journal.clone())),
+                )
                 .await;
         });
     }
 }
 
-async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    journal: Option<Arc<mpsc::Sender<Append>>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let durable = journal.filter(|_| req.method() == hyper::Method::POST);
     // Read the whole request body, as any handler that parses one must.
-    let status = match req.into_body().collect().await {
-        Ok(_) => StatusCode::OK,
-        Err(_) => StatusCode::BAD_REQUEST,
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    let (status, answer) = match (body, durable) {
+        (Ok(_), None) => (StatusCode::OK, Bytes::from_static(BODY)),
+        (Ok(body), Some(journal)) => create(body, &journal).await,
+        (Err(_), _) => (StatusCode::BAD_REQUEST, Bytes::from_static(BODY)),
     };
-    let mut response = Response::new(Full::new(Bytes::from_static(BODY)));
+    let mut response = Response::new(Full::new(answer));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// A durable create's least work: a 256-bit token from the OS, and the body on disk.
+async fn create(body: Bytes, journal: &mpsc::Sender<Append>) -> (StatusCode, Bytes) {
+    let failed = (StatusCode::INTERNAL_SERVER_ERROR, Bytes::from_static(BODY));
+    let mut secret = [0u8; 32];
+    if getrandom::fill(&mut secret).is_err() {
+        return failed;
+    }
+    let (done, durable) = oneshot::channel();
+    if journal.send((body, done)).is_err() || durable.await != Ok(true) {
+        return failed;
+    }
+    let token = URL_SAFE_NO_PAD.encode(secret);
+    (
+        StatusCode::CREATED,
+        Bytes::from(format!(r#"{{"token":"{token}"}}"#)),
+    )
 }

@@ -51,6 +51,9 @@ enum Command {
     BaselineServer {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Answer `POST`s as durable creates, group-committed to this file.
+        #[arg(long)]
+        journal: Option<PathBuf>,
     },
 }
 
@@ -94,7 +97,9 @@ struct AllArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::BaselineServer { listen } => baseline::run(listen).map(|()| ExitCode::SUCCESS),
+        Command::BaselineServer { listen, journal } => {
+            baseline::run(listen, journal.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
         Command::All(args) => all(args),
     };
     match result {

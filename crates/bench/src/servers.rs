@@ -124,9 +124,21 @@ pub struct Baseline {
 impl Baseline {
     /// Starts this executable's `baseline-server` on `127.0.0.1:0`.
     pub fn start() -> Result<Baseline> {
+        Baseline::start_with(None)
+    }
+
+    /// The same, answering `POST`s as durable creates group-committed to `journal`.
+    pub fn durable(journal: &Path) -> Result<Baseline> {
+        Baseline::start_with(Some(journal))
+    }
+
+    fn start_with(journal: Option<&Path>) -> Result<Baseline> {
         let exe = std::env::current_exe().context("locating the benchmark binary")?;
         let mut cmd = Command::new(exe);
         cmd.args(["baseline-server", "--listen", "127.0.0.1:0"]);
+        if let Some(path) = journal {
+            cmd.arg("--journal").arg(path);
+        }
         let mut proc = Proc::spawn("baseline", cmd)?;
         let (url, _) = proc.wait_for_line("baseline: listening on ", START_TIMEOUT)?;
         Ok(Baseline {

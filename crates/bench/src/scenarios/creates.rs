@@ -1,6 +1,11 @@
 //! Durable creates: many concurrent clients doing `POST /v1/sessions` against a fresh
 //! embedded store, against the chosen engine (fjall) committing each create on its own with
 //! `PersistMode::SyncAll` (one fsync per create), in this process, on the same filesystem.
+//!
+//! Then the same load against the floor of a durable create (`baseline-server --journal`:
+//! HTTP, a token from the OS, the body appended and group-committed with one `fdatasync`,
+//! nothing else), reported next to it: how far the 10x target is from what this machine's
+//! network stack, disk and load generator allow any server at all.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +19,7 @@ use sessiond_core::{Clock as _, Policy, SystemClock};
 use super::Ctx;
 use crate::load;
 use crate::report::{Row, Target};
-use crate::servers::Sessiond;
+use crate::servers::{Baseline, Sessiond};
 use crate::workloads::{Agent, Create, SessionData};
 
 /// Most creates the baseline commits, whatever its time.
@@ -51,11 +56,34 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     // bounds the rate (the fsyncs are shared by the group commit).
     let per = |cpu: Option<Duration>| cpu.and_then(|c| out.us_per_request(c)).unwrap_or(f64::NAN);
     let (server_us, generator_us) = (per(out.server_cpu), per(out.generator_cpu));
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     ctx.log(format!(
-        "durable creates: CPU per create {server_us:.1} us in sessiond + {generator_us:.1} us in the load generator; {} cores at that cost allow at most {:.0} creates/s",
-        cores,
-        cores as f64 * 1e6 / (server_us + generator_us)
+        "durable creates: CPU per create {server_us:.1} us in sessiond + {generator_us:.1} us in the load generator; {}",
+        bound(server_us, generator_us)
+    ));
+
+    ctx.phase("durable creates: the floor (HTTP, a token, a group-committed append)");
+    let floor_dir = ctx.tempdir("floor")?;
+    let floor_server = Baseline::durable(&floor_dir.path().join("journal"))?;
+    let agent = Agent::new(floor_server.addr, "floor")?;
+    let work = Arc::new(Create {
+        agent,
+        next: AtomicU64::new(0),
+    });
+    let floor = load::run(floor_server.addr, &spec, work, Some(floor_server.proc.pid)).await?;
+    floor.ensure_clean("durable creates, floor")?;
+    drop(floor_server);
+    let per = |cpu: Option<Duration>| {
+        cpu.and_then(|c| floor.us_per_request(c))
+            .unwrap_or(f64::NAN)
+    };
+    let (floor_server_us, floor_generator_us) = (per(floor.server_cpu), per(floor.generator_cpu));
+    ctx.log(format!(
+        "durable creates, floor: {} over {:?}, p50 {:.2} ms, p99 {:.2} ms; CPU per create {floor_server_us:.1} us in the server + {floor_generator_us:.1} us in the load generator; {}",
+        floor.requests,
+        floor.window,
+        floor.latency_ms(0.5).unwrap_or(0.0),
+        floor.latency_ms(0.99).unwrap_or(0.0),
+        bound(floor_server_us, floor_generator_us)
     ));
 
     ctx.phase("durable creates: fjall baseline");
@@ -69,9 +97,10 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     ctx.log(format!(
         "fjall baseline: {commits} creates, each its own SyncAll commit, in {took:?}"
     ));
+    let clients = format!("({} clients)", spec.connections);
     Ok(vec![
         Row::measured(
-            "durable creates (64 clients)",
+            &format!("durable creates {clients}"),
             "creates/s",
             sessiond,
             Some((baseline, "fjall, a sync per create")),
@@ -82,7 +111,27 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
             out.latency_ms(0.5).unwrap_or(0.0),
             out.latency_ms(0.99).unwrap_or(0.0)
         )),
+        Row::measured(
+            &format!("durable creates: floor server {clients}"),
+            "creates/s",
+            floor.rate(),
+            Some((baseline, "fjall, a sync per create")),
+            Target::Report,
+        )
+        .note(format!(
+            "HTTP, a token and a group-committed append, nothing else; sessiond does {:.0}% of its rate",
+            100.0 * sessiond / floor.rate()
+        )),
     ])
+}
+
+/// What `server_us + generator_us` of CPU per create allows on this machine's cores.
+fn bound(server_us: f64, generator_us: f64) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    format!(
+        "{cores} cores at that cost allow at most {:.0} creates/s",
+        cores as f64 * 1e6 / (server_us + generator_us)
+    )
 }
 
 /// Commits one real session record per fjall batch, each with `SyncAll`, the way the store
