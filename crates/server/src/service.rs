@@ -134,6 +134,19 @@ impl Service {
         &self,
         req: v1::CreateSessionRequest,
     ) -> Result<v1::CreatedSession, ApiError> {
+        let (token, session) = self.create_session(req).await?;
+        Ok(v1::CreatedSession {
+            token,
+            session: view(session),
+        })
+    }
+
+    /// [`Service::create`], answering with the token and the stored record itself, for an
+    /// answer written straight into bytes (`json::created`).
+    pub async fn create_session(
+        &self,
+        req: v1::CreateSessionRequest,
+    ) -> Result<(String, Session), ApiError> {
         let (new, policy_name, policy) = self.check_create(req)?;
         let id = SessionId::for_user(&new.user).map_err(|e| ApiError::Internal(e.to_string()))?;
         let minted = self
@@ -147,10 +160,7 @@ impl Service {
                 for d in displaced {
                     tracing::info!(session = %d, user = %session.user, "session displaced by the per-user limit");
                 }
-                Ok(v1::CreatedSession {
-                    token: minted.token,
-                    session: view(session),
-                })
+                Ok((minted.token, session))
             }
             Created::LimitReached { limit } => Err(ApiError::SessionLimitReached { limit }),
         }

@@ -14,13 +14,23 @@ use crate::error::ApiError;
 use crate::json;
 use crate::service::view;
 
-pub(super) async fn create(
-    _: Agent,
-    State(state): State<AppState>,
-    Body(req): Body<v1::CreateSessionRequest>,
-) -> Result<(StatusCode, Json<v1::CreatedSession>), ApiError> {
-    let created = state.service.create(req).await?;
-    Ok((StatusCode::CREATED, Json(created)))
+/// `POST /v1/sessions`, read from the request itself as [`validate`] is: every login
+/// comes this way. Answered with `json::created` rather than serde.
+pub(super) async fn create<B>(state: &AppState, conn: &Connection, req: Request<B>) -> Response
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let answer = async {
+        Agent::check(&parts.headers, state, Some(&conn.agent_key))?;
+        let req: v1::CreateSessionRequest = json_body(&parts.headers, body).await?;
+        state.service.create_session(req).await
+    };
+    match answer.await {
+        Ok((token, session)) => json_response(StatusCode::CREATED, json::created(&token, &session)),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `POST /v1/sessions/validate`, answered from the request as hyper hands it over: the
@@ -39,15 +49,19 @@ where
         state.service.validate(&req.token, req.touch).await
     };
     match answer.await {
-        Ok(session) => {
-            // Written from the store's shared record: the hot path copies no session strings.
-            let mut r = Response::new(axum::body::Body::from(json::session_envelope(&session)));
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            r
-        }
+        // Written from the store's shared record: the hot path copies no session strings.
+        Ok(session) => json_response(StatusCode::OK, json::session_envelope(&session)),
         Err(e) => e.into_response(),
     }
+}
+
+/// `status` with `body`, a JSON document.
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut r = Response::new(axum::body::Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 pub(super) async fn update(

@@ -85,8 +85,8 @@ pub struct WebState {
 }
 
 /// The whole HTTP surface: every request passes the header and body limits; the three
-/// routes hit on every page view (validate and the two forward-auth checks) then go
-/// straight to their handlers, everything else through the router.
+/// routes hit on every page view (validate and the two forward-auth checks) and create
+/// (every login) then go straight to their handlers, everything else through the router.
 ///
 /// The hot routes skip the router's layers because a profile of validate showed them at
 /// about 9% of its CPU (matching, a boxed clone of the route, middleware futures), and
@@ -109,7 +109,12 @@ pub fn app(state: AppState) -> App {
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/sessions", post(agent::create))
+        .route(
+            "/v1/sessions",
+            post(|State(s): State<AppState>, req: Request| async move {
+                agent::create(&s, &Connection::of(&req), req).await
+            }),
+        )
         .route(
             "/v1/sessions/validate",
             post(|State(s): State<AppState>, req: Request| async move {
@@ -178,6 +183,7 @@ impl App {
             (&Method::POST, "/v1/sessions/validate") => {
                 agent::validate(&self.state, conn, req).await
             }
+            (&Method::POST, "/v1/sessions") => agent::create(&self.state, conn, req).await,
             (&Method::GET, "/auth/nginx") => forward::nginx(&self.state, conn, req.headers()).await,
             (&Method::GET, "/auth/forward") => {
                 forward::forward(&self.state, conn, req.headers()).await

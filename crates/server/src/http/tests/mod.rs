@@ -392,6 +392,7 @@ async fn oversized_headers_are_refused() {
     for (method, uri) in [
         ("GET", "/healthz"),
         ("POST", "/v1/sessions/validate"),
+        ("POST", "/v1/sessions"),
         ("GET", "/auth/nginx"),
         ("GET", "/auth/forward"),
     ] {
@@ -418,6 +419,7 @@ async fn the_hot_routes_answer_other_methods_as_the_router_does() {
     let h = Harness::new();
     for (method, uri) in [
         ("GET", "/v1/sessions/validate"),
+        ("GET", "/v1/sessions"),
         ("POST", "/auth/nginx"),
         ("DELETE", "/auth/forward"),
     ] {
@@ -471,12 +473,12 @@ async fn a_connection_remembers_only_an_agent_key_that_passed() {
 #[tokio::test]
 async fn oversized_bodies_are_refused_on_the_routes_that_skip_the_router() {
     let h = Harness::new();
-    let body = format!("{{\"token\":\"{}\"}}", "a".repeat(MAX_BODY_BYTES));
-    let (s, v) = h
-        .call("POST", "/v1/sessions/validate", Some(AGENT_KEY), Some(body))
-        .await;
-    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(v["error"]["code"], "payload_too_large");
+    for (uri, field) in [("/v1/sessions/validate", "token"), ("/v1/sessions", "user")] {
+        let body = format!("{{\"{field}\":\"{}\"}}", "a".repeat(MAX_BODY_BYTES));
+        let (s, v) = h.call("POST", uri, Some(AGENT_KEY), Some(body)).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{uri}");
+        assert_eq!(v["error"]["code"], "payload_too_large", "{uri}");
+    }
 }
 
 /// A store whose every call fails, as an unreachable store would.
