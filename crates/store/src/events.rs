@@ -69,8 +69,9 @@ pub struct Change {
 #[derive(Debug)]
 struct Inner {
     next_seq: u64,
-    /// `(seq, event)`, oldest first.
-    ring: VecDeque<(u64, ChangeEvent)>,
+    /// `(seq, change)`, oldest first. The id a consumer sees is made from the seq only when
+    /// the change is sent to one: every create, update and end publishes, few are read.
+    ring: VecDeque<(u64, Change)>,
 }
 
 /// The in-process event log.
@@ -78,7 +79,7 @@ struct Inner {
 pub struct EventLog {
     epoch: u32,
     inner: Mutex<Inner>,
-    live: broadcast::Sender<(u64, ChangeEvent)>,
+    live: broadcast::Sender<(u64, Change)>,
 }
 
 impl EventLog {
@@ -101,21 +102,12 @@ impl EventLog {
         let mut inner = self.inner.lock();
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        let event = ChangeEvent {
-            event_id: format!("{:08x}-{seq}", self.epoch),
-            kind: change.kind,
-            session: change.session,
-            user: change.user,
-            version: change.version,
-            reason: change.reason,
-            at: change.at,
-        };
         if inner.ring.len() == RING {
             inner.ring.pop_front();
         }
-        inner.ring.push_back((seq, event.clone()));
+        inner.ring.push_back((seq, change.clone()));
         // No receivers is fine: nobody is listening.
-        let _ = self.live.send((seq, event));
+        let _ = self.live.send((seq, change));
     }
 
     fn parse(&self, id: &str) -> Option<u64> {
@@ -150,12 +142,17 @@ impl EventLog {
                 }
             }
         };
+        let epoch = self.epoch;
         tokio::spawn(async move {
             if reset && tx.send(FeedItem::Reset).await.is_err() {
                 return;
             }
-            for (seq, event) in backlog {
-                if tx.send(FeedItem::Change(event)).await.is_err() {
+            for (seq, change) in backlog {
+                if tx
+                    .send(FeedItem::Change(event(epoch, seq, change)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 last = seq;
@@ -163,9 +160,9 @@ impl EventLog {
             loop {
                 let item = match live.recv().await {
                     Ok((seq, _)) if seq <= last => continue,
-                    Ok((seq, event)) => {
+                    Ok((seq, change)) => {
                         last = seq;
-                        FeedItem::Change(event)
+                        FeedItem::Change(event(epoch, seq, change))
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => FeedItem::Reset,
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -176,6 +173,19 @@ impl EventLog {
             }
         });
         rx
+    }
+}
+
+/// Change `seq` of the log started at `epoch`, as consumers see it.
+fn event(epoch: u32, seq: u64, change: Change) -> ChangeEvent {
+    ChangeEvent {
+        event_id: format!("{epoch:08x}-{seq}"),
+        kind: change.kind,
+        session: change.session,
+        user: change.user,
+        version: change.version,
+        reason: change.reason,
+        at: change.at,
     }
 }
 
