@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionId(pub [u8; 16]);
 
+/// Random bytes in an id made for a user (after its 4-byte tag).
+pub const ID_RANDOM_LEN: usize = 12;
+
 impl SessionId {
     /// A fresh id from the OS random generator.
     pub fn random() -> Result<SessionId, getrandom::Error> {
@@ -26,10 +29,18 @@ impl SessionId {
 
     /// A fresh id for a session of `user`: the user's tag, then 96 random bits.
     pub fn for_user(user: &str) -> Result<SessionId, getrandom::Error> {
+        let mut random = [0u8; ID_RANDOM_LEN];
+        getrandom::fill(&mut random)?;
+        Ok(SessionId::for_user_from(user, &random))
+    }
+
+    /// [`SessionId::for_user`] with its random bits given, for a caller that draws them
+    /// from the OS together with other secrets (a create draws the token's in the same call).
+    pub fn for_user_from(user: &str, random: &[u8; ID_RANDOM_LEN]) -> SessionId {
         let mut b = [0u8; 16];
         b[..4].copy_from_slice(&user_tag(user));
-        getrandom::fill(&mut b[4..])?;
-        Ok(SessionId(b))
+        b[4..].copy_from_slice(random);
+        SessionId(b)
     }
 
     /// The 4-byte user tag an id made by [`SessionId::for_user`] starts with.

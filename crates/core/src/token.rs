@@ -23,7 +23,8 @@ use crate::SessionId;
 type HmacSha256 = Hmac<Sha256>;
 
 const DOMAIN: &[u8] = b"sessiond-token-v1";
-const SECRET_LEN: usize = 32;
+/// Random bytes in a token's secret (256 bits).
+pub const SECRET_LEN: usize = 32;
 const BODY_LEN: usize = 16 + SECRET_LEN;
 const BODY_B64_LEN: usize = 64;
 const MAC_B64_LEN: usize = 43;
@@ -164,14 +165,22 @@ impl TokenKeys {
 
     /// Mints a token for session `id` under the signing key.
     pub fn mint(&self, id: SessionId) -> Result<Minted, KeyError> {
+        let mut secret = [0u8; SECRET_LEN];
+        getrandom::fill(&mut secret).map_err(|e| KeyError::Random(e.to_string()))?;
+        Ok(self.mint_from(id, &secret))
+    }
+
+    /// [`TokenKeys::mint`] with the secret given: 256 bits the caller drew from the OS
+    /// generator and uses for nothing else.
+    pub fn mint_from(&self, id: SessionId, secret: &[u8; SECRET_LEN]) -> Minted {
         let mut body = [0u8; BODY_LEN];
         body[..16].copy_from_slice(id.as_bytes());
-        getrandom::fill(&mut body[16..]).map_err(|e| KeyError::Random(e.to_string()))?;
+        body[16..].copy_from_slice(secret);
         let key = &self.keys[0];
         let tag = key.tag(&body).finalize().into_bytes();
         let token = format!("{}.{}.{}", key.id, B64.encode(body), B64.encode(tag));
         let verifier = verifier_of(&body[16..]);
-        Ok(Minted { token, verifier })
+        Minted { token, verifier }
     }
 
     /// A MAC under the signing key for another purpose (e.g. a form's CSRF token bound to
@@ -276,6 +285,18 @@ mod tests {
         let (got, v) = keys.verify(&m.token).unwrap();
         assert_eq!(got, id);
         assert!(v.matches(&m.verifier));
+    }
+
+    #[test]
+    fn a_token_minted_from_a_given_secret_is_verified_by_that_secret() {
+        let keys = ring(&["k1"]);
+        let id = SessionId::for_user_from("alice", &[9; crate::id::ID_RANDOM_LEN]);
+        assert_eq!(id.tag(), SessionId::for_user("alice").unwrap().tag());
+        let m = keys.mint_from(id, &[7; SECRET_LEN]);
+        let (got, v) = keys.verify(&m.token).unwrap();
+        assert_eq!(got, id);
+        assert!(v.matches(&Verifier(sha256(&[7; SECRET_LEN]))));
+        assert!(!v.matches(&keys.mint_from(id, &[8; SECRET_LEN]).verifier));
     }
 
     #[test]
