@@ -118,6 +118,30 @@ pub struct Figures {
 }
 
 impl Outcome {
+    /// The two runs as one: answers, windows and CPU times added, latencies pooled. CPU
+    /// readings are kept only if both runs have them.
+    pub fn merged(mut self, other: Outcome) -> Outcome {
+        let add = |a: Option<Duration>, b: Option<Duration>| Some(a? + b?);
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.first_error = self.first_error.or(other.first_error);
+        self.window += other.window;
+        self.latencies_us.extend(other.latencies_us);
+        self.latencies_us.sort_unstable();
+        self.server_cpu = add(self.server_cpu, other.server_cpu);
+        self.generator_cpu = add(self.generator_cpu, other.generator_cpu);
+        self.others_cpu = (self.others_cpu.len() == other.others_cpu.len())
+            .then(|| {
+                self.others_cpu
+                    .iter()
+                    .zip(&other.others_cpu)
+                    .map(|(a, b)| *a + *b)
+                    .collect()
+            })
+            .unwrap_or_default();
+        self
+    }
+
     pub fn figures(&self) -> Figures {
         Figures {
             rate: self.rate(),

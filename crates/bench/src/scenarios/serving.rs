@@ -138,8 +138,13 @@ pub(super) async fn populate(
     Ok(tokens)
 }
 
-/// Runs `work` against sessiond, then the same against the baseline; the rows, and
-/// sessiond's figures.
+/// Runs `work` against the baseline, then against sessiond, then against the baseline
+/// again; the rows, and sessiond's figures.
+///
+/// sessiond's window is long (whole touch-flush windows, two minutes with the warm-up),
+/// and a shared machine's speed drifts over minutes. The baseline's two runs bracket it and
+/// count as one (answers, windows and CPU added), so a drift that is steady over the
+/// scenario moves both sides alike; each half is logged.
 async fn compare(
     ctx: &mut Ctx,
     name: &str,
@@ -148,6 +153,7 @@ async fn compare(
     baseline: &Baseline,
     fixed_us: f64,
 ) -> Result<(Vec<Row>, Figures)> {
+    let before = run_baseline(ctx, name, "before", work.clone(), baseline).await?;
     let spec = ctx.touching_spec();
     ctx.phase(&format!("{name}: sessiond"));
     let perf = ctx.perf(&name.replace(' ', "-"), server.proc.pid, &spec)?;
@@ -156,21 +162,11 @@ async fn compare(
         ctx.log(perf.finish()?);
     }
     ours.ensure_clean(name)?;
-    ctx.phase(&format!("{name}: baseline"));
-    // The baseline writes nothing later: the plain spec measures it whole.
-    let base_spec = ctx.spec();
-    let perf = ctx.perf(
-        &format!("{}-baseline", name.replace(' ', "-")),
-        baseline.proc.pid,
-        &base_spec,
-    )?;
-    let base = load::run(baseline.addr, &base_spec, work, Some(baseline.proc.pid)).await?;
-    if let Some(perf) = perf {
-        ctx.log(perf.finish()?);
-    }
-    base.ensure_clean(&format!("{name} (baseline)"))?;
+    let after = run_baseline(ctx, name, "after", work, baseline).await?;
     ctx.log(format!("{name}: sessiond {}", describe(&ours)));
-    ctx.log(format!("{name}: baseline {}", describe(&base)));
+    ctx.log(format!("{name}: baseline before {}", describe(&before)));
+    ctx.log(format!("{name}: baseline after {}", describe(&after)));
+    let base = before.merged(after);
     let label = format!("{name} ({} conns)", spec.connections);
     let mut rows = vec![
         Row::measured(
@@ -218,6 +214,30 @@ async fn compare(
         }
     }
     Ok((rows, ours.figures()))
+}
+
+/// One of the baseline's two runs around sessiond's (`when`: before or after).
+async fn run_baseline(
+    ctx: &mut Ctx,
+    name: &str,
+    when: &str,
+    work: Arc<dyn Workload>,
+    baseline: &Baseline,
+) -> Result<Outcome> {
+    ctx.phase(&format!("{name}: baseline ({when})"));
+    // The baseline writes nothing later: the plain spec measures it whole.
+    let spec = ctx.spec();
+    let perf = ctx.perf(
+        &format!("{}-baseline-{when}", name.replace(' ', "-")),
+        baseline.proc.pid,
+        &spec,
+    )?;
+    let out = load::run(baseline.addr, &spec, work, Some(baseline.proc.pid)).await?;
+    if let Some(perf) = perf {
+        ctx.log(perf.finish()?);
+    }
+    out.ensure_clean(&format!("{name} (baseline, {when})"))?;
+    Ok(out)
 }
 
 fn describe(o: &Outcome) -> String {
