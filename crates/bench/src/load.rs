@@ -130,15 +130,15 @@ impl Outcome {
         self.latencies_us.sort_unstable();
         self.server_cpu = add(self.server_cpu, other.server_cpu);
         self.generator_cpu = add(self.generator_cpu, other.generator_cpu);
-        self.others_cpu = (self.others_cpu.len() == other.others_cpu.len())
-            .then(|| {
-                self.others_cpu
-                    .iter()
-                    .zip(&other.others_cpu)
-                    .map(|(a, b)| *a + *b)
-                    .collect()
-            })
-            .unwrap_or_default();
+        self.others_cpu = if self.others_cpu.len() == other.others_cpu.len() {
+            self.others_cpu
+                .iter()
+                .zip(&other.others_cpu)
+                .map(|(a, b)| *a + *b)
+                .collect()
+        } else {
+            Vec::new()
+        };
         self
     }
 
