@@ -2,7 +2,8 @@
 //! lookup and touch, then the same with the JSON answer written; the service's validate
 //! (token check and store) with the answer, and the token check alone; then whole requests
 //! through the server's `App` (limits, agent key, body, token check, store, answer) for
-//! validate and forward auth, on one keep-alive `Connection`, everything but the network.
+//! validate and forward auth, on one keep-alive `Connection`, everything but the network;
+//! last, creates of new sessions through the same `App` (the memory store: no journal).
 //! The sessions are the benchmark's (`testkit::SessionData`), drawn at random from the
 //! whole population as its load generator draws them. With the server's allocator
 //! (mimalloc). For profiling and for trying changes to the hot path (`perf record -g --
@@ -44,6 +45,8 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 /// Validates timed per step (each step over the same random order).
 const LOOKUPS: usize = 2_000_000;
+/// Creates timed, after the validates.
+const CREATES: u64 = 200_000;
 /// SHA-256 rounds run between two validates (see `apart` in `main`).
 const SEPARATION: usize = 4;
 
@@ -209,6 +212,51 @@ fn main() {
                 .expect("a request")
         });
     }
+
+    // Creates of new sessions (the benchmark's next ones), with the memory store: what a
+    // create costs the worker that answers it, without the journal's thread and fsync.
+    let bodies: Vec<String> = (n..n + CREATES)
+        .map(|i| {
+            let s = SessionData::nth(i);
+            serde_json::json!({
+                "user": s.user,
+                "universal_id": s.universal_id,
+                "client": {"ip": s.ip, "user_agent": s.user_agent},
+            })
+            .to_string()
+        })
+        .collect();
+    let make = |body: &str| {
+        Request::post("/v1/sessions")
+            .header(AUTHORIZATION, format!("Bearer {AGENT_KEY}"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_owned()))
+            .expect("a request")
+    };
+    let started = Instant::now();
+    for body in &bodies {
+        apart();
+        black_box(make(body));
+    }
+    let making = started.elapsed();
+    let started = Instant::now();
+    runtime.block_on(async {
+        for body in &bodies {
+            apart();
+            let answer = app.clone().handle_on(&conn, make(body)).await;
+            assert_eq!(answer.status(), 201, "create");
+            black_box(
+                answer
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes().len()),
+            )
+            .expect("a body");
+        }
+    });
+    let ns = started.elapsed().saturating_sub(making).as_nanos() as f64 / CREATES as f64;
+    println!("{n} sessions: create through App::handle (memory store): {ns:.0} ns per request");
 }
 
 /// The server's request handling on `store`, with one agent key ([`AGENT_KEY`]), and the
