@@ -5,7 +5,8 @@
 //! Then the same load against the floor of a durable create (`baseline-server --journal`:
 //! HTTP, a token from the OS, the body appended and group-committed with one `fdatasync`,
 //! nothing else), reported next to it: how far the 10x target is from what this machine's
-//! network stack, disk and load generator allow any server at all.
+//! network stack, disk and load generator allow a server that commits this way. Both are
+//! measured again with four times the clients (reported): larger groups per sync.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 use sessiond_core::{Clock as _, Policy, SystemClock};
 
 use super::Ctx;
-use crate::load;
+use crate::load::{self, Outcome, Spec};
 use crate::report::{Row, Target};
 use crate::servers::{Baseline, Sessiond};
 use crate::workloads::{Agent, Create, SessionData};
@@ -25,70 +26,21 @@ use crate::workloads::{Agent, Create, SessionData};
 /// Most creates the baseline commits, whatever its time.
 const BASELINE_MAX: u64 = 1_000_000;
 
-pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
-    ctx.phase("durable creates: sessiond");
-    let dir = ctx.tempdir("creates")?;
-    let server = Sessiond::start(&ctx.bin, &dir.path().join("data"))?;
-    let agent = Agent::new(server.addr, &server.agent_key)?;
-    let work = Arc::new(Create {
-        agent,
-        next: AtomicU64::new(0),
-    });
-    let spec = ctx.spec();
-    let perf = ctx.perf("creates", server.proc.pid, &spec)?;
-    let out = load::run(server.addr, &spec, work, Some(server.proc.pid)).await?;
-    if let Some(perf) = perf {
-        ctx.log(perf.finish()?);
-    }
-    out.ensure_clean("durable creates")?;
-    let (status, _) = server.proc.terminate(Duration::from_secs(60))?;
-    anyhow::ensure!(status.success(), "sessiond exited with {status}");
-    let sessiond = out.rate();
-    ctx.log(format!(
-        "durable creates: {} over {:?} with {} connections, p50 {:.2} ms, p99 {:.2} ms",
-        out.requests,
-        out.window,
-        spec.connections,
-        out.latency_ms(0.5).unwrap_or(0.0),
-        out.latency_ms(0.99).unwrap_or(0.0)
-    ));
-    // What a create costs both processes on the shared cores: with both busy, this is what
-    // bounds the rate (the fsyncs are shared by the group commit).
-    let per = |cpu: Option<Duration>| cpu.and_then(|c| out.us_per_request(c)).unwrap_or(f64::NAN);
-    let (server_us, generator_us) = (per(out.server_cpu), per(out.generator_cpu));
-    ctx.log(format!(
-        "durable creates: CPU per create {server_us:.1} us in sessiond + {generator_us:.1} us in the load generator; {}",
-        bound(server_us, generator_us)
-    ));
+/// How many times `--connections` the second, reported pair of runs uses: larger groups
+/// per sync, for the same target.
+const MORE_CLIENTS: usize = 4;
 
-    ctx.phase("durable creates: the floor (HTTP, a token, a group-committed append)");
-    let floor_dir = ctx.tempdir("floor")?;
-    let floor_server = Baseline::durable(&floor_dir.path().join("journal"))?;
-    let agent = Agent::new(floor_server.addr, "floor")?;
-    let work = Arc::new(Create {
-        agent,
-        next: AtomicU64::new(0),
-    });
-    let floor = load::run(floor_server.addr, &spec, work, Some(floor_server.proc.pid)).await?;
-    floor.ensure_clean("durable creates, floor")?;
-    drop(floor_server);
-    let per = |cpu: Option<Duration>| {
-        cpu.and_then(|c| floor.us_per_request(c))
-            .unwrap_or(f64::NAN)
-    };
-    let (floor_server_us, floor_generator_us) = (per(floor.server_cpu), per(floor.generator_cpu));
-    ctx.log(format!(
-        "durable creates, floor: {} over {:?}, p50 {:.2} ms, p99 {:.2} ms; CPU per create {floor_server_us:.1} us in the server + {floor_generator_us:.1} us in the load generator; {}",
-        floor.requests,
-        floor.window,
-        floor.latency_ms(0.5).unwrap_or(0.0),
-        floor.latency_ms(0.99).unwrap_or(0.0),
-        bound(floor_server_us, floor_generator_us)
-    ));
+pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
+    let clients = ctx.settings.connections;
+    let ours = on_sessiond(ctx, clients).await?;
+    let floor = on_floor(ctx, clients).await?;
+    let more = clients * MORE_CLIENTS;
+    let ours_more = on_sessiond(ctx, more).await?;
+    let floor_more = on_floor(ctx, more).await?;
 
     ctx.phase("durable creates: fjall baseline");
     let base_dir = ctx.tempdir("fjall")?;
-    let limit = spec.duration;
+    let limit = ctx.spec().duration;
     let path = base_dir.path().to_owned();
     let (commits, took) = tokio::task::spawn_blocking(move || sync_per_create(&path, limit))
         .await
@@ -97,32 +49,133 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     ctx.log(format!(
         "fjall baseline: {commits} creates, each its own SyncAll commit, in {took:?}"
     ));
-    let clients = format!("({} clients)", spec.connections);
+    let base = Some((baseline, "fjall, a sync per create"));
+    let latency = |o: &Outcome| {
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms per create",
+            o.latency_ms(0.5).unwrap_or(0.0),
+            o.latency_ms(0.99).unwrap_or(0.0)
+        )
+    };
+    let share = |ours: &Outcome, floor: &Outcome| {
+        format!(
+            "HTTP, a token and a group-committed append, nothing else; sessiond does {:.0}% of its rate",
+            100.0 * ours.rate() / floor.rate()
+        )
+    };
     Ok(vec![
         Row::measured(
-            &format!("durable creates {clients}"),
+            &format!("durable creates ({clients} clients)"),
             "creates/s",
-            sessiond,
-            Some((baseline, "fjall, a sync per create")),
+            ours.rate(),
+            base,
             Target::RatioAtLeast(10.0),
         )
-        .note(format!(
-            "p50 {:.2} ms, p99 {:.2} ms per create",
-            out.latency_ms(0.5).unwrap_or(0.0),
-            out.latency_ms(0.99).unwrap_or(0.0)
-        )),
+        .note(latency(&ours)),
         Row::measured(
-            &format!("durable creates: floor server {clients}"),
+            &format!("durable creates: floor server ({clients} clients)"),
             "creates/s",
             floor.rate(),
-            Some((baseline, "fjall, a sync per create")),
+            base,
             Target::Report,
         )
-        .note(format!(
-            "HTTP, a token and a group-committed append, nothing else; sessiond does {:.0}% of its rate",
-            100.0 * sessiond / floor.rate()
-        )),
+        .note(share(&ours, &floor)),
+        Row::measured(
+            &format!("durable creates ({more} clients)"),
+            "creates/s",
+            ours_more.rate(),
+            base,
+            Target::Report,
+        )
+        .note(latency(&ours_more)),
+        Row::measured(
+            &format!("durable creates: floor server ({more} clients)"),
+            "creates/s",
+            floor_more.rate(),
+            base,
+            Target::Report,
+        )
+        .note(share(&ours_more, &floor_more)),
     ])
+}
+
+/// Creates from `clients` connections against a fresh embedded sessiond.
+async fn on_sessiond(ctx: &mut Ctx, clients: usize) -> Result<Outcome> {
+    ctx.phase(&format!("durable creates: sessiond, {clients} clients"));
+    let dir = ctx.tempdir("creates")?;
+    let server = Sessiond::start(&ctx.bin, &dir.path().join("data"))?;
+    let spec = Spec {
+        connections: clients,
+        ..ctx.spec()
+    };
+    let perf = ctx.perf(&format!("creates-{clients}"), server.proc.pid, &spec)?;
+    let out = load::run(
+        server.addr,
+        &spec,
+        creates(&server.agent_key, server.addr)?,
+        Some(server.proc.pid),
+    )
+    .await?;
+    if let Some(perf) = perf {
+        ctx.log(perf.finish()?);
+    }
+    out.ensure_clean("durable creates")?;
+    let (status, _) = server.proc.terminate(Duration::from_secs(60))?;
+    anyhow::ensure!(status.success(), "sessiond exited with {status}");
+    ctx.log(format!(
+        "durable creates, {clients} clients: {}",
+        describe(&out, "sessiond")
+    ));
+    Ok(out)
+}
+
+/// The same load against the floor (`baseline-server --journal`).
+async fn on_floor(ctx: &mut Ctx, clients: usize) -> Result<Outcome> {
+    ctx.phase(&format!(
+        "durable creates: the floor (HTTP, a token, a group-committed append), {clients} clients"
+    ));
+    let dir = ctx.tempdir("floor")?;
+    let server = Baseline::durable(&dir.path().join("journal"))?;
+    let spec = Spec {
+        connections: clients,
+        ..ctx.spec()
+    };
+    let out = load::run(
+        server.addr,
+        &spec,
+        creates("floor", server.addr)?,
+        Some(server.proc.pid),
+    )
+    .await?;
+    out.ensure_clean("durable creates, floor")?;
+    ctx.log(format!(
+        "durable creates, floor, {clients} clients: {}",
+        describe(&out, "the server")
+    ));
+    Ok(out)
+}
+
+/// The create load: new sessions for as long as it runs.
+fn creates(key: &str, addr: std::net::SocketAddr) -> Result<Arc<Create>> {
+    Ok(Arc::new(Create {
+        agent: Agent::new(addr, key)?,
+        next: AtomicU64::new(0),
+    }))
+}
+
+/// A create run's figures, with what a create costs both processes on the shared cores:
+/// with both busy, that bounds the rate (the syncs are shared by the group commit).
+fn describe(o: &Outcome, server: &str) -> String {
+    let per = |cpu: Option<Duration>| cpu.and_then(|c| o.us_per_request(c)).unwrap_or(f64::NAN);
+    let (server_us, generator_us) = (per(o.server_cpu), per(o.generator_cpu));
+    format!(
+        "{} over {:?}, p50 {:.2} ms, p99 {:.2} ms; CPU per create {server_us:.1} us in {server} + {generator_us:.1} us in the load generator; {}",
+        o.requests,
+        o.window,
+        o.latency_ms(0.5).unwrap_or(0.0),
+        o.latency_ms(0.99).unwrap_or(0.0),
+        bound(server_us, generator_us)
+    )
 }
 
 /// What `server_us + generator_us` of CPU per create allows on this machine's cores.
