@@ -10,8 +10,8 @@
 //! `201` with a fresh 256-bit token only once its body is on disk. One writer thread takes
 //! every body waiting, appends them to FILE in one `write` and makes them durable with one
 //! `fdatasync`, as sessiond's journal writer group-commits (see `scenarios/creates.rs`). No
-//! JSON, no session, no index, no LSM: the least any server must do per durable create on
-//! this machine's network stack and disk.
+//! JSON, no session, no index, no LSM: the least a server that commits this way does per
+//! durable create, on this machine's network stack and disk.
 
 use std::convert::Infallible;
 use std::fs::File;
