@@ -21,6 +21,7 @@
 //!   same transaction (Redis: in the same script).
 
 pub mod events;
+mod intern;
 pub mod local;
 mod outcome;
 pub mod redis;

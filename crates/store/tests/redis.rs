@@ -183,6 +183,41 @@ async fn displacing_after_the_limit_was_lowered_keeps_the_newest() {
     assert_eq!(page.sessions.len(), 2);
 }
 
+/// The near cache keeps one copy of a user agent, as the embedded store does: sessions
+/// created on a node, and sessions another node read from Redis, share it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_sessions_share_their_user_agent() {
+    let Some((_dir, server)) = redis_server().await else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let (a, b) = (
+        open_on(&server, &prefix).await,
+        open_on(&server, &prefix).await,
+    );
+    let mut made = Vec::new();
+    for user in ["ulla", "ugo"] {
+        // Each record comes with a user agent of its own.
+        let s = conformance::session(user, T0);
+        let Created::Created { session, .. } = a.create(s, UserLimit::UNLIMITED, T0).await.unwrap()
+        else {
+            panic!("create")
+        };
+        made.push(session);
+    }
+    let ua = |s: &sessiond_core::Session| s.user_agent.clone().unwrap();
+    assert!(Arc::ptr_eq(&ua(&made[0]), &ua(&made[1])), "created on A");
+    let mut read = Vec::new();
+    for s in &made {
+        let Lookup::Live(s) = b.validate(s.id, &s.verifier, false, T0).await.unwrap() else {
+            panic!("live on B")
+        };
+        read.push(s);
+    }
+    assert!(Arc::ptr_eq(&ua(&read[0]), &ua(&read[1])), "read by B");
+    assert_eq!(&*ua(&read[0]), "conformance/1");
+}
+
 /// Two nodes on one Redis: a session made on A validates on B, a logout on A is refused by
 /// B within the bound, a limit race across both never exceeds the limit, and both count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,6 @@
 //! applies when it installs its sessions; every other call waits for the load. Nothing is
 //! written while warming, so the load reads the same state the point reads do.
 
-mod intern;
 mod journal;
 
 #[cfg(feature = "conformance")]
@@ -48,9 +47,9 @@ use sessiond_core::{
 use smallvec::SmallVec;
 use tokio::sync::watch;
 
-use self::intern::Interner;
 use self::journal::{Change, Disk, Journal, Loaded, OnDisk, Pending, StoredSession};
 use crate::events::{self, ChangeKind, EventLog, Feed};
+use crate::intern::Interner;
 use crate::{
     AttributeChange, Created, Ended, Lookup, Page, SessionStore, StoreError, StoreOptions,
     StoreStats, SweepReport, Updated,
@@ -1181,7 +1180,7 @@ mod tests {
         let policy = Policy::default();
         let now = Timestamp(1_800_000_000_000);
         let mut ids = Vec::new();
-        for n in 0..intern::MIN_PURGE + 10 {
+        for n in 0..crate::intern::MIN_PURGE + 10 {
             let new = NewSession {
                 user: format!("u{n}"),
                 user_agent: Some(format!("agent {n}")),
@@ -1197,7 +1196,7 @@ mod tests {
             ids.push(session.id);
         }
         // Every agent plus the policy name.
-        assert_eq!(store.strings.len(), intern::MIN_PURGE + 11);
+        assert_eq!(store.strings.len(), crate::intern::MIN_PURGE + 11);
         for id in &ids[10..] {
             store
                 .end(*id, None, EndReason::LoggedOut, now)

@@ -1,4 +1,5 @@
-//! One shared copy of each distinct user agent and policy name among the live sessions.
+//! One shared copy of each distinct user agent and policy name among the sessions a store
+//! holds in memory: the embedded store's records, the Redis store's near cache.
 //!
 //! A fleet of browsers sends a few hundred distinct user agents, each 100-150 bytes, so
 //! sharing them is most of what a session record would otherwise spend on strings. The
@@ -13,10 +14,10 @@ use parking_lot::Mutex;
 use sessiond_core::Session;
 
 /// Below this many strings a purge is not worth a pass.
-pub(super) const MIN_PURGE: usize = 1024;
+pub(crate) const MIN_PURGE: usize = 1024;
 
 #[derive(Default)]
-pub(super) struct Interner {
+pub(crate) struct Interner {
     inner: Mutex<Inner>,
 }
 
@@ -42,7 +43,7 @@ impl Inner {
 impl Interner {
     /// Makes `session`'s user agent and policy name the shared copies (its own become
     /// them when there were none).
-    pub(super) fn share(&self, session: &mut Session) {
+    pub(crate) fn share(&self, session: &mut Session) {
         let mut inner = self.inner.lock();
         if let Some(ua) = &mut session.user_agent {
             *ua = inner.get_or_insert(ua, || ua.clone());
@@ -53,12 +54,12 @@ impl Interner {
 
     /// The shared copy of `s`, made from it if there was none (a load, which reads
     /// strings in place, allocates only for strings it has not seen).
-    pub(super) fn shared(&self, s: &str) -> Arc<str> {
+    pub(crate) fn shared(&self, s: &str) -> Arc<str> {
         self.inner.lock().get_or_insert(s, || Arc::from(s))
     }
 
     /// Adds every string of `other` this one lacks (after a parallel load).
-    pub(super) fn absorb(&self, other: Interner) {
+    pub(crate) fn absorb(&self, other: Interner) {
         let other = other.inner.into_inner().set;
         let mut inner = self.inner.lock();
         inner.set.extend(other);
@@ -66,7 +67,7 @@ impl Interner {
 
     /// Drops the strings only this set still holds, if the set has doubled since the last
     /// purge; returns how many were dropped.
-    pub(super) fn purge(&self) -> usize {
+    pub(crate) fn purge(&self) -> usize {
         let mut inner = self.inner.lock();
         if inner.set.len() < inner.purge_at.max(MIN_PURGE) {
             return 0;
@@ -78,7 +79,7 @@ impl Interner {
     }
 
     #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inner.lock().set.len()
     }
 }
