@@ -6,6 +6,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{BoxError, Json};
+use serde::de::DeserializeOwned;
 use sessiond_proto::v1;
 
 use super::extract::{Agent, Body, json_body};
@@ -14,17 +15,35 @@ use crate::error::ApiError;
 use crate::json;
 use crate::service::view;
 
-/// `POST /v1/sessions`, read from the request itself as [`validate`] is: every login
-/// comes this way. Answered with `json::created` rather than serde.
+/// The JSON body of an agent's request on `conn`, read from the request as hyper hands it
+/// over, for the routes [`App`](super::App) answers past the router: the checks and
+/// answers of the extractors `Agent` and `Body` ([`Agent::check`] with the connection's
+/// remembered key, [`json_body`]), without their boxing and copying, which cost more than a
+/// validate (`examples/hotpath`).
+async fn agent_body<T, B>(
+    state: &AppState,
+    conn: &Connection,
+    req: Request<B>,
+) -> Result<T, ApiError>
+where
+    T: DeserializeOwned,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    Agent::check(&parts.headers, state, Some(&conn.agent_key))?;
+    json_body(&parts.headers, body).await
+}
+
+/// `POST /v1/sessions`: every login comes this way. Answered with `json::created` rather
+/// than serde.
 pub(super) async fn create<B>(state: &AppState, conn: &Connection, req: Request<B>) -> Response
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let (parts, body) = req.into_parts();
     let answer = async {
-        Agent::check(&parts.headers, state, Some(&conn.agent_key))?;
-        let req: v1::CreateSessionRequest = json_body(&parts.headers, body).await?;
+        let req: v1::CreateSessionRequest = agent_body(state, conn, req).await?;
         state.service.create_session(req).await
     };
     match answer.await {
@@ -33,19 +52,14 @@ where
     }
 }
 
-/// `POST /v1/sessions/validate`, answered from the request as hyper hands it over: the
-/// route of every page view reads the request itself rather than through axum's
-/// extractors, whose boxing and copying cost more than the validate (`examples/hotpath`).
-/// The checks and answers are the extractors' ([`Agent::check`], [`json_body`]).
+/// `POST /v1/sessions/validate`: the route of every page view.
 pub(super) async fn validate<B>(state: &AppState, conn: &Connection, req: Request<B>) -> Response
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let (parts, body) = req.into_parts();
     let answer = async {
-        Agent::check(&parts.headers, state, Some(&conn.agent_key))?;
-        let req: v1::ValidateRequest = json_body(&parts.headers, body).await?;
+        let req: v1::ValidateRequest = agent_body(state, conn, req).await?;
         state.service.validate(&req.token, req.touch).await
     };
     match answer.await {
