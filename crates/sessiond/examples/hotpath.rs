@@ -169,43 +169,47 @@ fn main() {
     // One keep-alive connection, as a load generator's: its agent key is hashed once.
     let conn = Connection::new(([127, 0, 0, 1], 40000).into());
     // Each request is built in the loop, as hyper builds it from a hot buffer, and the
-    // time to build and drop one without handling it is subtracted.
-    let mut request = |name: &str, make: &dyn Fn(&str) -> Request<Body>| {
-        let started = Instant::now();
-        for &i in &drawn {
-            apart();
-            black_box(make(&keys[i].2));
-        }
-        let making = started.elapsed();
-        let started = Instant::now();
-        runtime.block_on(async {
-            for &i in &drawn {
+    // time to build and drop one without handling it is subtracted. `inputs` are the
+    // requests' tokens or bodies, in order.
+    let mut request =
+        |name: &str, status: u16, inputs: &[&str], make: &dyn Fn(&str) -> Request<Body>| {
+            let started = Instant::now();
+            for input in inputs {
                 apart();
-                clock.advance(std::time::Duration::from_micros(125));
-                let answer = app.clone().handle_on(&conn, make(&keys[i].2)).await;
-                assert_eq!(answer.status(), 200, "{name}");
-                black_box(
-                    answer
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes().len()),
-                )
-                .expect("a body");
+                black_box(make(input));
             }
-        });
-        let ns = started.elapsed().saturating_sub(making).as_nanos() as f64 / LOOKUPS as f64;
-        println!("{n} sessions: {name} through App::handle: {ns:.0} ns per request");
-    };
+            let making = started.elapsed();
+            let started = Instant::now();
+            runtime.block_on(async {
+                for input in inputs {
+                    apart();
+                    clock.advance(std::time::Duration::from_micros(125));
+                    let answer = app.clone().handle_on(&conn, make(input)).await;
+                    assert_eq!(answer.status(), status, "{name}");
+                    black_box(
+                        answer
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len()),
+                    )
+                    .expect("a body");
+                }
+            });
+            let ns =
+                started.elapsed().saturating_sub(making).as_nanos() as f64 / inputs.len() as f64;
+            println!("{n} sessions: {name} through App::handle: {ns:.0} ns per request");
+        };
+    let tokens: Vec<&str> = drawn.iter().map(|&i| keys[i].2.as_str()).collect();
     for _ in 0..2 {
-        request("validate", &|token| {
+        request("validate", 200, &tokens, &|token| {
             Request::post("/v1/sessions/validate")
                 .header(AUTHORIZATION, format!("Bearer {AGENT_KEY}"))
                 .header(CONTENT_TYPE, "application/json")
                 .body(Body::from(format!(r#"{{"token":"{token}"}}"#)))
                 .expect("a request")
         });
-        request("forward auth", &|token| {
+        request("forward auth", 200, &tokens, &|token| {
             Request::get("/auth/nginx")
                 .header(COOKIE, format!("{cookie}={token}"))
                 .body(Body::empty())
@@ -216,47 +220,16 @@ fn main() {
     // Creates of new sessions (the benchmark's next ones), with the memory store: what a
     // create costs the worker that answers it, without the journal's thread and fsync.
     let bodies: Vec<String> = (n..n + CREATES)
-        .map(|i| {
-            let s = SessionData::nth(i);
-            serde_json::json!({
-                "user": s.user,
-                "universal_id": s.universal_id,
-                "client": {"ip": s.ip, "user_agent": s.user_agent},
-            })
-            .to_string()
-        })
+        .map(|i| serde_json::to_string(&SessionData::nth(i).create_request()).expect("JSON"))
         .collect();
-    let make = |body: &str| {
+    let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    request("create (memory store)", 201, &bodies, &|body| {
         Request::post("/v1/sessions")
             .header(AUTHORIZATION, format!("Bearer {AGENT_KEY}"))
             .header(CONTENT_TYPE, "application/json")
             .body(Body::from(body.to_owned()))
             .expect("a request")
-    };
-    let started = Instant::now();
-    for body in &bodies {
-        apart();
-        black_box(make(body));
-    }
-    let making = started.elapsed();
-    let started = Instant::now();
-    runtime.block_on(async {
-        for body in &bodies {
-            apart();
-            let answer = app.clone().handle_on(&conn, make(body)).await;
-            assert_eq!(answer.status(), 201, "create");
-            black_box(
-                answer
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes().len()),
-            )
-            .expect("a body");
-        }
     });
-    let ns = started.elapsed().saturating_sub(making).as_nanos() as f64 / CREATES as f64;
-    println!("{n} sessions: create through App::handle (memory store): {ns:.0} ns per request");
 }
 
 /// The server's request handling on `store`, with one agent key ([`AGENT_KEY`]), and the

@@ -59,6 +59,30 @@ impl SessionData {
         }
     }
 
+    /// The `POST /v1/sessions` body that creates this session, for serde_json: what the
+    /// benchmark sends and `examples/hotpath` times.
+    pub fn create_request(&self) -> impl serde::Serialize + '_ {
+        #[derive(serde::Serialize)]
+        struct Client<'a> {
+            ip: &'a str,
+            user_agent: &'a str,
+        }
+        #[derive(serde::Serialize)]
+        struct Create<'a> {
+            user: &'a str,
+            universal_id: &'a str,
+            client: Client<'a>,
+        }
+        Create {
+            user: &self.user,
+            universal_id: &self.universal_id,
+            client: Client {
+                ip: &self.ip,
+                user_agent: self.user_agent,
+            },
+        }
+    }
+
     /// This session as the server makes it on a create at `now` under `policy` (named
     /// `policy_name`): a fresh id tagged with its user, the attributes, the policy's
     /// deadlines. Its verifier is SHA-256 of its id, since nothing validates these by token.
