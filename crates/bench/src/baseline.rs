@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
@@ -84,7 +84,6 @@ fn write_loop(mut file: File, rx: mpsc::Receiver<Append>) {
 }
 
 async fn serve(listen: SocketAddr, journal: Option<mpsc::Sender<Append>>) -> Result<()> {
-    let journal = journal.map(Arc::new);
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -110,7 +109,7 @@ async fn serve(listen: SocketAddr, journal: Option<mpsc::Sender<Append>>) -> Res
 
 async fn answer(
     req: Request<Incoming>,
-    journal: Option<Arc<mpsc::Sender<Append>>>,
+    journal: Option<mpsc::Sender<Append>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let durable = journal.filter(|_| req.method() == hyper::Method::POST);
     // Read the whole request body, as any handler that parses one must.

@@ -330,3 +330,33 @@ async fn drive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_runs_add_their_answers_windows_and_cpu() {
+        let run = |requests, secs, cpu_ms, latencies: &[u32]| Outcome {
+            requests,
+            window: Duration::from_secs(secs),
+            latencies_us: latencies.to_vec(),
+            server_cpu: Some(Duration::from_millis(cpu_ms)),
+            generator_cpu: Some(Duration::from_millis(2 * cpu_ms)),
+            ..Outcome::default()
+        };
+        let both = run(100, 10, 700, &[5, 9]).merged(run(300, 10, 900, &[1, 7]));
+        assert_eq!(both.requests, 400);
+        assert_eq!(both.window, Duration::from_secs(20));
+        assert_eq!(both.rate(), 20.0);
+        assert_eq!(both.server_cpu, Some(Duration::from_millis(1600)));
+        assert_eq!(both.server_cpu_us_per_request(), Some(4000.0));
+        assert_eq!(both.generator_cpu, Some(Duration::from_millis(3200)));
+        assert_eq!(both.latencies_us, [1, 5, 7, 9]);
+        let unread = Outcome {
+            server_cpu: None,
+            ..run(1, 1, 1, &[])
+        };
+        assert_eq!(both.merged(unread).server_cpu, None, "one side unread");
+    }
+}

@@ -8,6 +8,7 @@
 //! network stack, disk and load generator allow a server that commits this way. Both are
 //! measured again with four times the clients (reported): larger groups per sync.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -104,28 +105,10 @@ async fn on_sessiond(ctx: &mut Ctx, clients: usize) -> Result<Outcome> {
     ctx.phase(&format!("durable creates: sessiond, {clients} clients"));
     let dir = ctx.tempdir("creates")?;
     let server = Sessiond::start(&ctx.bin, &dir.path().join("data"))?;
-    let spec = Spec {
-        connections: clients,
-        ..ctx.spec()
-    };
-    let perf = ctx.perf(&format!("creates-{clients}"), server.proc.pid, &spec)?;
-    let out = load::run(
-        server.addr,
-        &spec,
-        creates(&server.agent_key, server.addr)?,
-        Some(server.proc.pid),
-    )
-    .await?;
-    if let Some(perf) = perf {
-        ctx.log(perf.finish()?);
-    }
-    out.ensure_clean("durable creates")?;
+    let (key, addr, pid) = (&server.agent_key, server.addr, server.proc.pid);
+    let out = creates(ctx, "sessiond", clients, key, addr, pid).await?;
     let (status, _) = server.proc.terminate(Duration::from_secs(60))?;
     anyhow::ensure!(status.success(), "sessiond exited with {status}");
-    ctx.log(format!(
-        "durable creates, {clients} clients: {}",
-        describe(&out, "sessiond")
-    ));
     Ok(out)
 }
 
@@ -136,40 +119,48 @@ async fn on_floor(ctx: &mut Ctx, clients: usize) -> Result<Outcome> {
     ));
     let dir = ctx.tempdir("floor")?;
     let server = Baseline::durable(&dir.path().join("journal"))?;
+    creates(ctx, "floor", clients, "floor", server.addr, server.proc.pid).await
+}
+
+/// New sessions from `clients` connections to `server` (`addr`, process `pid`, agent key
+/// `key`) for as long as the run lasts, its CPU time read; logged, and profiled with
+/// `--perf` (`creates-<server>-<clients>.data`).
+async fn creates(
+    ctx: &mut Ctx,
+    server: &str,
+    clients: usize,
+    key: &str,
+    addr: SocketAddr,
+    pid: u32,
+) -> Result<Outcome> {
+    let work = Arc::new(Create {
+        agent: Agent::new(addr, key)?,
+        next: AtomicU64::new(0),
+    });
     let spec = Spec {
         connections: clients,
         ..ctx.spec()
     };
-    let out = load::run(
-        server.addr,
-        &spec,
-        creates("floor", server.addr)?,
-        Some(server.proc.pid),
-    )
-    .await?;
-    out.ensure_clean("durable creates, floor")?;
+    let profile = ctx.perf(&format!("creates-{server}-{clients}"), pid, &spec)?;
+    let out = load::run(addr, &spec, work, Some(pid)).await?;
+    if let Some(profile) = profile {
+        ctx.log(profile.finish()?);
+    }
+    out.ensure_clean(&format!("durable creates, {server}"))?;
     ctx.log(format!(
-        "durable creates, floor, {clients} clients: {}",
-        describe(&out, "the server")
+        "durable creates, {server}, {clients} clients: {}",
+        describe(&out)
     ));
     Ok(out)
 }
 
-/// The create load: new sessions for as long as it runs.
-fn creates(key: &str, addr: std::net::SocketAddr) -> Result<Arc<Create>> {
-    Ok(Arc::new(Create {
-        agent: Agent::new(addr, key)?,
-        next: AtomicU64::new(0),
-    }))
-}
-
 /// A create run's figures, with what a create costs both processes on the shared cores:
 /// with both busy, that bounds the rate (the syncs are shared by the group commit).
-fn describe(o: &Outcome, server: &str) -> String {
+fn describe(o: &Outcome) -> String {
     let per = |cpu: Option<Duration>| cpu.and_then(|c| o.us_per_request(c)).unwrap_or(f64::NAN);
     let (server_us, generator_us) = (per(o.server_cpu), per(o.generator_cpu));
     format!(
-        "{} over {:?}, p50 {:.2} ms, p99 {:.2} ms; CPU per create {server_us:.1} us in {server} + {generator_us:.1} us in the load generator; {}",
+        "{} over {:?}, p50 {:.2} ms, p99 {:.2} ms; CPU per create {server_us:.1} us in the server + {generator_us:.1} us in the load generator; {}",
         o.requests,
         o.window,
         o.latency_ms(0.5).unwrap_or(0.0),
