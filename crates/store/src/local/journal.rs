@@ -95,6 +95,9 @@ pub(super) struct Writer {
     // Taken on close, which ends the writer thread once it has drained the channel.
     tx: Mutex<Option<mpsc::Sender<Batch>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    // Set by `close` before it takes `tx`: read by every validate, which must not contend
+    // for `tx`'s lock to learn it.
+    closed: AtomicBool,
     // Set by the writer when a commit fails: from then on the store refuses to serve,
     // because memory may hold changes the disk does not.
     failed: Arc<AtomicBool>,
@@ -147,7 +150,7 @@ impl Journal {
             Journal::Fjall(w) if w.failed.load(Ordering::Acquire) => Err(StoreError::Unavailable(
                 "a write to the data file failed; restart sessiond".into(),
             )),
-            Journal::Fjall(w) if w.tx.lock().is_none() => {
+            Journal::Fjall(w) if w.closed.load(Ordering::Acquire) => {
                 Err(StoreError::Unavailable("the store is closed".into()))
             }
             Journal::Fjall(_) => Ok(()),
@@ -159,6 +162,7 @@ impl Journal {
         let Journal::Fjall(w) = self else {
             return Ok(());
         };
+        w.closed.store(true, Ordering::Release);
         drop(w.tx.lock().take());
         let thread = w.thread.lock().take();
         if let Some(t) = thread {
@@ -246,6 +250,7 @@ pub(super) fn open(path: &Path) -> Result<(Journal, Disk), StoreError> {
     let writer = Writer {
         tx: Mutex::new(Some(tx)),
         thread: Mutex::new(Some(thread)),
+        closed: AtomicBool::new(false),
         failed,
         commits,
     };
