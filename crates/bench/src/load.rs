@@ -1,6 +1,13 @@
-//! The load generator: a fixed number of HTTP/1.1 keep-alive connections (hyper's client
-//! connection, one per task), each sending its next request as soon as the previous answer
-//! has been read in full. What is sent and what counts as a good answer is a [`Workload`].
+//! The load generator: a fixed number of HTTP/1.1 keep-alive connections, one task each,
+//! each sending its next request as soon as the previous answer has been read in full.
+//! What is sent and what counts as a good answer is a [`Workload`].
+//!
+//! Like wrk, each task writes its request's bytes to its socket and reads the answer
+//! straight back (its head parsed by `httparse`, its body by `Content-Length`): one write
+//! and one read per request, no second task or channel in between. The generator shares
+//! the machine's cores with the server it loads, so what it spends is taken from the
+//! server; hyper's client connection, used before, cost 7.5-10 µs of CPU per request
+//! (docs/benchmarks.md).
 //!
 //! A run has a warm-up (sent, not counted), then a measured window of fixed length. Only
 //! answers that complete inside the window are counted, and the server's CPU time is read
@@ -12,11 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use anyhow::{Context, Result, bail, ensure};
+use hyper::StatusCode;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -24,11 +29,19 @@ use crate::procs::cpu_time;
 
 /// What the connections send, and how an answer is judged.
 pub trait Workload: Send + Sync + 'static {
-    /// The next request, or `None` when there is nothing left to send.
-    fn request(&self, rng: &mut fastrand::Rng) -> Option<Request<Full<Bytes>>>;
+    /// Writes the next request, head and body, into `out` (empty); `false` when there is
+    /// nothing left to send.
+    fn request(&self, rng: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool;
     /// Judges one answer; an `Err` counts as an error (the first one is kept).
-    fn check(&self, status: StatusCode, body: &Bytes) -> Result<(), String>;
+    fn check(&self, status: StatusCode, body: &[u8]) -> Result<(), String>;
 }
+
+/// Most bytes an answer's head may take.
+const MAX_HEAD: usize = 16 << 10;
+/// Most bytes an answer's body may take.
+const MAX_BODY: usize = 1 << 20;
+/// Most header lines an answer may have.
+const MAX_HEADERS: usize = 32;
 
 /// The shape of one run.
 #[derive(Clone, Debug)]
@@ -282,42 +295,30 @@ async fn drive(
     window: &Window,
     tally: &mut Tally,
 ) -> Result<()> {
-    let stream = TcpStream::connect(addr)
+    let mut stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-            .await
-            .context("HTTP handshake")?;
-    // Drives the connection; ends when `sender` is dropped or the server closes.
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    stream.set_nodelay(true).context("setting TCP_NODELAY")?;
     let mut rng = fastrand::Rng::new();
+    let (mut request, mut answer) = (Vec::with_capacity(1024), Answer::default());
     loop {
         if Instant::now() >= window.end
             || window.sent.fetch_add(1, Ordering::Relaxed) >= window.max_requests
         {
             return Ok(());
         }
-        let Some(request) = work.request(&mut rng) else {
+        request.clear();
+        if !work.request(&mut rng, &mut request) {
             return Ok(());
-        };
-        sender.ready().await.context("connection closed")?;
+        }
         let sent = Instant::now();
-        let response = sender
-            .send_request(request)
+        stream
+            .write_all(&request)
             .await
             .context("sending a request")?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .context("reading an answer")?
-            .to_bytes();
+        let status = answer.read(&mut stream).await?;
         let done = Instant::now();
-        match work.check(status, &body) {
+        match work.check(status, answer.body()) {
             Err(e) => tally.error(e),
             Ok(()) if done >= window.start && done < window.end => {
                 tally.counted += 1;
@@ -331,9 +332,107 @@ async fn drive(
     }
 }
 
+/// The last answer read on one connection: its bytes, and where its body is in them.
+#[derive(Default)]
+struct Answer {
+    buf: Vec<u8>,
+    body: std::ops::Range<usize>,
+}
+
+impl Answer {
+    fn body(&self) -> &[u8] {
+        &self.buf[self.body.clone()]
+    }
+
+    /// Reads one whole answer from `stream` (nothing else may follow it, as only one
+    /// request is ever in flight); its status.
+    async fn read(&mut self, stream: &mut TcpStream) -> Result<StatusCode> {
+        self.buf.clear();
+        let (status, head, len) = loop {
+            self.fill(stream).await?;
+            if let Some(parsed) = parse_head(&self.buf)? {
+                break parsed;
+            }
+            ensure!(
+                self.buf.len() <= MAX_HEAD,
+                "an answer's head is over {MAX_HEAD} bytes"
+            );
+        };
+        let end = head + len;
+        while self.buf.len() < end {
+            self.fill(stream).await?;
+        }
+        ensure!(
+            self.buf.len() == end,
+            "{} bytes came after an answer",
+            self.buf.len() - end
+        );
+        self.body = head..end;
+        Ok(status)
+    }
+
+    /// Appends what the socket has (at least one byte).
+    async fn fill(&mut self, stream: &mut TcpStream) -> Result<()> {
+        self.buf.reserve(4096);
+        let n = stream
+            .read_buf(&mut self.buf)
+            .await
+            .context("reading an answer")?;
+        if n == 0 {
+            bail!("the server closed the connection");
+        }
+        Ok(())
+    }
+}
+
+/// An answer's status, the length of its head and of its body, once `buf` holds the whole
+/// head; `None` before. Every answer must say its `Content-Length`: the servers measured
+/// answer with whole bodies.
+fn parse_head(buf: &[u8]) -> Result<Option<(StatusCode, usize, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head) = response.parse(buf).context("parsing an answer")? else {
+        return Ok(None);
+    };
+    let status = StatusCode::from_u16(response.code.unwrap_or(0)).context("answer status")?;
+    let mut len = None;
+    for h in response.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            bail!("a chunked answer: the generator reads only Content-Length bodies");
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n: usize = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .context("a bad Content-Length")?;
+            len = Some(n);
+        }
+    }
+    let len = len.context("an answer without Content-Length")?;
+    ensure!(len <= MAX_BODY, "an answer's body is over {MAX_BODY} bytes");
+    Ok(Some((status, head, len)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_head_gives_status_and_lengths_once_complete() {
+        let answer = b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+        let head = answer.len() - 11;
+        let (status, at, len) = parse_head(answer).unwrap().unwrap();
+        assert_eq!((status, at, len), (StatusCode::CREATED, head, 11));
+        assert!(
+            parse_head(&answer[..head - 1]).unwrap().is_none(),
+            "partial"
+        );
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert!(parse_head(chunked).is_err());
+        let no_length = b"HTTP/1.1 200 OK\r\nx: y\r\n\r\n";
+        assert!(parse_head(no_length).is_err());
+        assert!(parse_head(b"garbage\r\n\r\n").is_err());
+    }
 
     #[test]
     fn merged_runs_add_their_answers_windows_and_cpu() {

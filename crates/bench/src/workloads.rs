@@ -1,14 +1,12 @@
 //! What the benchmark sends: the request workloads built on the synthetic sessions
 //! ([`SessionData`], shared with the examples; the same ones go to sessiond and to Redis).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, HeaderValue};
-use hyper::{Method, Request, StatusCode};
+use hyper::StatusCode;
 use serde::Deserialize;
 
 use crate::load::Workload;
@@ -25,31 +23,37 @@ pub fn create_body(s: &SessionData) -> String {
 /// Headers every agent request carries.
 #[derive(Clone)]
 pub struct Agent {
-    host: HeaderValue,
-    bearer: HeaderValue,
+    host: String,
+    key: String,
 }
 
 impl Agent {
     pub fn new(addr: SocketAddr, key: &str) -> anyhow::Result<Agent> {
+        anyhow::ensure!(
+            key.bytes().all(|b| b.is_ascii_graphic()),
+            "an agent key that cannot go in a header"
+        );
         Ok(Agent {
-            host: HeaderValue::from_str(&addr.to_string())?,
-            bearer: HeaderValue::from_str(&format!("Bearer {key}"))?,
+            host: addr.to_string(),
+            key: key.to_owned(),
         })
     }
 
-    fn post(&self, path: &str, body: String) -> Option<Request<Full<Bytes>>> {
-        Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(HOST, self.host.clone())
-            .header(AUTHORIZATION, self.bearer.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .ok()
+    /// A JSON `POST` to `path` into `out`.
+    fn post(&self, path: &str, body: &[u8], out: &mut Vec<u8>) {
+        // Writes into a `Vec` cannot fail.
+        let _ = write!(
+            out,
+            "POST {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            self.host,
+            self.key,
+            body.len()
+        );
+        out.extend_from_slice(body);
     }
 }
 
-fn expect(status: StatusCode, want: StatusCode, body: &Bytes) -> Result<(), String> {
+fn expect(status: StatusCode, want: StatusCode, body: &[u8]) -> Result<(), String> {
     if status == want {
         return Ok(());
     }
@@ -64,36 +68,42 @@ pub struct Validate {
 }
 
 impl Workload for Validate {
-    fn request(&self, rng: &mut fastrand::Rng) -> Option<Request<Full<Bytes>>> {
-        let token = self.tokens.get(rng.usize(..self.tokens.len()))?;
+    fn request(&self, rng: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
+        let Some(token) = self.tokens.get(rng.usize(..self.tokens.len())) else {
+            return false;
+        };
+        let body = format!(r#"{{"token":"{token}"}}"#);
         self.agent
-            .post("/v1/sessions/validate", format!(r#"{{"token":"{token}"}}"#))
+            .post("/v1/sessions/validate", body.as_bytes(), out);
+        true
     }
 
-    fn check(&self, status: StatusCode, body: &Bytes) -> Result<(), String> {
+    fn check(&self, status: StatusCode, body: &[u8]) -> Result<(), String> {
         expect(status, StatusCode::OK, body)
     }
 }
 
 /// `GET /auth/nginx` with the session cookie of a token drawn at random from all of them.
 pub struct ForwardAuth {
-    pub host: HeaderValue,
+    pub addr: SocketAddr,
     pub tokens: std::sync::Arc<Vec<String>>,
 }
 
 impl Workload for ForwardAuth {
-    fn request(&self, rng: &mut fastrand::Rng) -> Option<Request<Full<Bytes>>> {
-        let token = self.tokens.get(rng.usize(..self.tokens.len()))?;
-        Request::builder()
-            .method(Method::GET)
-            .uri("/auth/nginx")
-            .header(HOST, self.host.clone())
-            .header(COOKIE, format!("{COOKIE_NAME}={token}"))
-            .body(Full::new(Bytes::new()))
-            .ok()
+    fn request(&self, rng: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
+        let Some(token) = self.tokens.get(rng.usize(..self.tokens.len())) else {
+            return false;
+        };
+        // Writes into a `Vec` cannot fail.
+        let _ = write!(
+            out,
+            "GET /auth/nginx HTTP/1.1\r\nhost: {}\r\ncookie: {COOKIE_NAME}={token}\r\n\r\n",
+            self.addr
+        );
+        true
     }
 
-    fn check(&self, status: StatusCode, body: &Bytes) -> Result<(), String> {
+    fn check(&self, status: StatusCode, body: &[u8]) -> Result<(), String> {
         expect(status, StatusCode::OK, body)
     }
 }
@@ -132,16 +142,17 @@ impl Populate {
 }
 
 impl Workload for Populate {
-    fn request(&self, _: &mut fastrand::Rng) -> Option<Request<Full<Bytes>>> {
+    fn request(&self, _: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         if i >= self.total {
-            return None;
+            return false;
         }
-        self.agent
-            .post("/v1/sessions", create_body(&SessionData::nth(i)))
+        let body = create_body(&SessionData::nth(i));
+        self.agent.post("/v1/sessions", body.as_bytes(), out);
+        true
     }
 
-    fn check(&self, status: StatusCode, body: &Bytes) -> Result<(), String> {
+    fn check(&self, status: StatusCode, body: &[u8]) -> Result<(), String> {
         expect(status, StatusCode::CREATED, body)?;
         let created: Created =
             serde_json::from_slice(body).map_err(|e| format!("create answer: {e}"))?;
@@ -160,13 +171,14 @@ pub struct Create {
 }
 
 impl Workload for Create {
-    fn request(&self, _: &mut fastrand::Rng) -> Option<Request<Full<Bytes>>> {
+    fn request(&self, _: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.agent
-            .post("/v1/sessions", create_body(&SessionData::nth(i)))
+        let body = create_body(&SessionData::nth(i));
+        self.agent.post("/v1/sessions", body.as_bytes(), out);
+        true
     }
 
-    fn check(&self, status: StatusCode, body: &Bytes) -> Result<(), String> {
+    fn check(&self, status: StatusCode, body: &[u8]) -> Result<(), String> {
         expect(status, StatusCode::CREATED, body)
     }
 }
@@ -174,6 +186,73 @@ impl Workload for Create {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parses the request `work` writes: method, path, headers (lowercased names) and body.
+    fn written(work: &dyn Workload) -> (String, String, Vec<(String, String)>, Vec<u8>) {
+        let mut out = Vec::new();
+        assert!(work.request(&mut fastrand::Rng::with_seed(1), &mut out));
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut headers);
+        let httparse::Status::Complete(head) = req.parse(&out).unwrap() else {
+            panic!("a partial request");
+        };
+        let headers: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .map(|h| {
+                let value = String::from_utf8(h.value.to_vec()).unwrap();
+                (h.name.to_ascii_lowercase(), value)
+            })
+            .collect();
+        let (method, path) = (req.method.unwrap().to_owned(), req.path.unwrap().to_owned());
+        (method, path, headers, out[head..].to_vec())
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+        let found = headers.iter().find(|(n, _)| n == name);
+        found
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {name}"))
+    }
+
+    #[test]
+    fn requests_are_whole_http_1_1_requests_with_their_headers() {
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let agent = Agent::new(addr, "k3y").unwrap();
+        let tokens = std::sync::Arc::new(vec!["t0k".to_owned()]);
+        let validate = Validate {
+            agent: agent.clone(),
+            tokens: tokens.clone(),
+        };
+        let (method, path, headers, body) = written(&validate);
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("POST", "/v1/sessions/validate")
+        );
+        assert_eq!(header(&headers, "host"), "127.0.0.1:8080");
+        assert_eq!(header(&headers, "authorization"), "Bearer k3y");
+        assert_eq!(header(&headers, "content-type"), "application/json");
+        assert_eq!(header(&headers, "content-length"), body.len().to_string());
+        assert_eq!(body, br#"{"token":"t0k"}"#);
+
+        let forward = ForwardAuth { addr, tokens };
+        let (method, path, headers, body) = written(&forward);
+        assert_eq!((method.as_str(), path.as_str()), ("GET", "/auth/nginx"));
+        assert_eq!(header(&headers, "cookie"), format!("{COOKIE_NAME}=t0k"));
+        assert!(body.is_empty());
+
+        let create = Create {
+            agent,
+            next: AtomicU64::new(3),
+        };
+        let (method, path, _, body) = written(&create);
+        assert_eq!((method.as_str(), path.as_str()), ("POST", "/v1/sessions"));
+        assert_eq!(body, create_body(&SessionData::nth(3)).as_bytes());
+        assert!(
+            Agent::new(addr, "a key").is_err(),
+            "a space cannot go in the header"
+        );
+    }
 
     #[test]
     fn sessions_pair_up_by_user_and_have_default_attributes() {

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use hyper::header::HeaderValue;
 
 use super::Ctx;
 use crate::load::{self, Figures, Outcome, Spec, Workload};
@@ -75,7 +74,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
     )
     .await?;
     let forward = Arc::new(ForwardAuth {
-        host: HeaderValue::from_str(&server.addr.to_string())?,
+        addr: server.addr,
         tokens: tokens.clone(),
     });
     let (forward_rows, _) = compare(
