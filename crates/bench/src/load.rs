@@ -53,6 +53,9 @@ pub struct Spec {
     pub duration: Duration,
     /// At most this many requests in all (warm-up included).
     pub max_requests: u64,
+    /// Requests per second over all connections, when paced: each connection then sends
+    /// at most its share, evenly spaced, instead of as soon as its last answer is in.
+    pub rate: Option<f64>,
 }
 
 /// What one run measured.
@@ -215,10 +218,20 @@ pub async fn run_watching(
         sent: AtomicU64::new(0),
         max_requests: spec.max_requests,
     });
+    // A paced connection sends every `interval`, the connections' first sends spread over
+    // one interval.
+    let interval = spec
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(spec.connections as f64 / r));
     let mut tasks = Vec::with_capacity(spec.connections);
-    for _ in 0..spec.connections {
+    for i in 0..spec.connections {
         let (work, window) = (work.clone(), window.clone());
-        tasks.push(tokio::spawn(connection(addr, work, window)));
+        let pace = interval.map(|every| Pace {
+            next: Instant::now() + every.mul_f64(i as f64 / spec.connections as f64),
+            every,
+        });
+        tasks.push(tokio::spawn(connection(addr, work, window, pace)));
     }
     // Sample CPU at the window's ends, while the connections run.
     let sampler = tokio::spawn(sample_cpu(window.clone(), server_pid, others.to_vec()));
@@ -275,15 +288,41 @@ async fn sample_cpu(window: Arc<Window>, pid: Option<u32>, others: Vec<u32>) -> 
     Ok((diff(server0, server1), diff(own0, own1), others))
 }
 
+/// When a paced connection sends next, and how often.
+struct Pace {
+    next: Instant,
+    every: Duration,
+}
+
+/// How many sends a paced connection may be behind its schedule and still catch up.
+/// tokio's timer wakes on whole milliseconds, later than asked, so a connection must catch
+/// up to keep its rate; one further behind has a server slower than the pace, and starts
+/// its schedule again rather than send a burst.
+const PACE_SLACK: u32 = 8;
+
+impl Pace {
+    /// Waits for the next send's time.
+    async fn wait(&mut self) {
+        let now = Instant::now();
+        if self.next > now {
+            tokio::time::sleep_until(self.next).await;
+        } else if now.duration_since(self.next) > self.every * PACE_SLACK {
+            self.next = now;
+        }
+        self.next += self.every;
+    }
+}
+
 /// One keep-alive connection, sending until the window closes, the budget is spent or the
-/// workload runs out; returns its tally and when it stopped.
+/// workload runs out (at its `pace`, if given); returns its tally and when it stopped.
 async fn connection(
     addr: SocketAddr,
     work: Arc<dyn Workload>,
     window: Arc<Window>,
+    pace: Option<Pace>,
 ) -> (Tally, Instant) {
     let mut tally = Tally::default();
-    if let Err(e) = drive(addr, &*work, &window, &mut tally).await {
+    if let Err(e) = drive(addr, &*work, &window, pace, &mut tally).await {
         tally.error(format!("{e:#}"));
     }
     (tally, Instant::now())
@@ -293,6 +332,7 @@ async fn drive(
     addr: SocketAddr,
     work: &dyn Workload,
     window: &Window,
+    mut pace: Option<Pace>,
     tally: &mut Tally,
 ) -> Result<()> {
     let mut stream = TcpStream::connect(addr)
@@ -302,6 +342,9 @@ async fn drive(
     let mut rng = fastrand::Rng::new();
     let (mut request, mut answer) = (Vec::with_capacity(1024), Answer::default());
     loop {
+        if let Some(pace) = &mut pace {
+            pace.wait().await;
+        }
         if Instant::now() >= window.end
             || window.sent.fetch_add(1, Ordering::Relaxed) >= window.max_requests
         {
@@ -416,6 +459,40 @@ fn parse_head(buf: &[u8]) -> Result<Option<(StatusCode, usize, usize)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_connection_keeps_its_rate_and_does_not_burst_after_a_stall() {
+        let every = Duration::from_micros(500);
+        let mut pace = Pace {
+            next: Instant::now(),
+            every,
+        };
+        // Sends until `for_` has passed, each answered 300 us later; how many.
+        async fn sends(pace: &mut Pace, for_: Duration) -> u32 {
+            let end = Instant::now() + for_;
+            let mut n = 0;
+            while Instant::now() < end {
+                pace.wait().await;
+                tokio::time::advance(Duration::from_micros(300)).await;
+                n += 1;
+            }
+            n
+        }
+        // The timer wakes on whole milliseconds: the connection catches up in between.
+        let n = sends(&mut pace, Duration::from_millis(100)).await;
+        assert!(
+            (199..=202).contains(&n),
+            "{n} sends in 100 ms at one per 500 us"
+        );
+        // A server that stalled for a second: the schedule starts again, with no burst of
+        // the 2,000 sends missed.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let n = sends(&mut pace, Duration::from_millis(10)).await;
+        assert!(
+            (19..=22).contains(&n),
+            "{n} sends in the 10 ms after a stall"
+        );
+    }
 
     #[test]
     fn an_answer_head_gives_status_and_lengths_once_complete() {

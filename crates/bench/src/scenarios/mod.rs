@@ -111,6 +111,7 @@ impl Ctx {
             duration: self.settings.duration,
             // A bound on count as well as time: far above what 2 cores can answer.
             max_requests: 500_000_000,
+            rate: None,
         }
     }
 

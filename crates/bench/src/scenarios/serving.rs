@@ -2,11 +2,13 @@
 //!
 //! 1. population: `POST /v1/sessions` through many connections, timed; the server's RSS
 //!    before and after gives sessiond's bytes per session;
-//! 2. validate and forward auth, each against the hyper baseline with the same requests;
+//! 2. validate and forward auth, each against the hyper baseline with the same requests:
+//!    closed loop (the baseline before and after sessiond), then both paced to one rate;
 //! 3. restart: SIGTERM, then the time from a new process's start to its listening line, to
 //!    its first successful validate, and to its first create (which waits until every
 //!    session is back in memory), with everything on disk.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,9 @@ use crate::workloads::{Agent, ForwardAuth, Populate, Validate};
 const POPULATE_LIMIT: Duration = Duration::from_secs(3600);
 /// Most a restarted server may take to answer its first validate.
 const RESTART_LIMIT: Duration = Duration::from_secs(600);
+/// The rate both servers are paced to for the same-rate CPU row, as a share of the lower
+/// closed-loop throughput: below both, so each keeps the pace.
+const PACED_SHARE: f64 = 0.9;
 
 /// What the serving scenarios found, for the table.
 pub struct Serving {
@@ -117,6 +122,7 @@ pub(super) async fn populate(
         warmup: Duration::ZERO,
         duration: POPULATE_LIMIT,
         max_requests: n + u64::try_from(ctx.settings.connections).unwrap_or(0),
+        rate: None,
     };
     let started = Instant::now();
     let out = load::run(server.addr, &spec, work.clone(), None).await?;
@@ -161,11 +167,30 @@ async fn compare(
         ctx.log(perf.finish()?);
     }
     ours.ensure_clean(name)?;
-    let after = run_baseline(ctx, name, "after", work, baseline).await?;
+    let after = run_baseline(ctx, name, "after", work.clone(), baseline).await?;
     ctx.log(format!("{name}: sessiond {}", describe(&ours)));
     ctx.log(format!("{name}: baseline before {}", describe(&before)));
     ctx.log(format!("{name}: baseline after {}", describe(&after)));
     let base = before.merged(after);
+
+    // Both again at one rate, below what either reached: a server driven faster answers
+    // more requests per wake-up and spends less on each, so this compares the work alone.
+    let rate = PACED_SHARE * ours.rate().min(base.rate());
+    let paced = Spec {
+        rate: Some(rate),
+        ..ctx.spec()
+    };
+    // sessiond over whole touch-flush windows again; the runs above warmed it up.
+    let paced_ours = Spec {
+        rate: Some(rate),
+        warmup: paced.warmup,
+        ..ctx.touching_spec()
+    };
+    let (pid, addr) = (server.proc.pid, server.addr);
+    let paced_ours = run_paced(ctx, name, "sessiond", work.clone(), addr, pid, &paced_ours).await?;
+    let (pid, addr) = (baseline.proc.pid, baseline.addr);
+    let paced_base = run_paced(ctx, name, "baseline", work, addr, pid, &paced).await?;
+
     let label = format!("{name} ({} conns)", spec.connections);
     let mut rows = vec![
         Row::measured(
@@ -188,6 +213,26 @@ async fn compare(
             Some((b, "hyper")),
             Target::RatioAtMost(1.25),
         ));
+        if let (Some(a), Some(b)) = (
+            paced_ours.server_cpu_us_per_request(),
+            paced_base.server_cpu_us_per_request(),
+        ) {
+            rows.push(
+                Row::measured(
+                    &format!("{label}: server CPU per request at one rate"),
+                    "us",
+                    a,
+                    Some((b, "hyper")),
+                    Target::Report,
+                )
+                .note(format!(
+                    "both paced to {rate:.0} req/s ({:.0}% of the lower throughput above); they answered {:.0} and {:.0} req/s",
+                    PACED_SHARE * 100.0,
+                    paced_ours.rate(),
+                    paced_base.rate()
+                )),
+            );
+        }
         rows.push(
             Row::measured(
                 &format!("{label}: least possible CPU per request"),
@@ -213,6 +258,27 @@ async fn compare(
         }
     }
     Ok((rows, ours.figures()))
+}
+
+/// `work` on `who` (at `addr`, process `pid`) as the paced `spec` says; logged.
+async fn run_paced(
+    ctx: &mut Ctx,
+    name: &str,
+    who: &str,
+    work: Arc<dyn Workload>,
+    addr: SocketAddr,
+    pid: u32,
+    spec: &Spec,
+) -> Result<Outcome> {
+    let rate = spec.rate.unwrap_or(0.0);
+    ctx.phase(&format!("{name}: {who}, paced to {rate:.0} req/s"));
+    let out = load::run(addr, spec, work, Some(pid)).await?;
+    out.ensure_clean(&format!("{name} ({who}, paced)"))?;
+    ctx.log(format!(
+        "{name}: {who} paced to {rate:.0} req/s: {}",
+        describe(&out)
+    ));
+    Ok(out)
 }
 
 /// One of the baseline's two runs around sessiond's (`when`: before or after).
@@ -273,6 +339,7 @@ async fn restart(ctx: &mut Ctx, server: Sessiond, tokens: &Arc<Vec<String>>) -> 
         warmup: Duration::ZERO,
         duration: Duration::from_secs(10),
         max_requests: 1,
+        rate: None,
     };
     let deadline = Instant::now() + RESTART_LIMIT;
     let answered = loop {
