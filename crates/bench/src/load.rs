@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::procs::cpu_time;
+use crate::procs::{Switches, context_switches, cpu_time};
 
 /// What the connections send, and how an answer is judged.
 pub trait Workload: Send + Sync + 'static {
@@ -72,6 +72,8 @@ pub struct Outcome {
     pub latencies_us: Vec<u32>,
     /// The server's CPU time over the window, when a pid was given.
     pub server_cpu: Option<Duration>,
+    /// The server's context switches over the window, when a pid was given.
+    pub server_switches: Option<Switches>,
     /// The CPU time over the window of the other processes [`run_watching`] was given
     /// (e.g. the redis-server behind sessiond), in their order.
     pub others_cpu: Vec<Duration>,
@@ -145,6 +147,10 @@ impl Outcome {
         self.latencies_us.extend(other.latencies_us);
         self.latencies_us.sort_unstable();
         self.server_cpu = add(self.server_cpu, other.server_cpu);
+        self.server_switches = match (self.server_switches, other.server_switches) {
+            (Some(a), Some(b)) => Some(a.plus(b)),
+            _ => None,
+        };
         self.generator_cpu = add(self.generator_cpu, other.generator_cpu);
         self.others_cpu = if self.others_cpu.len() == other.others_cpu.len() {
             self.others_cpu
@@ -253,18 +259,28 @@ pub async fn run_watching(
         sampler.abort();
         outcome.window = last_done.saturating_duration_since(window.start);
     } else {
-        let (server, generator, others) = sampler.await.context("the CPU sampler panicked")??;
-        outcome.server_cpu = server;
-        outcome.generator_cpu = generator;
-        outcome.others_cpu = others;
+        let samples = sampler.await.context("the CPU sampler panicked")??;
+        outcome.server_cpu = samples.server;
+        outcome.server_switches = samples.switches;
+        outcome.generator_cpu = samples.generator;
+        outcome.others_cpu = samples.others;
         outcome.window = spec.duration;
     }
     outcome.latencies_us.sort_unstable();
     Ok(outcome)
 }
 
-/// The server's, this process's and the others' CPU time over the window.
-type Samples = (Option<Duration>, Option<Duration>, Vec<Duration>);
+/// What was read at the window's two ends, as differences.
+struct Samples {
+    /// The server's CPU time.
+    server: Option<Duration>,
+    /// The server's context switches.
+    switches: Option<Switches>,
+    /// This process's (the load generator's) CPU time.
+    generator: Option<Duration>,
+    /// The others' CPU time, in their order.
+    others: Vec<Duration>,
+}
 
 async fn sample_cpu(window: Arc<Window>, pid: Option<u32>, others: Vec<u32>) -> Result<Samples> {
     let read = |pid: Option<u32>| pid.map(cpu_time).transpose();
@@ -274,18 +290,25 @@ async fn sample_cpu(window: Arc<Window>, pid: Option<u32>, others: Vec<u32>) -> 
             .map(|&p| cpu_time(p))
             .collect::<Result<Vec<_>>>()
     };
+    let switches = || pid.map(context_switches).transpose();
     let own = Some(std::process::id());
     tokio::time::sleep_until(window.start).await;
-    let (server0, own0, others0) = (read(pid)?, read(own)?, read_others()?);
+    let (server0, switches0) = (read(pid)?, switches()?);
+    let (own0, others0) = (read(own)?, read_others()?);
     tokio::time::sleep_until(window.end).await;
-    let (server1, own1, others1) = (read(pid)?, read(own)?, read_others()?);
+    let (server1, switches1) = (read(pid)?, switches()?);
+    let (own1, others1) = (read(own)?, read_others()?);
     let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
-    let others = others1
-        .iter()
-        .zip(&others0)
-        .map(|(b, a)| b.saturating_sub(*a))
-        .collect();
-    Ok((diff(server0, server1), diff(own0, own1), others))
+    Ok(Samples {
+        server: diff(server0, server1),
+        switches: switches0.zip(switches1).map(|(a, b)| a.until(b)),
+        generator: diff(own0, own1),
+        others: others1
+            .iter()
+            .zip(&others0)
+            .map(|(b, a)| b.saturating_sub(*a))
+            .collect(),
+    })
 }
 
 /// When a paced connection sends next, and how often.
@@ -518,6 +541,10 @@ mod tests {
             window: Duration::from_secs(secs),
             latencies_us: latencies.to_vec(),
             server_cpu: Some(Duration::from_millis(cpu_ms)),
+            server_switches: Some(Switches {
+                voluntary: requests,
+                involuntary: 1,
+            }),
             generator_cpu: Some(Duration::from_millis(2 * cpu_ms)),
             ..Outcome::default()
         };
@@ -528,11 +555,19 @@ mod tests {
         assert_eq!(both.server_cpu, Some(Duration::from_millis(1600)));
         assert_eq!(both.server_cpu_us_per_request(), Some(4000.0));
         assert_eq!(both.generator_cpu, Some(Duration::from_millis(3200)));
+        let switches = Switches {
+            voluntary: 400,
+            involuntary: 2,
+        };
+        assert_eq!(both.server_switches, Some(switches));
         assert_eq!(both.latencies_us, [1, 5, 7, 9]);
         let unread = Outcome {
             server_cpu: None,
+            server_switches: None,
             ..run(1, 1, 1, &[])
         };
-        assert_eq!(both.merged(unread).server_cpu, None, "one side unread");
+        let both = both.merged(unread);
+        assert_eq!(both.server_cpu, None, "one side unread");
+        assert_eq!(both.server_switches, None, "one side unread");
     }
 }

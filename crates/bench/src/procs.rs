@@ -166,6 +166,55 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
     Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
 }
 
+/// Context switches of a process, summed over its threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Switches {
+    /// The thread gave up its CPU to wait (for a lock, a wake-up, I/O).
+    pub voluntary: u64,
+    /// The thread was preempted.
+    pub involuntary: u64,
+}
+
+impl Switches {
+    /// The switches from `self` to `later`.
+    pub fn until(self, later: Switches) -> Switches {
+        Switches {
+            voluntary: later.voluntary.saturating_sub(self.voluntary),
+            involuntary: later.involuntary.saturating_sub(self.involuntary),
+        }
+    }
+
+    pub fn plus(self, other: Switches) -> Switches {
+        Switches {
+            voluntary: self.voluntary + other.voluntary,
+            involuntary: self.involuntary + other.involuntary,
+        }
+    }
+}
+
+/// The context switches of process `pid`'s threads alive now, from
+/// `/proc/<pid>/task/*/status` (a thread that ended takes its count with it).
+pub fn context_switches(pid: u32) -> Result<Switches> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = Switches::default();
+    for task in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = task?.path().join("status");
+        // A thread may end between the listing and the read.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for line in text.lines() {
+            let count = |v: &str| v.trim().parse::<u64>().unwrap_or(0);
+            if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:") {
+                total.voluntary += count(v);
+            } else if let Some(v) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
+                total.involuntary += count(v);
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// `CLK_TCK`, the unit of `/proc/<pid>/stat` times (100 on Linux unless `getconf` differs).
 fn clock_ticks() -> u64 {
     static TICKS: OnceLock<u64> = OnceLock::new();
@@ -287,4 +336,24 @@ pub fn build_sessiond() -> Result<PathBuf> {
         bail!("{} was not built", bin.display());
     }
     Ok(bin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_that_waits_adds_a_voluntary_switch() {
+        let me = std::process::id();
+        let before = context_switches(me).unwrap();
+        // Waiting on a channel nobody sends on gives up the CPU.
+        let (_tx, rx) = mpsc::channel::<()>();
+        let _ = rx.recv_timeout(Duration::from_millis(5));
+        let after = context_switches(me).unwrap();
+        assert!(
+            before.until(after).voluntary >= 1,
+            "{before:?} then {after:?}"
+        );
+        assert!(context_switches(u32::MAX).is_err(), "no such process");
+    }
 }

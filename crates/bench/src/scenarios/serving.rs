@@ -308,8 +308,19 @@ async fn run_baseline(
 fn describe(o: &Outcome) -> String {
     let cpu =
         |d: Option<Duration>| d.map_or_else(|| "?".into(), |d| format!("{:.2} s", d.as_secs_f64()));
+    let per = |n: u64| n as f64 / o.requests.max(1) as f64;
+    let switches = o.server_switches.map_or_else(
+        || "?".into(),
+        |s| {
+            format!(
+                "{:.3} voluntary + {:.3} involuntary",
+                per(s.voluntary),
+                per(s.involuntary)
+            )
+        },
+    );
     format!(
-        "{} answers in {:?}; server CPU {}, load generator CPU {}",
+        "{} answers in {:?}; server CPU {}, load generator CPU {}; server context switches per answer {switches}",
         o.requests,
         o.window,
         cpu(o.server_cpu),
