@@ -50,7 +50,7 @@ use sessiond_core::input::apply_attributes;
 use sessiond_core::policy::{OnLimit, UserLimit};
 use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Verifier};
 
-use self::cache::{Cached, NearCache, TagTouches};
+use self::cache::{Cached, NearCache, TagTouches, Ticket};
 use self::codec::Fields;
 use self::conn::Conn;
 pub use self::conn::Target;
@@ -231,6 +231,15 @@ impl RedisStore {
     /// How many validate answers came from the near cache (no round trip) so far.
     pub fn near_cache_hits(&self) -> u64 {
         self.cache.hits()
+    }
+
+    /// Keeps live session `s` (read or written under `ticket`) in the near cache, its user
+    /// agent and policy name the copies every cached record shares; the record as cached.
+    fn cache_live(&self, ticket: Option<Ticket>, id: SessionId, mut s: Session) -> Arc<Session> {
+        self.strings.share(&mut s);
+        let s = Arc::new(s);
+        self.cache.fill(ticket, id, Cached::Live(s.clone()));
+        s
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
@@ -512,7 +521,7 @@ impl SessionStore for RedisStore {
 
     async fn create(
         &self,
-        mut session: Session,
+        session: Session,
         limit: UserLimit,
         now: Timestamp,
     ) -> Result<Created, StoreError> {
@@ -558,10 +567,11 @@ impl SessionStore for RedisStore {
                 for id in &displaced {
                     self.cache.invalidate(id);
                 }
-                self.strings.share(&mut session);
-                self.cache
-                    .fill(ticket, session.id, Cached::Live(Arc::new(session.clone())));
-                Ok(Created::Created { session, displaced })
+                let cached = self.cache_live(ticket, session.id, session);
+                Ok(Created::Created {
+                    session: Session::clone(&cached),
+                    displaced,
+                })
             }
             "limit" => Ok(Created::LimitReached { limit: limit.max }),
             "collision" => Err(StoreError::Corrupt("session id collision".into())),
@@ -593,10 +603,7 @@ impl SessionStore for RedisStore {
             if touch && s.touch(now) {
                 self.cache.touches.record(&s, now, due);
             }
-            self.strings.share(&mut s);
-            let s = Arc::new(s);
-            self.cache.fill(ticket, id, Cached::Live(s.clone()));
-            return Ok(Lookup::Live(s));
+            return Ok(Lookup::Live(self.cache_live(ticket, id, s)));
         }
         Ok(match self.retained(tomb, Some(verifier), now) {
             Some(t) => {
