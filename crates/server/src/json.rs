@@ -3,10 +3,11 @@
 //! Every validate answers with one session, so this is the hottest serializer in the
 //! server; every create (each login) answers with its token and session. Going through
 //! serde cost about 13% of validate's CPU (profiled at 20,000 sessions): every timestamp,
-//! id and address went through `fmt` and serde_json's per-byte escaping, piece by piece. Here the parts that can never need escaping (hex
-//! ids, RFC 3339 timestamps, IP addresses, numbers) are copied as they are, and a string
-//! that came from a client is scanned once and copied whole unless it holds a character
-//! JSON must escape, in which case serde_json writes it. The output is byte for byte what
+//! id and address went through `fmt` and serde_json's per-byte escaping, piece by piece.
+//! Here the parts that can never need escaping (hex ids, RFC 3339 timestamps, IP
+//! addresses, numbers) are copied as they are, and a string that came from a client is
+//! scanned once and copied whole unless it holds a character JSON must escape, in which
+//! case serde_json writes it. The output is byte for byte what
 //! serde writes for `v1::SessionEnvelope` and `v1::CreatedSession` (tested below).
 
 use std::io::Write;
