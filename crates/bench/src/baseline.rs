@@ -30,6 +30,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use sessiond_core::token::SECRET_LEN;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -128,10 +129,11 @@ async fn answer(
     Ok(response)
 }
 
-/// A durable create's least work: a 256-bit token from the OS, and the body on disk.
+/// A durable create's least work: a token's secret from the OS (as long as sessiond's),
+/// and the body on disk.
 async fn create(body: Bytes, journal: &mpsc::Sender<Append>) -> (StatusCode, Bytes) {
     let failed = (StatusCode::INTERNAL_SERVER_ERROR, Bytes::from_static(BODY));
-    let mut secret = [0u8; 32];
+    let mut secret = [0u8; SECRET_LEN];
     if getrandom::fill(&mut secret).is_err() {
         return failed;
     }

@@ -51,6 +51,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
         "fjall baseline: {commits} creates, each its own SyncAll commit, in {took:?}"
     ));
     let base = Some((baseline, "fjall, a sync per create"));
+    // sessiond's rows note its latency; the floor's, sessiond's share of its rate.
     let latency = |o: &Outcome| {
         format!(
             "p50 {:.2} ms, p99 {:.2} ms per create",
@@ -64,39 +65,34 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
             100.0 * ours.rate() / floor.rate()
         )
     };
+    let row = |what: String, o: &Outcome, target, note| {
+        Row::measured(&what, "creates/s", o.rate(), base, target).note(note)
+    };
     Ok(vec![
-        Row::measured(
-            &format!("durable creates ({clients} clients)"),
-            "creates/s",
-            ours.rate(),
-            base,
+        row(
+            format!("durable creates ({clients} clients)"),
+            &ours,
             Target::RatioAtLeast(10.0),
-        )
-        .note(latency(&ours)),
-        Row::measured(
-            &format!("durable creates: floor server ({clients} clients)"),
-            "creates/s",
-            floor.rate(),
-            base,
+            latency(&ours),
+        ),
+        row(
+            format!("durable creates: floor server ({clients} clients)"),
+            &floor,
             Target::Report,
-        )
-        .note(share(&ours, &floor)),
-        Row::measured(
-            &format!("durable creates ({more} clients)"),
-            "creates/s",
-            ours_more.rate(),
-            base,
+            share(&ours, &floor),
+        ),
+        row(
+            format!("durable creates ({more} clients)"),
+            &ours_more,
             Target::Report,
-        )
-        .note(latency(&ours_more)),
-        Row::measured(
-            &format!("durable creates: floor server ({more} clients)"),
-            "creates/s",
-            floor_more.rate(),
-            base,
+            latency(&ours_more),
+        ),
+        row(
+            format!("durable creates: floor server ({more} clients)"),
+            &floor_more,
             Target::Report,
-        )
-        .note(share(&ours_more, &floor_more)),
+            share(&ours_more, &floor_more),
+        ),
     ])
 }
 
