@@ -51,6 +51,17 @@ impl Agent {
         );
         out.extend_from_slice(body);
     }
+
+    /// The `POST /v1/sessions` of session `i` ([`SessionData::nth`]) into `out`.
+    fn create(&self, i: u64, out: &mut Vec<u8>) {
+        let body = create_body(&SessionData::nth(i));
+        self.post("/v1/sessions", body.as_bytes(), out);
+    }
+}
+
+/// A token drawn at random from all of them.
+fn draw<'a>(tokens: &'a [String], rng: &mut fastrand::Rng) -> Option<&'a str> {
+    tokens.get(rng.usize(..tokens.len())).map(String::as_str)
 }
 
 fn expect(status: StatusCode, want: StatusCode, body: &[u8]) -> Result<(), String> {
@@ -69,7 +80,7 @@ pub struct Validate {
 
 impl Workload for Validate {
     fn request(&self, rng: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
-        let Some(token) = self.tokens.get(rng.usize(..self.tokens.len())) else {
+        let Some(token) = draw(&self.tokens, rng) else {
             return false;
         };
         let body = format!(r#"{{"token":"{token}"}}"#);
@@ -91,7 +102,7 @@ pub struct ForwardAuth {
 
 impl Workload for ForwardAuth {
     fn request(&self, rng: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
-        let Some(token) = self.tokens.get(rng.usize(..self.tokens.len())) else {
+        let Some(token) = draw(&self.tokens, rng) else {
             return false;
         };
         // Writes into a `Vec` cannot fail.
@@ -147,8 +158,7 @@ impl Workload for Populate {
         if i >= self.total {
             return false;
         }
-        let body = create_body(&SessionData::nth(i));
-        self.agent.post("/v1/sessions", body.as_bytes(), out);
+        self.agent.create(i, out);
         true
     }
 
@@ -173,8 +183,7 @@ pub struct Create {
 impl Workload for Create {
     fn request(&self, _: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
-        let body = create_body(&SessionData::nth(i));
-        self.agent.post("/v1/sessions", body.as_bytes(), out);
+        self.agent.create(i, out);
         true
     }
 
