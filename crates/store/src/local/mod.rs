@@ -441,7 +441,7 @@ impl LocalStore {
     }
 
     /// Durable transactions committed since open (0 for the memory store). Many concurrent
-    /// writes share one commit; tests and metrics read this to see how many.
+    /// writes share one commit; the conformance tests read this to see how many.
     pub fn durable_commits(&self) -> u64 {
         self.journal.commits()
     }
