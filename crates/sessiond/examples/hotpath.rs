@@ -11,6 +11,7 @@
 //!
 //! ```sh
 //! cargo run --release -p sessiond --example hotpath -- 1000000
+//! cargo run --release -p sessiond --example hotpath -- 1000 creates   # the creates alone
 //! ```
 //! Prints nanoseconds per validate for each step: what grows from 1,000 sessions to a
 //! million is the memory a validate reads (cache and TLB misses over a large heap); what
@@ -55,6 +56,14 @@ fn main() {
         .nth(1)
         .map(|a| a.parse().expect("N: a number of sessions"))
         .unwrap_or(1_000_000);
+    // `creates`: only the last step, so that a profile of the run is a profile of it.
+    let all_steps = match std::env::args().nth(2).as_deref() {
+        None => true,
+        Some("creates") => false,
+        Some(other) => {
+            panic!("unknown step {other:?}: the second argument is `creates` or nothing")
+        }
+    };
     // A day's idle timeout: the runs below move store time on by about half an hour, and
     // no session may expire meanwhile, however many there are.
     let policy = Policy {
@@ -127,10 +136,12 @@ fn main() {
         let ns = started.elapsed().as_nanos() as f64 / LOOKUPS as f64 - apart_ns;
         println!("{n} sessions: {name}: {ns:.0} ns per validate");
     };
-    step("lookup and touch", false);
-    step("lookup, touch and answer", true);
-    step("lookup and touch", false);
-    step("lookup, touch and answer", true);
+    if all_steps {
+        step("lookup and touch", false);
+        step("lookup, touch and answer", true);
+        step("lookup and touch", false);
+        step("lookup, touch and answer", true);
+    }
 
     // Whole requests through the server's `App`, as `http::serve` hands them over.
     let clock = ManualClock::new(Timestamp(t0.0 + (k / 8) as i64));
@@ -146,7 +157,7 @@ fn main() {
     // The service's validate (token check, store) and the answer, without HTTP; then the
     // token check alone (its MAC and the verifier's hash), to split what the `App` rows
     // add.
-    {
+    if all_steps {
         let started = Instant::now();
         runtime.block_on(async {
             for &i in &drawn {
@@ -201,20 +212,22 @@ fn main() {
             println!("{n} sessions: {name} through App::handle: {ns:.0} ns per request");
         };
     let tokens: Vec<&str> = drawn.iter().map(|&i| keys[i].2.as_str()).collect();
-    for _ in 0..2 {
-        request("validate", 200, &tokens, &|token| {
-            Request::post("/v1/sessions/validate")
-                .header(AUTHORIZATION, format!("Bearer {AGENT_KEY}"))
-                .header(CONTENT_TYPE, "application/json")
-                .body(Body::from(format!(r#"{{"token":"{token}"}}"#)))
-                .expect("a request")
-        });
-        request("forward auth", 200, &tokens, &|token| {
-            Request::get("/auth/nginx")
-                .header(COOKIE, format!("{cookie}={token}"))
-                .body(Body::empty())
-                .expect("a request")
-        });
+    if all_steps {
+        for _ in 0..2 {
+            request("validate", 200, &tokens, &|token| {
+                Request::post("/v1/sessions/validate")
+                    .header(AUTHORIZATION, format!("Bearer {AGENT_KEY}"))
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(Body::from(format!(r#"{{"token":"{token}"}}"#)))
+                    .expect("a request")
+            });
+            request("forward auth", 200, &tokens, &|token| {
+                Request::get("/auth/nginx")
+                    .header(COOKIE, format!("{cookie}={token}"))
+                    .body(Body::empty())
+                    .expect("a request")
+            });
+        }
     }
 
     // Creates of new sessions (the benchmark's next ones), with the memory store: what a
