@@ -15,6 +15,7 @@ use std::time::Duration;
 use sessiond_core::session::NewSession;
 use sessiond_core::token::sha256;
 use sessiond_core::{Policy, Session, SessionId, Timestamp, Verifier};
+use sessiond_proto::v1;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a server may take to answer PING after it starts.
@@ -59,27 +60,17 @@ impl SessionData {
         }
     }
 
-    /// The `POST /v1/sessions` body that creates this session, for serde_json: what the
-    /// benchmark sends and `examples/hotpath` times.
-    pub fn create_request(&self) -> impl serde::Serialize + '_ {
-        #[derive(serde::Serialize)]
-        struct Client<'a> {
-            ip: &'a str,
-            user_agent: &'a str,
-        }
-        #[derive(serde::Serialize)]
-        struct Create<'a> {
-            user: &'a str,
-            universal_id: &'a str,
-            client: Client<'a>,
-        }
-        Create {
-            user: &self.user,
-            universal_id: &self.universal_id,
-            client: Client {
-                ip: &self.ip,
-                user_agent: self.user_agent,
-            },
+    /// The `POST /v1/sessions` request that creates this session: what the benchmark sends
+    /// and `examples/hotpath` times.
+    pub fn create_request(&self) -> v1::CreateSessionRequest {
+        v1::CreateSessionRequest {
+            user: self.user.clone(),
+            universal_id: Some(self.universal_id.clone()),
+            client: Some(v1::ClientInfo {
+                ip: Some(self.ip.clone()),
+                user_agent: Some(self.user_agent.to_owned()),
+            }),
+            ..v1::CreateSessionRequest::default()
         }
     }
 
