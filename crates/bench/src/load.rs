@@ -147,10 +147,10 @@ impl Outcome {
         self.latencies_us.extend(other.latencies_us);
         self.latencies_us.sort_unstable();
         self.server_cpu = add(self.server_cpu, other.server_cpu);
-        self.server_switches = match (self.server_switches, other.server_switches) {
-            (Some(a), Some(b)) => Some(a.plus(b)),
-            _ => None,
-        };
+        self.server_switches = self
+            .server_switches
+            .zip(other.server_switches)
+            .map(|(a, b)| a.plus(b));
         self.generator_cpu = add(self.generator_cpu, other.generator_cpu);
         self.others_cpu = if self.others_cpu.len() == other.others_cpu.len() {
             self.others_cpu
