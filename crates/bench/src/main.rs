@@ -6,14 +6,16 @@
 //! Modules:
 //! - [`scenarios`]: what is measured, in order, and the rows it yields;
 //! - [`load`]: the HTTP/1.1 keep-alive load generator; [`workloads`]: what it sends;
-//! - [`servers`]: sessiond and the baseline as child processes; [`baseline`]: the baseline
-//!   server itself (the hidden `baseline-server` subcommand);
+//! - [`servers`]: sessiond and the baselines as child processes; [`baseline`]: the baseline
+//!   server itself (the hidden `baseline-server` subcommand); [`plain`]: the plain session
+//!   server (`plain-server`), the work alone;
 //! - [`procs`]: process guards and `/proc` readings; [`machine`]: the machine and the
 //!   "is anyone compiling?" monitor; [`report`]: the table, JSON and docs.
 
 mod baseline;
 mod load;
 mod machine;
+mod plain;
 mod procs;
 mod report;
 mod scenarios;
@@ -54,6 +56,18 @@ enum Command {
         /// Answer `POST`s as durable creates, group-committed to this file.
         #[arg(long)]
         journal: Option<PathBuf>,
+    },
+    /// The plain session server (started by `all`; not for people).
+    #[command(hide = true)]
+    PlainServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Sessions made at start (their tokens are derived from their index).
+        #[arg(long)]
+        sessions: u64,
+        /// The agent key validate requests must present.
+        #[arg(long)]
+        agent_key: String,
     },
 }
 
@@ -100,6 +114,11 @@ fn main() -> ExitCode {
         Command::BaselineServer { listen, journal } => {
             baseline::run(listen, journal.as_deref()).map(|()| ExitCode::SUCCESS)
         }
+        Command::PlainServer {
+            listen,
+            sessions,
+            agent_key,
+        } => plain::run(listen, sessions, &agent_key).map(|()| ExitCode::SUCCESS),
         Command::All(args) => all(args),
     };
     match result {

@@ -148,6 +148,38 @@ impl Baseline {
     }
 }
 
+/// A running plain session server ([`crate::plain`]).
+pub struct Plain {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    /// The agent key its validate requests must present.
+    pub agent_key: String,
+}
+
+impl Plain {
+    /// Starts this executable's `plain-server` on `127.0.0.1:0` with `sessions` sessions
+    /// (their tokens: [`crate::plain::tokens`]), and waits until they are made.
+    pub fn start(sessions: u64) -> Result<Plain> {
+        let exe = std::env::current_exe().context("locating the benchmark binary")?;
+        let agent_key = token_secret();
+        let mut cmd = Command::new(exe);
+        cmd.args(["plain-server", "--listen", "127.0.0.1:0", "--sessions"])
+            .arg(sessions.to_string())
+            .arg("--agent-key")
+            .arg(&agent_key)
+            // Its map on huge pages, as sessiond's allocator (mimalloc) puts sessiond's:
+            // glibc's malloc asks for them only when told to.
+            .env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1");
+        let mut proc = Proc::spawn("plain", cmd)?;
+        let (url, _) = proc.wait_for_line("plain: listening on ", START_TIMEOUT)?;
+        Ok(Plain {
+            proc,
+            addr: parse_url(&url)?,
+            agent_key,
+        })
+    }
+}
+
 /// A redis-server of the benchmark's own on `127.0.0.1`, without persistence
 /// (`--save "" --appendonly no`), its files in a directory of the caller's.
 pub struct RedisServer {

@@ -3,7 +3,9 @@
 //! 1. population: `POST /v1/sessions` through many connections, timed; the server's RSS
 //!    before and after gives sessiond's bytes per session;
 //! 2. validate and forward auth, each against the hyper baseline with the same requests:
-//!    closed loop (the baseline before and after sessiond), then both paced to one rate;
+//!    closed loop (the baseline before and after sessiond), then the plain session server
+//!    ([`crate::plain`]: the work alone, as many sessions) closed loop, then sessiond and
+//!    the baseline paced to one rate;
 //! 3. restart: SIGTERM, then the time from a new process's start to its listening line, to
 //!    its first successful validate, and to its first create (which waits until every
 //!    session is back in memory), with everything on disk.
@@ -17,7 +19,7 @@ use anyhow::{Context, Result, ensure};
 use super::Ctx;
 use crate::load::{self, Figures, Outcome, Spec, Workload};
 use crate::report::{Row, Target};
-use crate::servers::{Baseline, Sessiond};
+use crate::servers::{Baseline, Plain, Sessiond};
 use crate::workloads::{Agent, ForwardAuth, Populate, Validate};
 
 /// Populations are bounded in time as well as count.
@@ -59,6 +61,10 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
     ));
 
     let baseline = Baseline::start()?;
+    ctx.phase("plain session server");
+    let plain = Plain::start(n)?;
+    let plain_tokens =
+        Arc::new(tokio::task::spawn_blocking(move || crate::plain::tokens(n)).await?);
     let agent = Agent::new(server.addr, &server.agent_key)?;
     let validate = Arc::new(Validate {
         agent,
@@ -69,12 +75,17 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
         "fixed work per request (in-process): validate {:.2} us (token MAC + hash, JSON in and out), forward auth {:.2} us (token MAC + hash)",
         floor.validate_us, floor.forward_us
     ));
+    let plain_validate = Arc::new(Validate {
+        agent: Agent::new(plain.addr, &plain.agent_key)?,
+        tokens: plain_tokens.clone(),
+    });
     let (validate_rows, validate_figures) = compare(
         ctx,
         "validate",
         validate,
         &server,
         &baseline,
+        (&plain, plain_validate),
         floor.validate_us,
     )
     .await?;
@@ -82,16 +93,22 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
         addr: server.addr,
         tokens: tokens.clone(),
     });
+    let plain_forward = Arc::new(ForwardAuth {
+        addr: plain.addr,
+        tokens: plain_tokens,
+    });
     let (forward_rows, _) = compare(
         ctx,
         "forward auth",
         forward,
         &server,
         &baseline,
+        (&plain, plain_forward),
         floor.forward_us,
     )
     .await?;
     drop(baseline);
+    drop(plain);
 
     ctx.phase("restart");
     let restart = restart(ctx, server, &tokens).await?;
@@ -144,7 +161,8 @@ pub(super) async fn populate(
 }
 
 /// Runs `work` against the baseline, then against sessiond, then against the baseline
-/// again; the rows, and sessiond's figures.
+/// again, then the same requests against the plain session server (`plain`, with its own
+/// tokens); the rows, and sessiond's figures.
 ///
 /// sessiond's window is long (whole touch-flush windows, two minutes with the warm-up),
 /// and a shared machine's speed drifts over minutes. The baseline's two runs bracket it and
@@ -156,6 +174,7 @@ async fn compare(
     work: Arc<dyn Workload>,
     server: &Sessiond,
     baseline: &Baseline,
+    (plain, plain_work): (&Plain, Arc<dyn Workload>),
     fixed_us: f64,
 ) -> Result<(Vec<Row>, Figures)> {
     let before = run_baseline(ctx, name, "before", work.clone(), baseline).await?;
@@ -172,6 +191,7 @@ async fn compare(
     ctx.log(format!("{name}: baseline before {}", describe(&before)));
     ctx.log(format!("{name}: baseline after {}", describe(&after)));
     let base = before.merged(after);
+    let plain = run_plain(ctx, name, plain_work, plain).await?;
 
     // Both again at one rate, below what either reached: a server driven faster answers
     // more requests per wake-up and spends less on each, so this compares the work alone.
@@ -233,6 +253,29 @@ async fn compare(
                 )),
             );
         }
+        if let Some(p) = plain.server_cpu_us_per_request() {
+            rows.push(
+                Row::measured(
+                    &format!("{label}: plain session server's CPU per request"),
+                    "us",
+                    p,
+                    Some((b, "hyper")),
+                    Target::Report,
+                )
+                .note(format!(
+                    "the same requests to the work alone, done plainly on the baseline's stack (crates/bench/src/plain.rs), {} sessions held; it answered {:.0} req/s",
+                    ctx.settings.sessions,
+                    plain.rate()
+                )),
+            );
+            rows.push(Row::measured(
+                &format!("{label}: server CPU per request, against the plain server"),
+                "us",
+                a,
+                Some((p, "plain")),
+                Target::Report,
+            ));
+        }
         rows.push(
             Row::measured(
                 &format!("{label}: least possible CPU per request"),
@@ -278,6 +321,29 @@ async fn run_paced(
         "{name}: {who} paced to {rate:.0} req/s: {}",
         describe(&out)
     ));
+    Ok(out)
+}
+
+/// The plain session server's closed-loop run, as the baseline's are measured.
+async fn run_plain(
+    ctx: &mut Ctx,
+    name: &str,
+    work: Arc<dyn Workload>,
+    plain: &Plain,
+) -> Result<Outcome> {
+    ctx.phase(&format!("{name}: plain session server"));
+    let spec = ctx.spec();
+    let perf = ctx.perf(
+        &format!("{}-plain", name.replace(' ', "-")),
+        plain.proc.pid,
+        &spec,
+    )?;
+    let out = load::run(plain.addr, &spec, work, Some(plain.proc.pid)).await?;
+    if let Some(perf) = perf {
+        ctx.log(perf.finish()?);
+    }
+    out.ensure_clean(&format!("{name} (plain session server)"))?;
+    ctx.log(format!("{name}: plain session server {}", describe(&out)));
     Ok(out)
 }
 
