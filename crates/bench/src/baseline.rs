@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// The answer body: about as long as a short JSON reply.
-const BODY: &[u8] = br#"{"ok":true}"#;
+pub const BODY: &[u8] = br#"{"ok":true}"#;
 
 /// A body to make durable, and who waits for it.
 type Append = (Bytes, oneshot::Sender<bool>);

@@ -10,6 +10,11 @@
 //! the answer written (sessiond's own JSON writer, or forward auth's identity headers). It
 //! keeps no journal, coalesces nothing, counts nothing and logs nothing.
 //!
+//! [`LOOKUP_PATH`] takes validate's request and does less: it reads the session id from the
+//! token without checking its MAC, finds and touches the session, and answers the
+//! baseline's body, so that the cost of finding one session among all held is measured
+//! alone.
+//!
 //! What it is for: if a server doing only this work costs more CPU per request than the
 //! target allows, the target is out of reach on this machine for any server doing the work
 //! the contract asks for; what sessiond costs beyond it is sessiond's own.
@@ -24,6 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -43,6 +50,9 @@ use tokio::net::TcpListener;
 
 use crate::servers::COOKIE_NAME;
 use crate::workloads::SessionData;
+
+/// Where validate's request gets the lookup alone (see the module docs).
+pub const LOOKUP_PATH: &str = "/plain/lookup";
 
 /// Shards of the session map, each behind its own lock.
 const SHARDS: usize = 64;
@@ -178,6 +188,10 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Inf
                 Err(_) => status(StatusCode::BAD_REQUEST),
             }
         }
+        (&Method::POST, LOOKUP_PATH) => match Limited::new(body, MAX_BODY).collect().await {
+            Ok(body) => lookup_alone(&state, &body.to_bytes()),
+            Err(_) => status(StatusCode::BAD_REQUEST),
+        },
         (&Method::GET, "/auth/nginx") => forward(&state, &parts.headers),
         _ => status(StatusCode::NOT_FOUND),
     })
@@ -195,6 +209,42 @@ fn validate(state: &State, body: &[u8]) -> Answer {
     match state.live(req.token, sessiond_server::json::session_envelope) {
         Some(json) => {
             let mut r = Response::new(Full::new(Bytes::from(json)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        None => status(StatusCode::UNAUTHORIZED),
+    }
+}
+
+/// The session the token names, found and touched, with no MAC checked and no hash made:
+/// what finding one session among all held costs.
+fn lookup_alone(state: &State, body: &[u8]) -> Answer {
+    let Ok(req) = serde_json::from_slice::<ValidateRequest>(body) else {
+        return status(StatusCode::BAD_REQUEST);
+    };
+    let mut raw = [0u8; 48];
+    let decoded = req
+        .token
+        .split('.')
+        .nth(1)
+        .and_then(|b64| URL_SAFE_NO_PAD.decode_slice(b64, &mut raw).ok());
+    if decoded != Some(raw.len()) {
+        return status(StatusCode::BAD_REQUEST);
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&raw[..16]);
+    let id = SessionId(id);
+    let now = SystemClock.now();
+    let Ok(mut shard) = state.shards[shard(&id)].lock() else {
+        return status(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    match shard.get_mut(&id) {
+        Some(s) => {
+            s.last_access_at = now;
+            let mut r = Response::new(Full::new(Bytes::from_static(crate::baseline::BODY)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -294,6 +344,12 @@ mod tests {
         headers.insert(
             header::COOKIE,
             HeaderValue::from_str(&format!("a=b; {COOKIE_NAME}={}", tokens[5])).unwrap(),
+        );
+        // The lookup alone checks no MAC: the forged token's id finds its session.
+        let body = format!(r#"{{"token":"{forged}"}}"#);
+        assert_eq!(
+            lookup_alone(&state, body.as_bytes()).status(),
+            StatusCode::OK
         );
         let r = forward(&state, &headers);
         assert_eq!(r.status(), StatusCode::OK);

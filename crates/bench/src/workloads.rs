@@ -78,15 +78,35 @@ pub struct Validate {
     pub tokens: std::sync::Arc<Vec<String>>,
 }
 
-impl Workload for Validate {
-    fn request(&self, rng: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
+impl Validate {
+    /// Validate's request, with a token drawn at random, sent to `path`.
+    fn request_to(&self, path: &str, rng: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
         let Some(token) = draw(&self.tokens, rng) else {
             return false;
         };
         let body = format!(r#"{{"token":"{token}"}}"#);
-        self.agent
-            .post("/v1/sessions/validate", body.as_bytes(), out);
+        self.agent.post(path, body.as_bytes(), out);
         true
+    }
+}
+
+impl Workload for Validate {
+    fn request(&self, rng: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
+        self.request_to("/v1/sessions/validate", rng, out)
+    }
+
+    fn check(&self, status: StatusCode, body: &[u8]) -> Result<(), String> {
+        expect(status, StatusCode::OK, body)
+    }
+}
+
+/// [`Validate`]'s requests sent to the plain session server's [`crate::plain::LOOKUP_PATH`]:
+/// the session found and touched, nothing else.
+pub struct LookupAlone(pub Validate);
+
+impl Workload for LookupAlone {
+    fn request(&self, rng: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
+        self.0.request_to(crate::plain::LOOKUP_PATH, rng, out)
     }
 
     fn check(&self, status: StatusCode, body: &[u8]) -> Result<(), String> {

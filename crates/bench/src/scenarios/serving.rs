@@ -20,7 +20,7 @@ use super::Ctx;
 use crate::load::{self, Figures, Outcome, Spec, Workload};
 use crate::report::{Row, Target};
 use crate::servers::{Baseline, Plain, Sessiond};
-use crate::workloads::{Agent, ForwardAuth, Populate, Validate};
+use crate::workloads::{Agent, ForwardAuth, LookupAlone, Populate, Validate};
 
 /// Populations are bounded in time as well as count.
 const POPULATE_LIMIT: Duration = Duration::from_secs(3600);
@@ -75,17 +75,24 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
         "fixed work per request (in-process): validate {:.2} us (token MAC + hash, JSON in and out), forward auth {:.2} us (token MAC + hash)",
         floor.validate_us, floor.forward_us
     ));
-    let plain_validate = Arc::new(Validate {
-        agent: Agent::new(plain.addr, &plain.agent_key)?,
-        tokens: plain_tokens.clone(),
-    });
+    let plain_validate = || -> Result<Validate> {
+        Ok(Validate {
+            agent: Agent::new(plain.addr, &plain.agent_key)?,
+            tokens: plain_tokens.clone(),
+        })
+    };
+    let plain_runs = PlainRuns {
+        server: &plain,
+        work: Arc::new(plain_validate()?),
+        lookup: Some(Arc::new(LookupAlone(plain_validate()?))),
+    };
     let (validate_rows, validate_figures) = compare(
         ctx,
         "validate",
         validate,
         &server,
         &baseline,
-        (&plain, plain_validate),
+        plain_runs,
         floor.validate_us,
     )
     .await?;
@@ -93,17 +100,21 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
         addr: server.addr,
         tokens: tokens.clone(),
     });
-    let plain_forward = Arc::new(ForwardAuth {
-        addr: plain.addr,
-        tokens: plain_tokens,
-    });
+    let plain_runs = PlainRuns {
+        server: &plain,
+        work: Arc::new(ForwardAuth {
+            addr: plain.addr,
+            tokens: plain_tokens.clone(),
+        }),
+        lookup: None,
+    };
     let (forward_rows, _) = compare(
         ctx,
         "forward auth",
         forward,
         &server,
         &baseline,
-        (&plain, plain_forward),
+        plain_runs,
         floor.forward_us,
     )
     .await?;
@@ -160,9 +171,16 @@ pub(super) async fn populate(
     Ok(tokens)
 }
 
+/// What the plain session server runs in a comparison: `work`, the requests sessiond is
+/// sent (with its own tokens), and `lookup`, if any, the same with the lookup alone.
+struct PlainRuns<'a> {
+    server: &'a Plain,
+    work: Arc<dyn Workload>,
+    lookup: Option<Arc<dyn Workload>>,
+}
+
 /// Runs `work` against the baseline, then against sessiond, then against the baseline
-/// again, then the same requests against the plain session server (`plain`, with its own
-/// tokens); the rows, and sessiond's figures.
+/// again, then `plain`'s runs; the rows, and sessiond's figures.
 ///
 /// sessiond's window is long (whole touch-flush windows, two minutes with the warm-up),
 /// and a shared machine's speed drifts over minutes. The baseline's two runs bracket it and
@@ -174,7 +192,7 @@ async fn compare(
     work: Arc<dyn Workload>,
     server: &Sessiond,
     baseline: &Baseline,
-    (plain, plain_work): (&Plain, Arc<dyn Workload>),
+    plain: PlainRuns<'_>,
     fixed_us: f64,
 ) -> Result<(Vec<Row>, Figures)> {
     let before = run_baseline(ctx, name, "before", work.clone(), baseline).await?;
@@ -191,7 +209,13 @@ async fn compare(
     ctx.log(format!("{name}: baseline before {}", describe(&before)));
     ctx.log(format!("{name}: baseline after {}", describe(&after)));
     let base = before.merged(after);
-    let plain = run_plain(ctx, name, plain_work, plain).await?;
+    let lookup = match plain.lookup {
+        Some(work) => {
+            Some(run_plain(ctx, &format!("{name}, lookup alone"), work, plain.server).await?)
+        }
+        None => None,
+    };
+    let plain = run_plain(ctx, name, plain.work, plain.server).await?;
 
     // Both again at one rate, below what either reached: a server driven faster answers
     // more requests per wake-up and spends less on each, so this compares the work alone.
@@ -268,6 +292,22 @@ async fn compare(
                     plain.rate()
                 )),
             );
+            if let Some(l) = lookup.as_ref().and_then(Outcome::server_cpu_us_per_request) {
+                rows.push(
+                    Row::measured(
+                        &format!("{label}: plain server, finding the session alone"),
+                        "us",
+                        l,
+                        Some((b, "hyper")),
+                        Target::Report,
+                    )
+                    .note(format!(
+                        "the plain server given the same requests at {}: it reads the session id from the token (no MAC, no hash), finds and touches the session among {}, and answers the baseline's body",
+                        crate::plain::LOOKUP_PATH,
+                        ctx.settings.sessions
+                    )),
+                );
+            }
             rows.push(Row::measured(
                 &format!("{label}: server CPU per request, against the plain server"),
                 "us",
