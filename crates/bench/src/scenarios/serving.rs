@@ -371,19 +371,10 @@ async fn run_plain(
     work: Arc<dyn Workload>,
     plain: &Plain,
 ) -> Result<Outcome> {
-    ctx.phase(&format!("{name}: plain session server"));
-    let spec = ctx.spec();
-    let perf = ctx.perf(
-        &format!("{}-plain", name.replace(' ', "-")),
-        plain.proc.pid,
-        &spec,
-    )?;
-    let out = load::run(plain.addr, &spec, work, Some(plain.proc.pid)).await?;
-    if let Some(perf) = perf {
-        ctx.log(perf.finish()?);
-    }
-    out.ensure_clean(&format!("{name} (plain session server)"))?;
-    ctx.log(format!("{name}: plain session server {}", describe(&out)));
+    let who = format!("{name}: plain session server");
+    let window = format!("{}-plain", name.replace(", ", "-").replace(' ', "-"));
+    let out = closed_loop(ctx, &who, &window, work, plain.addr, plain.proc.pid).await?;
+    ctx.log(format!("{who} {}", describe(&out)));
     Ok(out)
 }
 
@@ -395,19 +386,29 @@ async fn run_baseline(
     work: Arc<dyn Workload>,
     baseline: &Baseline,
 ) -> Result<Outcome> {
-    ctx.phase(&format!("{name}: baseline ({when})"));
-    // The baseline writes nothing later: the plain spec measures it whole.
+    let who = format!("{name}: baseline ({when})");
+    let window = format!("{}-baseline-{when}", name.replace(' ', "-"));
+    closed_loop(ctx, &who, &window, work, baseline.addr, baseline.proc.pid).await
+}
+
+/// `work` on a server that writes nothing later (so the plain spec measures it whole),
+/// closed loop, profiled as `window` under `--perf`; `who` names the phase and errors.
+async fn closed_loop(
+    ctx: &mut Ctx,
+    who: &str,
+    window: &str,
+    work: Arc<dyn Workload>,
+    addr: SocketAddr,
+    pid: u32,
+) -> Result<Outcome> {
+    ctx.phase(who);
     let spec = ctx.spec();
-    let perf = ctx.perf(
-        &format!("{}-baseline-{when}", name.replace(' ', "-")),
-        baseline.proc.pid,
-        &spec,
-    )?;
-    let out = load::run(baseline.addr, &spec, work, Some(baseline.proc.pid)).await?;
+    let perf = ctx.perf(window, pid, &spec)?;
+    let out = load::run(addr, &spec, work, Some(pid)).await?;
     if let Some(perf) = perf {
         ctx.log(perf.finish()?);
     }
-    out.ensure_clean(&format!("{name} (baseline, {when})"))?;
+    out.ensure_clean(who)?;
     Ok(out)
 }
 
