@@ -56,12 +56,55 @@ pub fn run(listen: SocketAddr, journal: Option<&Path>) -> Result<()> {
         }
         None => None,
     };
-    // The same runtime sessiond's main builds: multi-threaded, one worker per core.
+    serve(listen, "baseline", move |req| answer(req, journal.clone()))
+}
+
+/// What a server of the benchmark's own answers with.
+pub type Answer = Response<Full<Bytes>>;
+
+/// Serves every connection on `listen` with `answer` (HTTP/1.1, keep-alive) until killed,
+/// on the runtime sessiond's main builds (multi-threaded, one worker per core); prints
+/// `{name}: listening on http://ADDR` once bound.
+pub fn serve<F, A>(listen: SocketAddr, name: &str, answer: F) -> Result<()>
+where
+    F: Fn(Request<Incoming>) -> A + Clone + Send + 'static,
+    A: Future<Output = Result<Answer, Infallible>> + Send + 'static,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(listen, journal))
+    runtime.block_on(async {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        println!("{name}: listening on http://{}", listener.local_addr()?);
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                // Out of descriptors and the like: keep serving the connections we have.
+                Err(_) => continue,
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                // A connection error only ends that connection.
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(answer))
+                    .await;
+            });
+        }
+    })
+}
+
+/// A JSON answer: `body` with `status`.
+pub fn json(status: StatusCode, body: Bytes) -> Answer {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Group commit: everything queued goes out in one write and one `fdatasync`, then each
@@ -84,34 +127,10 @@ fn write_loop(mut file: File, rx: mpsc::Receiver<Append>) {
     }
 }
 
-async fn serve(listen: SocketAddr, journal: Option<mpsc::Sender<Append>>) -> Result<()> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    println!("baseline: listening on http://{}", listener.local_addr()?);
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            // Out of descriptors and the like: keep serving the connections we have.
-            Err(_) => continue,
-        };
-        let journal = journal.clone();
-        tokio::spawn(async move {
-            // A connection error only ends that connection.
-            let _ = http1::Builder::new()
-                .serve_connection(
-                    TokioIo::new(stream),
-                    service_fn(|req| answer(req, journal.clone())),
-                )
-                .await;
-        });
-    }
-}
-
 async fn answer(
     req: Request<Incoming>,
     journal: Option<mpsc::Sender<Append>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Answer, Infallible> {
     let durable = journal.filter(|_| req.method() == hyper::Method::POST);
     // Read the whole request body, as any handler that parses one must.
     let body = req.into_body().collect().await.map(|b| b.to_bytes());
@@ -120,13 +139,7 @@ async fn answer(
         (Ok(body), Some(journal)) => create(body, &journal).await,
         (Err(_), _) => (StatusCode::BAD_REQUEST, Bytes::from_static(BODY)),
     };
-    let mut response = Response::new(Full::new(answer));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
+    Ok(json(status, answer))
 }
 
 /// A durable create's least work: a token's secret from the OS (as long as sessiond's),

@@ -35,10 +35,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use sessiond_core::clock::{Clock, SystemClock};
@@ -46,8 +43,8 @@ use sessiond_core::token::{Minted, SECRET_LEN, TokenKey, TokenKeys, sha256};
 use sessiond_core::{Policy, Session, SessionId, SessionStatus, Timestamp};
 use sessiond_server::config::{HeaderNames, Settings};
 use subtle::ConstantTimeEq;
-use tokio::net::TcpListener;
 
+use crate::baseline::{self, Answer};
 use crate::servers::COOKIE_NAME;
 use crate::workloads::SessionData;
 
@@ -67,7 +64,7 @@ fn keys() -> TokenKeys {
 
 /// Session `i`'s id and token: both derived from `i`, so that the benchmark computes the
 /// tokens the server holds.
-pub fn minted(keys: &TokenKeys, i: u64) -> (SessionId, Minted) {
+fn minted(keys: &TokenKeys, i: u64) -> (SessionId, Minted) {
     let seed = sha256(&[b"plain-session-".as_slice(), &i.to_le_bytes()].concat());
     let mut id = [0u8; 16];
     id.copy_from_slice(&seed[..16]);
@@ -97,25 +94,21 @@ pub fn run(listen: SocketAddr, sessions: u64, agent_key: &str) -> Result<()> {
     let state = Arc::new(State {
         keys: keys(),
         authorization: format!("Bearer {agent_key}").into_bytes(),
-        shards: populate(sessions),
+        shards: populate(sessions, SystemClock.now()),
         headers: settings.web.headers,
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(serve(listen, state))
+    baseline::serve(listen, "plain", move |req| answer(state.clone(), req))
 }
 
-/// Sessions `0..n` ([`SessionData::nth`]) under a policy of a day's idle timeout, so that
-/// none ends during a run; one copy of each user agent, as sessiond's interner keeps.
-fn populate(n: u64) -> Box<[Mutex<FxHashMap<SessionId, Session>>]> {
+/// Sessions `0..n` ([`SessionData::nth`]) created at `now` under a policy of a day's idle
+/// timeout, so that none ends during a run; one copy of each user agent, as sessiond's
+/// interner keeps.
+fn populate(n: u64, now: Timestamp) -> Box<[Mutex<FxHashMap<SessionId, Session>>]> {
     let policy = Policy {
         idle_timeout: Duration::from_secs(24 * 3600),
         max_lifetime: Duration::from_secs(7 * 24 * 3600),
         ..Policy::default()
     };
-    let now = SystemClock.now();
     let keys = keys();
     let per_shard = usize::try_from(n).unwrap_or(0) / SHARDS + 1;
     let mut shards: Vec<FxHashMap<SessionId, Session>> = (0..SHARDS)
@@ -142,30 +135,6 @@ fn shard(id: &SessionId) -> usize {
     usize::from(id.0[15]) % SHARDS
 }
 
-async fn serve(listen: SocketAddr, state: Arc<State>) -> Result<()> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    println!("plain: listening on http://{}", listener.local_addr()?);
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(_) => continue,
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let _ = http1::Builder::new()
-                .serve_connection(
-                    TokioIo::new(stream),
-                    service_fn(|req| answer(state.clone(), req)),
-                )
-                .await;
-        });
-    }
-}
-
-type Answer = Response<Full<Bytes>>;
-
 fn status(code: StatusCode) -> Answer {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = code;
@@ -173,27 +142,34 @@ fn status(code: StatusCode) -> Answer {
 }
 
 async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Infallible> {
+    let now = SystemClock.now();
     let (parts, body) = req.into_parts();
-    Ok(match (&parts.method, parts.uri.path()) {
-        (&Method::POST, "/v1/sessions/validate") => {
-            let presented = parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .map_or(&b""[..], HeaderValue::as_bytes);
-            if !bool::from(presented.ct_eq(&state.authorization)) {
-                return Ok(status(StatusCode::UNAUTHORIZED));
-            }
-            match Limited::new(body, MAX_BODY).collect().await {
-                Ok(body) => validate(&state, &body.to_bytes()),
-                Err(_) => status(StatusCode::BAD_REQUEST),
-            }
+    let lookup_alone = match (&parts.method, parts.uri.path()) {
+        (&Method::GET, "/auth/nginx") => return Ok(state.forward(&parts.headers, now)),
+        (&Method::POST, "/v1/sessions/validate") => false,
+        (&Method::POST, LOOKUP_PATH) => true,
+        _ => return Ok(status(StatusCode::NOT_FOUND)),
+    };
+    if !lookup_alone {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map_or(&b""[..], HeaderValue::as_bytes);
+        if !bool::from(presented.ct_eq(&state.authorization)) {
+            return Ok(status(StatusCode::UNAUTHORIZED));
         }
-        (&Method::POST, LOOKUP_PATH) => match Limited::new(body, MAX_BODY).collect().await {
-            Ok(body) => lookup_alone(&state, &body.to_bytes()),
-            Err(_) => status(StatusCode::BAD_REQUEST),
-        },
-        (&Method::GET, "/auth/nginx") => forward(&state, &parts.headers),
-        _ => status(StatusCode::NOT_FOUND),
+    }
+    let Ok(body) = Limited::new(body, MAX_BODY).collect().await else {
+        return Ok(status(StatusCode::BAD_REQUEST));
+    };
+    let body = body.to_bytes();
+    let Ok(req) = serde_json::from_slice::<ValidateRequest>(&body) else {
+        return Ok(status(StatusCode::BAD_REQUEST));
+    };
+    Ok(if lookup_alone {
+        state.lookup_alone(req.token, now)
+    } else {
+        state.validate(req.token, now)
     })
 }
 
@@ -202,111 +178,101 @@ struct ValidateRequest<'a> {
     token: &'a str,
 }
 
-fn validate(state: &State, body: &[u8]) -> Answer {
-    let Ok(req) = serde_json::from_slice::<ValidateRequest>(body) else {
-        return status(StatusCode::BAD_REQUEST);
-    };
-    match state.live(req.token, sessiond_server::json::session_envelope) {
-        Some(json) => {
-            let mut r = Response::new(Full::new(Bytes::from(json)));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r
+impl State {
+    /// Validate's answer: the session as sessiond writes it.
+    fn validate(&self, token: &str, now: Timestamp) -> Answer {
+        match self.live(token, now, sessiond_server::json::session_envelope) {
+            Some(session) => baseline::json(StatusCode::OK, Bytes::from(session)),
+            None => status(StatusCode::UNAUTHORIZED),
         }
-        None => status(StatusCode::UNAUTHORIZED),
     }
-}
 
-/// The session the token names, found and touched, with no MAC checked and no hash made:
-/// what finding one session among all held costs.
-fn lookup_alone(state: &State, body: &[u8]) -> Answer {
-    let Ok(req) = serde_json::from_slice::<ValidateRequest>(body) else {
-        return status(StatusCode::BAD_REQUEST);
-    };
-    let mut raw = [0u8; 48];
-    let decoded = req
-        .token
-        .split('.')
-        .nth(1)
-        .and_then(|b64| URL_SAFE_NO_PAD.decode_slice(b64, &mut raw).ok());
-    if decoded != Some(raw.len()) {
-        return status(StatusCode::BAD_REQUEST);
-    }
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&raw[..16]);
-    let id = SessionId(id);
-    let now = SystemClock.now();
-    let Ok(mut shard) = state.shards[shard(&id)].lock() else {
-        return status(StatusCode::INTERNAL_SERVER_ERROR);
-    };
-    match shard.get_mut(&id) {
-        Some(s) => {
-            s.last_access_at = now;
-            let mut r = Response::new(Full::new(Bytes::from_static(crate::baseline::BODY)));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r
+    /// The session `token` names, found and touched, with no MAC checked and no hash made:
+    /// what finding one session among all held costs. Answers the baseline's body.
+    fn lookup_alone(&self, token: &str, now: Timestamp) -> Answer {
+        let mut raw = [0u8; 48];
+        let decoded = token
+            .split('.')
+            .nth(1)
+            .and_then(|b64| URL_SAFE_NO_PAD.decode_slice(b64, &mut raw).ok());
+        if decoded != Some(raw.len()) {
+            return status(StatusCode::BAD_REQUEST);
         }
-        None => status(StatusCode::UNAUTHORIZED),
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&raw[..16]);
+        match self.touched(&SessionId(id), now, |_| true, |_| ()) {
+            Some(()) => baseline::json(StatusCode::OK, Bytes::from_static(baseline::BODY)),
+            None => status(StatusCode::UNAUTHORIZED),
+        }
     }
-}
 
-/// The identity headers of forward auth, as sessiond's `/auth/nginx` answers them.
-fn forward(state: &State, headers: &hyper::HeaderMap) -> Answer {
-    let token = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(COOKIE_NAME)?.strip_prefix('='));
-    let Some(token) = token else {
-        return status(StatusCode::UNAUTHORIZED);
-    };
-    let identity = state.live(token, |s| {
+    /// The identity headers of forward auth, as sessiond's `/auth/nginx` answers them.
+    fn forward(&self, headers: &hyper::HeaderMap, now: Timestamp) -> Answer {
+        let token = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| pair.trim().strip_prefix(COOKIE_NAME)?.strip_prefix('='));
+        let identity = token.and_then(|token| self.live(token, now, |s| self.identity(s)));
+        let Some(Some(identity)) = identity else {
+            return status(StatusCode::UNAUTHORIZED);
+        };
+        let mut r = status(StatusCode::OK);
+        let h = r.headers_mut();
+        h.reserve(1 + identity.len());
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        for (name, value) in identity {
+            h.insert(name, value);
+        }
+        r
+    }
+
+    /// `s`'s identity headers, the empty ones left out; `None` if one cannot be a header.
+    fn identity(&self, s: &Session) -> Option<Vec<(HeaderName, HeaderValue)>> {
         let hex = s.id.hex();
         let level = s.auth_level.to_string();
         let values: [(&HeaderName, &[u8]); 4] = [
-            (&state.headers.user, s.user.as_bytes()),
+            (&self.headers.user, s.user.as_bytes()),
             (
-                &state.headers.universal_id,
+                &self.headers.universal_id,
                 s.universal_id.as_deref().unwrap_or_default().as_bytes(),
             ),
-            (&state.headers.session_id, &hex),
-            (&state.headers.auth_level, level.as_bytes()),
+            (&self.headers.session_id, &hex),
+            (&self.headers.auth_level, level.as_bytes()),
         ];
         values
             .into_iter()
             .filter(|(_, v)| !v.is_empty())
             .map(|(name, v)| Some((name.clone(), HeaderValue::from_bytes(v).ok()?)))
-            .collect::<Option<Vec<_>>>()
-    });
-    let Some(Some(identity)) = identity else {
-        return status(StatusCode::UNAUTHORIZED);
-    };
-    let mut r = status(StatusCode::OK);
-    let h = r.headers_mut();
-    h.reserve(1 + identity.len());
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    for (name, value) in identity {
-        h.insert(name, value);
+            .collect()
     }
-    r
-}
 
-impl State {
-    /// The live session `token` names, touched now and handed to `answer` under its lock.
-    fn live<T>(&self, token: &str, answer: impl FnOnce(&Session) -> T) -> Option<T> {
+    /// The live session `token` names, touched at `now` and handed to `answer` under its
+    /// lock.
+    fn live<T>(
+        &self,
+        token: &str,
+        now: Timestamp,
+        answer: impl FnOnce(&Session) -> T,
+    ) -> Option<T> {
         let (id, verifier) = self.keys.verify(token).ok()?;
-        let now: Timestamp = SystemClock.now();
-        let mut shard = self.shards[shard(&id)].lock().ok()?;
-        let s = shard.get_mut(&id)?;
-        if !s.verifier.matches(&verifier) || s.status(now) != SessionStatus::Live {
-            return None;
-        }
+        let admit =
+            |s: &Session| s.verifier.matches(&verifier) && s.status(now) == SessionStatus::Live;
+        self.touched(&id, now, admit, answer)
+    }
+
+    /// Session `id`, if held and `admit` lets it in: touched at `now` and handed to
+    /// `answer`, under its shard's lock.
+    fn touched<T>(
+        &self,
+        id: &SessionId,
+        now: Timestamp,
+        admit: impl FnOnce(&Session) -> bool,
+        answer: impl FnOnce(&Session) -> T,
+    ) -> Option<T> {
+        let mut shard = self.shards[shard(id)].lock().ok()?;
+        let s = shard.get_mut(id).filter(|s| admit(s))?;
         s.last_access_at = now;
         Some(answer(s))
     }
@@ -316,46 +282,72 @@ impl State {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_benchmark_computes_the_tokens_the_server_holds() {
-        let shards = populate(100);
-        let state = State {
+    const T0: Timestamp = Timestamp(1_795_000_000_000);
+
+    fn state(n: u64) -> State {
+        State {
             keys: keys(),
             authorization: b"Bearer k".to_vec(),
-            shards,
+            shards: populate(n, T0),
             headers: Settings::load(None, &[], &Default::default())
                 .unwrap()
                 .web
                 .headers,
-        };
-        let tokens = tokens(100);
-        for (i, token) in tokens.iter().enumerate() {
-            let user = state.live(token, |s| s.user.to_string());
-            assert_eq!(user, Some(SessionData::nth(i as u64).user));
         }
-        let body = format!(r#"{{"token":"{}"}}"#, tokens[7]);
-        assert_eq!(validate(&state, body.as_bytes()).status(), StatusCode::OK);
-        // A token of another index's secret, or garbled, finds nothing.
-        let mut forged = tokens[3].clone();
-        let last = forged.pop();
-        forged.push(if last == Some('A') { 'B' } else { 'A' });
-        assert!(state.live(&forged, |_| ()).is_none());
+    }
+
+    fn last_access(state: &State, token: &str) -> Timestamp {
+        let (id, _) = state.keys.verify(token).unwrap();
+        state.shards[shard(&id)].lock().unwrap()[&id].last_access_at
+    }
+
+    #[test]
+    fn the_benchmark_computes_the_tokens_the_server_holds() {
+        let state = state(100);
+        let tokens = tokens(100);
+        let now = T0.plus(Duration::from_secs(1));
+        for (i, token) in tokens.iter().enumerate() {
+            let user = state.live(token, now, |s| s.user.to_string());
+            assert_eq!(user, Some(SessionData::nth(i as u64).user));
+            assert_eq!(last_access(&state, token), now, "touched");
+        }
+        assert_eq!(state.validate(&tokens[7], now).status(), StatusCode::OK);
         let mut headers = hyper::HeaderMap::new();
         headers.insert(
             header::COOKIE,
             HeaderValue::from_str(&format!("a=b; {COOKIE_NAME}={}", tokens[5])).unwrap(),
         );
-        // The lookup alone checks no MAC: the forged token's id finds its session.
-        let body = format!(r#"{{"token":"{forged}"}}"#);
-        assert_eq!(
-            lookup_alone(&state, body.as_bytes()).status(),
-            StatusCode::OK
-        );
-        let r = forward(&state, &headers);
+        let r = state.forward(&headers, now);
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(
             r.headers()[&state.headers.user],
             SessionData::nth(5).user.as_str()
         );
+    }
+
+    #[test]
+    fn a_garbled_token_another_secret_or_a_past_deadline_is_refused() {
+        let state = state(10);
+        let tokens = tokens(10);
+        let now = T0.plus(Duration::from_secs(1));
+        let mut forged = tokens[3].clone();
+        let last = forged.pop();
+        forged.push(if last == Some('A') { 'B' } else { 'A' });
+        assert!(state.live(&forged, now, |_| ()).is_none(), "bad MAC");
+        // A token the key signed for session 3's id, with another secret.
+        let (id, _) = minted(&state.keys, 3);
+        let other = state.keys.mint_from(id, &[9; SECRET_LEN]).token;
+        assert!(state.live(&other, now, |_| ()).is_none(), "wrong secret");
+        assert_eq!(
+            state.validate(&other, now).status(),
+            StatusCode::UNAUTHORIZED
+        );
+        // A day and a second idle: past the policy's idle timeout, and not touched.
+        let later = T0.plus(Duration::from_secs(24 * 3600 + 1));
+        assert!(state.live(&tokens[4], later, |_| ()).is_none(), "expired");
+        assert_eq!(last_access(&state, &tokens[4]), T0, "left as it was");
+        // The lookup alone checks no MAC: the forged token's id finds its session.
+        assert_eq!(state.lookup_alone(&forged, now).status(), StatusCode::OK);
+        assert_eq!(last_access(&state, &tokens[3]), now, "touched");
     }
 }
