@@ -133,19 +133,27 @@ impl Baseline {
     }
 
     fn start_with(journal: Option<&Path>) -> Result<Baseline> {
-        let exe = std::env::current_exe().context("locating the benchmark binary")?;
-        let mut cmd = Command::new(exe);
-        cmd.args(["baseline-server", "--listen", "127.0.0.1:0"]);
-        if let Some(path) = journal {
-            cmd.arg("--journal").arg(path);
-        }
-        let mut proc = Proc::spawn("baseline", cmd)?;
-        let (url, _) = proc.wait_for_line("baseline: listening on ", START_TIMEOUT)?;
-        Ok(Baseline {
-            proc,
-            addr: parse_url(&url)?,
-        })
+        let (proc, addr) = own_server("baseline", |cmd| {
+            if let Some(path) = journal {
+                cmd.arg("--journal").arg(path);
+            }
+        })?;
+        Ok(Baseline { proc, addr })
     }
+}
+
+/// Starts this executable's hidden `{name}-server` subcommand on `127.0.0.1:0`, with the
+/// arguments and environment `more` adds, and waits for its `{name}: listening on` line.
+fn own_server(name: &str, more: impl FnOnce(&mut Command)) -> Result<(Proc, SocketAddr)> {
+    let exe = std::env::current_exe().context("locating the benchmark binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(format!("{name}-server"))
+        .args(["--listen", "127.0.0.1:0"]);
+    more(&mut cmd);
+    let mut proc = Proc::spawn(name, cmd)?;
+    let (url, _) = proc.wait_for_line(&format!("{name}: listening on "), START_TIMEOUT)?;
+    let addr = parse_url(&url)?;
+    Ok((proc, addr))
 }
 
 /// A running plain session server ([`crate::plain`]).
@@ -160,21 +168,19 @@ impl Plain {
     /// Starts this executable's `plain-server` on `127.0.0.1:0` with `sessions` sessions
     /// (their tokens: [`crate::plain::tokens`]), and waits until they are made.
     pub fn start(sessions: u64) -> Result<Plain> {
-        let exe = std::env::current_exe().context("locating the benchmark binary")?;
         let agent_key = token_secret();
-        let mut cmd = Command::new(exe);
-        cmd.args(["plain-server", "--listen", "127.0.0.1:0", "--sessions"])
-            .arg(sessions.to_string())
-            .arg("--agent-key")
-            .arg(&agent_key)
-            // Its map on huge pages, as sessiond's allocator (mimalloc) puts sessiond's:
-            // glibc's malloc asks for them only when told to.
-            .env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1");
-        let mut proc = Proc::spawn("plain", cmd)?;
-        let (url, _) = proc.wait_for_line("plain: listening on ", START_TIMEOUT)?;
+        let (proc, addr) = own_server("plain", |cmd| {
+            cmd.arg("--sessions")
+                .arg(sessions.to_string())
+                .arg("--agent-key")
+                .arg(&agent_key)
+                // Its map on huge pages, as sessiond's allocator (mimalloc) puts sessiond's:
+                // glibc's malloc asks for them only when told to.
+                .env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1");
+        })?;
         Ok(Plain {
             proc,
-            addr: parse_url(&url)?,
+            addr,
             agent_key,
         })
     }

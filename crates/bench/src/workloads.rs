@@ -73,6 +73,7 @@ fn expect(status: StatusCode, want: StatusCode, body: &[u8]) -> Result<(), Strin
 }
 
 /// `POST /v1/sessions/validate` (touch on) with a token drawn at random from all of them.
+#[derive(Clone)]
 pub struct Validate {
     pub agent: Agent,
     pub tokens: std::sync::Arc<Vec<String>>,

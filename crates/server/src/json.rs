@@ -7,8 +7,8 @@
 //! Here the parts that can never need escaping (hex ids, RFC 3339 timestamps, IP
 //! addresses, numbers) are copied as they are, and a string that came from a client is
 //! scanned once and copied whole unless it holds a character JSON must escape, in which
-//! case serde_json writes it. The output is byte for byte what
-//! serde writes for `v1::SessionEnvelope` and `v1::CreatedSession` (tested below).
+//! case serde_json writes it. The output is byte for byte what serde writes for
+//! `v1::SessionEnvelope` and `v1::CreatedSession` (tested below).
 
 use std::io::Write;
 use std::net::IpAddr;

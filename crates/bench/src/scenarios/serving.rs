@@ -75,16 +75,14 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
         "fixed work per request (in-process): validate {:.2} us (token MAC + hash, JSON in and out), forward auth {:.2} us (token MAC + hash)",
         floor.validate_us, floor.forward_us
     ));
-    let plain_validate = || -> Result<Validate> {
-        Ok(Validate {
-            agent: Agent::new(plain.addr, &plain.agent_key)?,
-            tokens: plain_tokens.clone(),
-        })
+    let plain_validate = Validate {
+        agent: Agent::new(plain.addr, &plain.agent_key)?,
+        tokens: plain_tokens.clone(),
     };
     let plain_runs = PlainRuns {
         server: &plain,
-        work: Arc::new(plain_validate()?),
-        lookup: Some(Arc::new(LookupAlone(plain_validate()?))),
+        work: Arc::new(plain_validate.clone()),
+        lookup: Some(Arc::new(LookupAlone(plain_validate))),
     };
     let (validate_rows, validate_figures) = compare(
         ctx,
@@ -197,13 +195,9 @@ async fn compare(
 ) -> Result<(Vec<Row>, Figures)> {
     let before = run_baseline(ctx, name, "before", work.clone(), baseline).await?;
     let spec = ctx.touching_spec();
-    ctx.phase(&format!("{name}: sessiond"));
-    let perf = ctx.perf(&name.replace(' ', "-"), server.proc.pid, &spec)?;
-    let ours = load::run(server.addr, &spec, work.clone(), Some(server.proc.pid)).await?;
-    if let Some(perf) = perf {
-        ctx.log(perf.finish()?);
-    }
-    ours.ensure_clean(name)?;
+    let (who, window) = (format!("{name}: sessiond"), name.replace(' ', "-"));
+    let (addr, pid) = (server.addr, server.proc.pid);
+    let ours = closed_loop(ctx, &who, &window, &spec, work.clone(), addr, pid).await?;
     let after = run_baseline(ctx, name, "after", work.clone(), baseline).await?;
     ctx.log(format!("{name}: sessiond {}", describe(&ours)));
     ctx.log(format!("{name}: baseline before {}", describe(&before)));
@@ -373,7 +367,8 @@ async fn run_plain(
 ) -> Result<Outcome> {
     let who = format!("{name}: plain session server");
     let window = format!("{}-plain", name.replace(", ", "-").replace(' ', "-"));
-    let out = closed_loop(ctx, &who, &window, work, plain.addr, plain.proc.pid).await?;
+    let (spec, addr, pid) = (ctx.spec(), plain.addr, plain.proc.pid);
+    let out = closed_loop(ctx, &who, &window, &spec, work, addr, pid).await?;
     ctx.log(format!("{who} {}", describe(&out)));
     Ok(out)
 }
@@ -388,23 +383,25 @@ async fn run_baseline(
 ) -> Result<Outcome> {
     let who = format!("{name}: baseline ({when})");
     let window = format!("{}-baseline-{when}", name.replace(' ', "-"));
-    closed_loop(ctx, &who, &window, work, baseline.addr, baseline.proc.pid).await
+    // The baseline writes nothing later: the plain spec measures it whole.
+    let (spec, addr, pid) = (ctx.spec(), baseline.addr, baseline.proc.pid);
+    closed_loop(ctx, &who, &window, &spec, work, addr, pid).await
 }
 
-/// `work` on a server that writes nothing later (so the plain spec measures it whole),
-/// closed loop, profiled as `window` under `--perf`; `who` names the phase and errors.
+/// `work` on the server at `addr` (process `pid`) as `spec` says, profiled as `window`
+/// under `--perf`; `who` names the phase and the errors.
 async fn closed_loop(
     ctx: &mut Ctx,
     who: &str,
     window: &str,
+    spec: &Spec,
     work: Arc<dyn Workload>,
     addr: SocketAddr,
     pid: u32,
 ) -> Result<Outcome> {
     ctx.phase(who);
-    let spec = ctx.spec();
-    let perf = ctx.perf(window, pid, &spec)?;
-    let out = load::run(addr, &spec, work, Some(pid)).await?;
+    let perf = ctx.perf(window, pid, spec)?;
+    let out = load::run(addr, spec, work, Some(pid)).await?;
     if let Some(perf) = perf {
         ctx.log(perf.finish()?);
     }
