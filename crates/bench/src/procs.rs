@@ -237,13 +237,15 @@ pub struct Perf {
 }
 
 impl Perf {
-    /// Starts sampling `pid` (with call graphs) for `length`, into `<dir>/<name>.data`.
+    /// Starts sampling `pid` for `length`, into `<dir>/<name>.data`, with call graphs
+    /// unwound from the debug info: the release profile keeps no frame pointers, so `-g`
+    /// stacks stop at the first Rust frame.
     pub fn record(dir: &Path, name: &str, pid: u32, length: Duration) -> Result<Perf> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let out = dir.join(format!("{name}.data"));
         let perf = find_program("perf").ok_or_else(|| anyhow!("--perf needs `perf` on PATH"))?;
         let mut cmd = Command::new(perf);
-        cmd.args(["record", "-q", "-F", "499", "-g", "-p"])
+        cmd.args(["record", "-q", "-F", "499", "--call-graph", "dwarf", "-p"])
             .arg(pid.to_string())
             .arg("-o")
             .arg(&out)
