@@ -312,7 +312,7 @@ async fn compare(
         }
         rows.push(
             Row::measured(
-                &format!("{label}: least possible CPU per request"),
+                &format!("{label}: baseline plus the checks timed in-process"),
                 "us",
                 b + fixed_us,
                 Some((b, "hyper")),
