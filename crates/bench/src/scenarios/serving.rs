@@ -195,9 +195,9 @@ async fn compare(
 ) -> Result<(Vec<Row>, Figures)> {
     let before = run_baseline(ctx, name, "before", work.clone(), baseline).await?;
     let spec = ctx.touching_spec();
-    let (who, window) = (format!("{name}: sessiond"), name.replace(' ', "-"));
+    let who = format!("{name}: sessiond");
     let (addr, pid) = (server.addr, server.proc.pid);
-    let ours = closed_loop(ctx, &who, &window, &spec, work.clone(), addr, pid).await?;
+    let ours = closed_loop(ctx, &who, name, &spec, work.clone(), addr, pid).await?;
     let after = run_baseline(ctx, name, "after", work.clone(), baseline).await?;
     ctx.log(format!("{name}: sessiond {}", describe(&ours)));
     ctx.log(format!("{name}: baseline before {}", describe(&before)));
@@ -366,7 +366,7 @@ async fn run_plain(
     plain: &Plain,
 ) -> Result<Outcome> {
     let who = format!("{name}: plain session server");
-    let window = format!("{}-plain", name.replace(", ", "-").replace(' ', "-"));
+    let window = format!("{name}-plain");
     let (spec, addr, pid) = (ctx.spec(), plain.addr, plain.proc.pid);
     let out = closed_loop(ctx, &who, &window, &spec, work, addr, pid).await?;
     ctx.log(format!("{who} {}", describe(&out)));
@@ -382,14 +382,16 @@ async fn run_baseline(
     baseline: &Baseline,
 ) -> Result<Outcome> {
     let who = format!("{name}: baseline ({when})");
-    let window = format!("{}-baseline-{when}", name.replace(' ', "-"));
+    let window = format!("{name}-baseline-{when}");
     // The baseline writes nothing later: the plain spec measures it whole.
     let (spec, addr, pid) = (ctx.spec(), baseline.addr, baseline.proc.pid);
     closed_loop(ctx, &who, &window, &spec, work, addr, pid).await
 }
 
-/// `work` on the server at `addr` (process `pid`) as `spec` says, profiled as `window`
-/// under `--perf`; `who` names the phase and the errors.
+/// `work` on the server at `addr` (process `pid`) as `spec` says, profiled under `--perf`
+/// into a file named for `window` (its spaces and commas made dashes:
+/// `validate, lookup alone-plain` is `validate-lookup-alone-plain.data`); `who` names the
+/// phase and the errors.
 async fn closed_loop(
     ctx: &mut Ctx,
     who: &str,
@@ -400,7 +402,8 @@ async fn closed_loop(
     pid: u32,
 ) -> Result<Outcome> {
     ctx.phase(who);
-    let perf = ctx.perf(window, pid, spec)?;
+    let file = window.replace(", ", "-").replace(' ', "-");
+    let perf = ctx.perf(&file, pid, spec)?;
     let out = load::run(addr, spec, work, Some(pid)).await?;
     if let Some(perf) = perf {
         ctx.log(perf.finish()?);
