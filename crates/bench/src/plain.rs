@@ -150,14 +150,8 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Inf
         (&Method::POST, LOOKUP_PATH) => true,
         _ => return Ok(status(StatusCode::NOT_FOUND)),
     };
-    if !lookup_alone {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .map_or(&b""[..], HeaderValue::as_bytes);
-        if !bool::from(presented.ct_eq(&state.authorization)) {
-            return Ok(status(StatusCode::UNAUTHORIZED));
-        }
+    if !lookup_alone && !state.agent_admitted(&parts.headers) {
+        return Ok(status(StatusCode::UNAUTHORIZED));
     }
     let Ok(body) = Limited::new(body, MAX_BODY).collect().await else {
         return Ok(status(StatusCode::BAD_REQUEST));
@@ -179,6 +173,14 @@ struct ValidateRequest<'a> {
 }
 
 impl State {
+    /// Whether `headers` present the agent key, compared in constant time.
+    fn agent_admitted(&self, headers: &hyper::HeaderMap) -> bool {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .map_or(&b""[..], HeaderValue::as_bytes);
+        presented.ct_eq(&self.authorization).into()
+    }
+
     /// Validate's answer: the session as sessiond writes it.
     fn validate(&self, token: &str, now: Timestamp) -> Answer {
         match self.live(token, now, sessiond_server::json::session_envelope) {
@@ -323,6 +325,20 @@ mod tests {
             r.headers()[&state.headers.user],
             SessionData::nth(5).user.as_str()
         );
+    }
+
+    #[test]
+    fn validate_admits_only_the_agent_key() {
+        let state = state(1);
+        let with = |value: &str| {
+            let mut h = hyper::HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            h
+        };
+        assert!(state.agent_admitted(&with("Bearer k")));
+        assert!(!state.agent_admitted(&with("Bearer j")));
+        assert!(!state.agent_admitted(&with("Bearer k ")));
+        assert!(!state.agent_admitted(&hyper::HeaderMap::new()));
     }
 
     #[test]
