@@ -19,6 +19,11 @@ fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 
+fn cpu(run: &CommitRun) -> String {
+    run.cpu_us_per_op
+        .map_or_else(|| "n/a".to_owned(), |us| format!("{us:.2}"))
+}
+
 fn amp(run: &CommitRun) -> String {
     run.write_amp
         .map_or_else(|| "n/a".to_owned(), |w| format!("{w:.1}x"))
@@ -29,19 +34,24 @@ const ROWS: &[Row] = &[
     ("A  1/commit: p50 ms", |e| ms(e.single.p50_us)),
     ("A  1/commit: p99 ms", |e| ms(e.single.p99_us)),
     ("A  1/commit: write amp", |e| amp(&e.single)),
+    ("A  1/commit: CPU us per record", |e| cpu(&e.single)),
     ("B  64/commit: records/s", |e| rate(e.group64.ops_per_sec)),
     ("B  64/commit: p50 ms", |e| ms(e.group64.p50_us)),
     ("B  64/commit: write amp", |e| amp(&e.group64)),
+    ("B  64/commit: CPU us per record", |e| cpu(&e.group64)),
     ("B  512/commit: records/s", |e| rate(e.group512.ops_per_sec)),
     ("B  512/commit: p50 ms", |e| ms(e.group512.p50_us)),
     ("B  512/commit: write amp", |e| amp(&e.group512)),
+    ("B  512/commit: CPU us per record", |e| cpu(&e.group512)),
     ("C  mixed 64: ops/s", |e| rate(e.mixed64.ops_per_sec)),
     ("C  mixed 64: p50 ms", |e| ms(e.mixed64.p50_us)),
     ("C  mixed 64: write amp", |e| amp(&e.mixed64)),
+    ("C  mixed 64: CPU us per op", |e| cpu(&e.mixed64)),
     ("D  load (10k/commit): records/s", |e| {
         rate(e.load_scan.load.ops_per_sec)
     }),
     ("D  load: write amp", |e| amp(&e.load_scan.load)),
+    ("D  load: CPU us per record", |e| cpu(&e.load_scan.load)),
     ("D  disk after load: MiB", |e| {
         mib(e.load_scan.load.disk_bytes)
     }),
@@ -75,6 +85,9 @@ const ROWS: &[Row] = &[
     }),
     ("D  64/commit on loaded: write amp", |e| {
         amp(&e.load_scan.group64_loaded)
+    }),
+    ("D  64/commit on loaded: CPU us/rec", |e| {
+        cpu(&e.load_scan.group64_loaded)
     }),
     ("D  delete all (10k/commit): rec/s", |e| {
         rate(e.load_scan.delete_all.ops_per_sec)

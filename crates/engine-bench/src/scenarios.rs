@@ -27,7 +27,7 @@ pub struct Limits {
     pub max_commits: u64,
 }
 
-/// Deterministic xorshift generator: both engines get byte-identical workloads.
+/// Deterministic xorshift generator: every engine gets byte-identical workloads.
 pub struct Rng(u64);
 
 impl Rng {
@@ -123,6 +123,18 @@ pub struct CommitRun {
     pub write_amp: Option<f64>,
     /// Allocated size of the data directory after close.
     pub disk_bytes: u64,
+    /// The process's CPU time over the loop (every thread: the engine's background work
+    /// too, and making the records, the same for every engine) per op, in microseconds.
+    pub cpu_us_per_op: Option<f64>,
+}
+
+/// Sets `run.cpu_us_per_op` from the process's CPU time at the loop's start.
+fn set_cpu(run: &mut CommitRun, before: Option<f64>) {
+    if let (Some(b), Some(a)) = (before, sys::cpu_seconds())
+        && run.ops > 0
+    {
+        run.cpu_us_per_op = Some((a - b) * 1e6 / run.ops as f64);
+    }
 }
 
 /// Runs durable commits of batches from `make_batch` until a limit is hit.
@@ -132,6 +144,7 @@ fn commit_loop<E: Engine>(
     mut make_batch: impl FnMut(&mut Vec<OwnedOp>),
 ) -> Result<CommitRun> {
     let budget = Duration::from_secs_f64(limits.seconds);
+    let cpu_before = sys::cpu_seconds();
     let start = Instant::now();
     let mut run = CommitRun::default();
     let mut latencies = Vec::new();
@@ -147,6 +160,7 @@ fn commit_loop<E: Engine>(
         run.commits += 1;
         run.ops += ops.len() as u64;
     }
+    set_cpu(&mut run, cpu_before);
     finish_latencies(&mut run, latencies);
     Ok(run)
 }
@@ -279,6 +293,7 @@ pub fn load_scan<E: Engine>(
     let mut keys = Vec::with_capacity(records);
 
     let io_before = sys::written_bytes();
+    let cpu_before = sys::cpu_seconds();
     let mut engine = E::open(dir.path())?;
     let mut latencies = Vec::new();
     let mut loaded = 0;
@@ -300,6 +315,7 @@ pub fn load_scan<E: Engine>(
         out.load.ops += n as u64;
         loaded += n;
     }
+    set_cpu(&mut out.load, cpu_before);
     finish_latencies(&mut out.load, latencies);
     engine.close()?;
     set_written_bytes(&mut out.load, io_before);
