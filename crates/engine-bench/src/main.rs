@@ -1,11 +1,15 @@
 //! `sessiond-engine-bench`: measures the two candidate embedded durable engines for sessiond's
-//! store, [redb](https://docs.rs/redb) 4 and [fjall](https://docs.rs/fjall) 3, on this machine.
+//! store, [redb](https://docs.rs/redb) 4 and [fjall](https://docs.rs/fjall) 3, on this machine,
+//! and beside them a log of sessiond's own (`log_engine.rs`), the smallest durable store that
+//! could take fjall's place on the create path, not one sessiond could ship as it is.
 //!
 //! sessiond keeps every live session in memory and uses the engine only as a durable table to
 //! rebuild memory on restart: 16-byte session ids map to ~200-byte postcard values in a
 //! `sessions` table, and ended sessions move to a `tombstones` table. Every commit here is
 //! durable (fsync before it returns: redb `Durability::Immediate`, fjall
-//! `PersistMode::SyncAll`). Both engines run the same scenario code and byte-identical data:
+//! `PersistMode::SyncAll`, the log an `fdatasync`). Every engine runs the same scenario code
+//! and byte-identical data, and each commit loop reports the process's CPU time per record
+//! (every thread, background flushes included):
 //!
 //! * **A** one record per durable commit (commits/s, latency percentiles);
 //! * **B** group commit of 64 and of 512 records per durable commit (records/s);
@@ -22,6 +26,7 @@
 
 mod engine;
 mod fjall_engine;
+mod log_engine;
 mod redb_engine;
 mod report;
 mod scenarios;
@@ -39,7 +44,7 @@ use crate::scenarios::{Limits, LoadScan, Rng};
 const DEFAULT_DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target-engine/tmp");
 
 #[derive(Debug, Parser)]
-#[command(about = "Measure redb and fjall as sessiond's durable session table")]
+#[command(about = "Measure redb, fjall and a plain log as sessiond's durable session table")]
 struct Args {
     /// Records to bulk-load and scan in scenario D.
     #[arg(long, default_value_t = 1_000_000)]
@@ -54,7 +59,7 @@ struct Args {
     #[arg(long)]
     smoke: bool,
     /// Which engines to run.
-    #[arg(long, value_enum, default_value_t = Which::Both)]
+    #[arg(long, value_enum, default_value_t = Which::All)]
     engine: Which,
     /// Parent of the per-run temporary directories (must be a real disk, not tmpfs).
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
@@ -70,9 +75,10 @@ struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Which {
-    Both,
+    All,
     Redb,
     Fjall,
+    Log,
 }
 
 #[derive(Debug, Serialize)]
@@ -146,11 +152,15 @@ fn main() -> Result<()> {
         );
     }
     let mut engines = Vec::new();
-    if args.engine != Which::Fjall {
+    let runs = |which| [Which::All, which].contains(&args.engine);
+    if runs(Which::Redb) {
         engines.push(run_engine::<redb_engine::Redb>(&args, &data_dir, limits)?);
     }
-    if args.engine != Which::Redb {
+    if runs(Which::Fjall) {
         engines.push(run_engine::<fjall_engine::Fjall>(&args, &data_dir, limits)?);
+    }
+    if runs(Which::Log) {
+        engines.push(run_engine::<log_engine::Log>(&args, &data_dir, limits)?);
     }
     let report = Report {
         records: args.records,
