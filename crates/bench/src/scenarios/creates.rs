@@ -68,7 +68,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     let row = |what: String, o: &Outcome, target, note| {
         Row::measured(&what, "creates/s", o.rate(), base, target).note(note)
     };
-    Ok(vec![
+    let mut rows = vec![
         row(
             format!("durable creates ({clients} clients)"),
             &ours,
@@ -93,7 +93,29 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
             Target::Report,
             share(&ours_more, &floor_more),
         ),
-    ])
+    ];
+    rows.extend(cpu_row(clients, &ours, &floor));
+    rows.extend(cpu_row(more, &ours_more, &floor_more));
+    Ok(rows)
+}
+
+/// sessiond's server CPU per create against the floor server's, from the same two runs: on
+/// shared cores, what each create costs is what bounds the rate once the syncs are shared.
+fn cpu_row(clients: usize, ours: &Outcome, floor: &Outcome) -> Option<Row> {
+    let generator = |o: &Outcome| o.generator_cpu.and_then(|c| o.us_per_request(c));
+    let note = format!(
+        "the load generator used {:.1} us per create against sessiond and {:.1} against the floor, on the same cores",
+        generator(ours)?,
+        generator(floor)?
+    );
+    let row = Row::measured(
+        &format!("durable creates ({clients} clients): server CPU per create"),
+        "us",
+        ours.server_cpu_us_per_request()?,
+        Some((floor.server_cpu_us_per_request()?, "floor")),
+        Target::Report,
+    );
+    Some(row.note(note))
 }
 
 /// Creates from `clients` connections against a fresh embedded sessiond.
