@@ -18,7 +18,6 @@
 //! A frame is all or nothing: a zero length ends a segment's frames, and a frame whose
 //! checksum fails (a torn write) ends the log. Frames never straddle segments.
 
-use std::collections::hash_map::Entry;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
@@ -210,9 +209,7 @@ impl Engine for Log {
                             tombstones.insert(key, at);
                         }
                         DELETE => {
-                            if let Entry::Occupied(e) = sessions.entry(key) {
-                                e.remove();
-                            }
+                            sessions.remove(&key);
                         }
                         other => bail!("unknown op kind {other}"),
                     }
