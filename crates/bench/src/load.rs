@@ -112,6 +112,11 @@ impl Outcome {
         self.us_per_request(self.server_cpu?)
     }
 
+    /// The load generator's CPU time per counted answer, in microseconds.
+    pub fn generator_cpu_us_per_request(&self) -> Option<f64> {
+        self.us_per_request(self.generator_cpu?)
+    }
+
     /// Fails with the first error if there was any.
     pub fn ensure_clean(&self, what: &str) -> Result<()> {
         if self.errors > 0 {

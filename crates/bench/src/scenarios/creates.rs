@@ -18,8 +18,8 @@ use anyhow::{Context, Result};
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 use sessiond_core::{Clock as _, Policy, SystemClock};
 
-use super::Ctx;
-use crate::load::{self, Outcome, Spec};
+use super::{Ctx, closed_loop};
+use crate::load::{Outcome, Spec};
 use crate::report::{Row, Target};
 use crate::servers::{Baseline, Sessiond};
 use crate::workloads::{Agent, Create, SessionData};
@@ -102,11 +102,10 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
 /// sessiond's server CPU per create against the floor server's, from the same two runs: on
 /// shared cores, what each create costs is what bounds the rate once the syncs are shared.
 fn cpu_row(clients: usize, ours: &Outcome, floor: &Outcome) -> Option<Row> {
-    let generator = |o: &Outcome| o.generator_cpu.and_then(|c| o.us_per_request(c));
     let note = format!(
         "the load generator used {:.1} us per create against sessiond and {:.1} against the floor, on the same cores",
-        generator(ours)?,
-        generator(floor)?
+        ours.generator_cpu_us_per_request()?,
+        floor.generator_cpu_us_per_request()?
     );
     let row = Row::measured(
         &format!("durable creates ({clients} clients): server CPU per create"),
@@ -120,7 +119,6 @@ fn cpu_row(clients: usize, ours: &Outcome, floor: &Outcome) -> Option<Row> {
 
 /// Creates from `clients` connections against a fresh embedded sessiond.
 async fn on_sessiond(ctx: &mut Ctx, clients: usize) -> Result<Outcome> {
-    ctx.phase(&format!("durable creates: sessiond, {clients} clients"));
     let dir = ctx.tempdir("creates")?;
     let server = Sessiond::start(&ctx.bin, &dir.path().join("data"))?;
     let (key, addr, pid) = (&server.agent_key, server.addr, server.proc.pid);
@@ -132,9 +130,6 @@ async fn on_sessiond(ctx: &mut Ctx, clients: usize) -> Result<Outcome> {
 
 /// The same load against the floor (`baseline-server --journal`).
 async fn on_floor(ctx: &mut Ctx, clients: usize) -> Result<Outcome> {
-    ctx.phase(&format!(
-        "durable creates: the floor (HTTP, a token, a group-committed append), {clients} clients"
-    ));
     let dir = ctx.tempdir("floor")?;
     let server = Baseline::durable(&dir.path().join("journal"))?;
     creates(ctx, "floor", clients, "floor", server.addr, server.proc.pid).await
@@ -159,24 +154,18 @@ async fn creates(
         connections: clients,
         ..ctx.spec()
     };
-    let profile = ctx.perf(&format!("creates-{server}-{clients}"), pid, &spec)?;
-    let out = load::run(addr, &spec, work, Some(pid)).await?;
-    if let Some(profile) = profile {
-        ctx.log(profile.finish()?);
-    }
-    out.ensure_clean(&format!("durable creates, {server}"))?;
-    ctx.log(format!(
-        "durable creates, {server}, {clients} clients: {}",
-        describe(&out)
-    ));
+    let who = format!("durable creates, {server}, {clients} clients");
+    let window = format!("creates-{server}-{clients}");
+    let out = closed_loop(ctx, &who, &window, &spec, work, addr, pid).await?;
+    ctx.log(format!("{who}: {}", describe(&out)));
     Ok(out)
 }
 
 /// A create run's figures, with what a create costs both processes on the shared cores:
 /// with both busy, that bounds the rate (the syncs are shared by the group commit).
 fn describe(o: &Outcome) -> String {
-    let per = |cpu: Option<Duration>| cpu.and_then(|c| o.us_per_request(c)).unwrap_or(f64::NAN);
-    let (server_us, generator_us) = (per(o.server_cpu), per(o.generator_cpu));
+    let server_us = o.server_cpu_us_per_request().unwrap_or(f64::NAN);
+    let generator_us = o.generator_cpu_us_per_request().unwrap_or(f64::NAN);
     format!(
         "{} over {:?}, p50 {:.2} ms, p99 {:.2} ms; CPU per create {server_us:.1} us in the server + {generator_us:.1} us in the load generator; {}",
         o.requests,

@@ -15,14 +15,40 @@ mod redis_mode;
 mod revocation;
 mod serving;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::load::Spec;
+use crate::load::{self, Outcome, Spec, Workload};
 use crate::machine::Monitor;
 use crate::report::{Row, Target};
+
+/// `work` on the server at `addr` (process `pid`) as `spec` says, profiled under `--perf`
+/// into a file named for `window` (its spaces and commas made dashes:
+/// `validate, lookup alone-plain` is `validate-lookup-alone-plain.data`); `who` names the
+/// phase and the errors.
+pub(crate) async fn closed_loop(
+    ctx: &mut Ctx,
+    who: &str,
+    window: &str,
+    spec: &Spec,
+    work: Arc<dyn Workload>,
+    addr: SocketAddr,
+    pid: u32,
+) -> Result<Outcome> {
+    ctx.phase(who);
+    let file = window.replace(", ", "-").replace(' ', "-");
+    let perf = ctx.perf(&file, pid, spec)?;
+    let out = load::run(addr, spec, work, Some(pid)).await?;
+    if let Some(perf) = perf {
+        ctx.log(perf.finish()?);
+    }
+    out.ensure_clean(who)?;
+    Ok(out)
+}
 
 /// How often sessiond writes touches with the default policy.
 fn touch_flush_window() -> Duration {

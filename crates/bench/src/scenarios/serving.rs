@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 
-use super::Ctx;
+use super::{Ctx, closed_loop};
 use crate::load::{self, Figures, Outcome, Spec, Workload};
 use crate::report::{Row, Target};
 use crate::servers::{Baseline, Plain, Sessiond};
@@ -386,30 +386,6 @@ async fn run_baseline(
     // The baseline writes nothing later: the plain spec measures it whole.
     let (spec, addr, pid) = (ctx.spec(), baseline.addr, baseline.proc.pid);
     closed_loop(ctx, &who, &window, &spec, work, addr, pid).await
-}
-
-/// `work` on the server at `addr` (process `pid`) as `spec` says, profiled under `--perf`
-/// into a file named for `window` (its spaces and commas made dashes:
-/// `validate, lookup alone-plain` is `validate-lookup-alone-plain.data`); `who` names the
-/// phase and the errors.
-async fn closed_loop(
-    ctx: &mut Ctx,
-    who: &str,
-    window: &str,
-    spec: &Spec,
-    work: Arc<dyn Workload>,
-    addr: SocketAddr,
-    pid: u32,
-) -> Result<Outcome> {
-    ctx.phase(who);
-    let file = window.replace(", ", "-").replace(' ', "-");
-    let perf = ctx.perf(&file, pid, spec)?;
-    let out = load::run(addr, spec, work, Some(pid)).await?;
-    if let Some(perf) = perf {
-        ctx.log(perf.finish()?);
-    }
-    out.ensure_clean(who)?;
-    Ok(out)
 }
 
 fn describe(o: &Outcome) -> String {
