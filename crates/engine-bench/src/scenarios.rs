@@ -129,11 +129,9 @@ pub struct CommitRun {
 }
 
 /// Sets `run.cpu_us_per_op` from the process's CPU time at the loop's start.
-fn set_cpu(run: &mut CommitRun, before: Option<f64>) {
-    if let (Some(b), Some(a)) = (before, sys::cpu_seconds())
-        && run.ops > 0
-    {
-        run.cpu_us_per_op = Some((a - b) * 1e6 / run.ops as f64);
+fn set_cpu(run: &mut CommitRun, before: f64) {
+    if run.ops > 0 {
+        run.cpu_us_per_op = Some((sys::cpu_seconds() - before) * 1e6 / run.ops as f64);
     }
 }
 

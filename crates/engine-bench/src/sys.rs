@@ -42,16 +42,11 @@ pub fn written_bytes() -> Option<u64> {
 }
 
 /// CPU time this process (all its threads: an engine's background flushes and compactions
-/// too) has used, user and system, in seconds; `None` where `/proc/self/stat` is missing.
-/// Its resolution is the kernel's clock tick, 10 ms (`USER_HZ` is 100 on Linux).
-pub fn cpu_seconds() -> Option<f64> {
-    let stat = fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces: the
-    // state is field 3, utime and stime are fields 14 and 15.
-    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ').skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / 100.0)
+/// too) has used, user and system, in seconds: the kernel's process CPU clock
+/// (`CLOCK_PROCESS_CPUTIME_ID`), to the nanosecond.
+pub fn cpu_seconds() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// Filesystem type and source of the mount holding `path`, from `/proc/mounts`.
