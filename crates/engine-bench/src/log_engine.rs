@@ -119,7 +119,89 @@ fn next_op<'a>(ops: &mut &'a [u8]) -> Result<(u8, Key, &'a [u8])> {
     Ok((head[0], key, value))
 }
 
+/// Every segment read, and where each key's latest value is in them.
+struct Replayed {
+    read: Vec<Vec<u8>>,
+    /// Per live key: the segment and the value's start and end in it.
+    sessions: FxHashMap<Key, (usize, usize, usize)>,
+    tombstones: FxHashMap<Key, (usize, usize, usize)>,
+}
+
 impl Log {
+    /// Reads every segment through one buffer and maps each live key to the segment and
+    /// offset of its latest value, without keeping the values: what a restart must do with
+    /// the log written since the last checkpoint before it can answer a point read
+    /// (`checkpoint.rs`). Returns the live keys' places and the ended keys'.
+    pub fn index(&self) -> Result<(FxHashMap<Key, (u64, u32)>, FxHashMap<Key, (u64, u32)>)> {
+        let mut live = FxHashMap::default();
+        let mut ended = FxHashMap::default();
+        let mut buffer = vec![0u8; usize::try_from(SEGMENT_BYTES)?];
+        for n in segments(&self.dir)? {
+            File::open(segment_path(&self.dir, n))?.read_exact_at(&mut buffer, 0)?;
+            let base = buffer.as_ptr() as usize;
+            frames(&buffer, |mut ops| {
+                while !ops.is_empty() {
+                    let (kind, key, value) = next_op(&mut ops)?;
+                    let at = (n, u32::try_from(value.as_ptr() as usize - base)?);
+                    match kind {
+                        PUT => {
+                            live.insert(key, at);
+                        }
+                        END => {
+                            live.remove(&key);
+                            ended.insert(key, at);
+                        }
+                        DELETE => {
+                            live.remove(&key);
+                        }
+                        other => bail!("unknown op kind {other}"),
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok((live, ended))
+    }
+
+    /// Reads every segment and maps each key to its latest value's place in them.
+    fn replay(&self) -> Result<Replayed> {
+        let mut read: Vec<Vec<u8>> = Vec::new();
+        let mut sessions: FxHashMap<Key, (usize, usize, usize)> = FxHashMap::default();
+        let mut tombstones: FxHashMap<Key, (usize, usize, usize)> = FxHashMap::default();
+        for n in segments(&self.dir)? {
+            let bytes = fs::read(segment_path(&self.dir, n))?;
+            let seg = read.len();
+            let base = bytes.as_ptr() as usize;
+            frames(&bytes, |mut ops| {
+                while !ops.is_empty() {
+                    let (kind, key, value) = next_op(&mut ops)?;
+                    let start = value.as_ptr() as usize - base;
+                    let at = (seg, start, start + value.len());
+                    match kind {
+                        PUT => {
+                            sessions.insert(key, at);
+                        }
+                        END => {
+                            sessions.remove(&key);
+                            tombstones.insert(key, at);
+                        }
+                        DELETE => {
+                            sessions.remove(&key);
+                        }
+                        other => bail!("unknown op kind {other}"),
+                    }
+                }
+                Ok(())
+            })?;
+            read.push(bytes);
+        }
+        Ok(Replayed {
+            read,
+            sessions,
+            tombstones,
+        })
+    }
+
     fn push_op(&mut self, kind: u8, key: &Key, value: &[u8]) -> Result<()> {
         self.frame.push(kind);
         self.frame.extend_from_slice(key);
@@ -187,44 +269,14 @@ impl Engine for Log {
     /// Replays every segment: the restart such a log would do, with the latest value of
     /// each key kept (as offsets into the segments read), then every kept key and value read.
     fn scan(&self) -> Result<ScanStats> {
-        let mut read: Vec<Vec<u8>> = Vec::new();
-        // Per key: the segment and the value's start and end in it.
-        let mut sessions: FxHashMap<Key, (usize, usize, usize)> = FxHashMap::default();
-        let mut tombstones: FxHashMap<Key, (usize, usize, usize)> = FxHashMap::default();
-        for n in segments(&self.dir)? {
-            let bytes = fs::read(segment_path(&self.dir, n))?;
-            let seg = read.len();
-            let base = bytes.as_ptr() as usize;
-            frames(&bytes, |mut ops| {
-                while !ops.is_empty() {
-                    let (kind, key, value) = next_op(&mut ops)?;
-                    let start = value.as_ptr() as usize - base;
-                    let at = (seg, start, start + value.len());
-                    match kind {
-                        PUT => {
-                            sessions.insert(key, at);
-                        }
-                        END => {
-                            sessions.remove(&key);
-                            tombstones.insert(key, at);
-                        }
-                        DELETE => {
-                            sessions.remove(&key);
-                        }
-                        other => bail!("unknown op kind {other}"),
-                    }
-                }
-                Ok(())
-            })?;
-            read.push(bytes);
-        }
+        let replayed = self.replay()?;
         let mut stats = ScanStats {
-            sessions: sessions.len() as u64,
-            tombstones: tombstones.len() as u64,
+            sessions: replayed.sessions.len() as u64,
+            tombstones: replayed.tombstones.len() as u64,
             ..ScanStats::default()
         };
-        for (key, &(seg, start, end)) in sessions.iter().chain(tombstones.iter()) {
-            stats.absorb(key, &read[seg][start..end]);
+        for (key, &(seg, start, end)) in replayed.sessions.iter().chain(&replayed.tombstones) {
+            stats.absorb(key, &replayed.read[seg][start..end]);
         }
         Ok(stats)
     }
@@ -279,6 +331,9 @@ mod tests {
         let mut log = Log::open(dir.path()).unwrap();
         let scanned = log.scan().unwrap();
         assert_eq!((scanned.sessions, scanned.tombstones), (0, 1));
+        let (live, ended) = log.index().unwrap();
+        assert_eq!((live.len(), ended.len()), (0, 1));
+        assert!(ended.contains_key(&a));
         let mut expected = ScanStats::default();
         expected.absorb(&a, b"gone");
         assert_eq!(scanned.checksum, expected.checksum);
@@ -289,7 +344,10 @@ mod tests {
             value: b"gamma",
         }])
         .unwrap();
-        let scanned = Log::open(dir.path()).unwrap().scan().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let scanned = log.scan().unwrap();
         assert_eq!((scanned.sessions, scanned.tombstones), (1, 1));
+        let (live, _) = log.index().unwrap();
+        assert_eq!(live.keys().collect::<Vec<_>>(), vec![&c]);
     }
 }

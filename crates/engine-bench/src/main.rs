@@ -21,9 +21,14 @@
 //!   handed to `write`/`pwrite`, from `wchar` in `/proc/self/io`, over logical key + value
 //!   bytes).
 //!
+//! With the log, also **E**: the checkpoint a store built on the log would write, measured on
+//! its own (`checkpoint.rs`): writing N live records sorted by id, opening it for point reads,
+//! one point read, and reading it all back.
+//!
 //! Every loop is bounded by `--seconds` and `--max-commits`. Each scenario uses a fresh
 //! directory under the data dir, removed afterwards.
 
+mod checkpoint;
 mod engine;
 mod fjall_engine;
 mod log_engine;
@@ -90,6 +95,8 @@ pub struct Report {
     pub filesystem: Option<String>,
     pub drop_caches: bool,
     pub engines: Vec<EngineReport>,
+    /// Scenario E, run with the log.
+    pub checkpoint: Option<checkpoint::CheckpointRun>,
 }
 
 #[derive(Debug, Serialize)]
@@ -159,8 +166,12 @@ fn main() -> Result<()> {
     if runs(Which::Fjall) {
         engines.push(run_engine::<fjall_engine::Fjall>(&args, &data_dir, limits)?);
     }
+    let mut checkpoint = None;
     if runs(Which::Log) {
         engines.push(run_engine::<log_engine::Log>(&args, &data_dir, limits)?);
+        eprintln!("[log] E: checkpoint of {} live records", args.records);
+        let mut rng = Rng::new(0xc4ec_4901);
+        checkpoint = Some(checkpoint::run(&data_dir, args.records, &mut rng)?);
     }
     let report = Report {
         records: args.records,
@@ -170,6 +181,7 @@ fn main() -> Result<()> {
         filesystem,
         drop_caches: args.drop_caches,
         engines,
+        checkpoint,
     };
     print!("{}", report::table(&report));
     if let Some(path) = &args.json {

@@ -121,5 +121,23 @@ pub fn table(report: &Report) -> String {
         }
         out.push('\n');
     }
+    if let Some(c) = &report.checkpoint {
+        let _ = writeln!(
+            out,
+            "E  checkpoint of {} live records ({} MiB): write {:.3} s per million ({} us CPU per record), \
+             open {:.4} s, point read mean {:.1} us / p99 {:.1} us, load {:.3} s per million; \
+             indexing a log of as many records: {:.3} s per million",
+            c.records,
+            mib(c.bytes),
+            c.write_secs_per_million,
+            c.write_cpu_us_per_record
+                .map_or_else(|| "n/a".to_owned(), |us| format!("{us:.2}")),
+            c.open_secs,
+            c.point_read_mean_us,
+            c.point_read_p99_us,
+            c.load_secs_per_million,
+            c.log_index_secs_per_million,
+        );
+    }
     out
 }
