@@ -119,6 +119,9 @@ fn next_op<'a>(ops: &mut &'a [u8]) -> Result<(u8, Key, &'a [u8])> {
     Ok((head[0], key, value))
 }
 
+/// Per key, the segment number and offset of its latest value.
+pub type Places = FxHashMap<Key, (u64, u32)>;
+
 /// Every segment read, and where each key's latest value is in them.
 struct Replayed {
     read: Vec<Vec<u8>>,
@@ -132,7 +135,7 @@ impl Log {
     /// offset of its latest value, without keeping the values: what a restart must do with
     /// the log written since the last checkpoint before it can answer a point read
     /// (`checkpoint.rs`). Returns the live keys' places and the ended keys'.
-    pub fn index(&self) -> Result<(FxHashMap<Key, (u64, u32)>, FxHashMap<Key, (u64, u32)>)> {
+    pub fn index(&self) -> Result<(Places, Places)> {
         let mut live = FxHashMap::default();
         let mut ended = FxHashMap::default();
         let mut buffer = vec![0u8; usize::try_from(SEGMENT_BYTES)?];
