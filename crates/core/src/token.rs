@@ -178,7 +178,14 @@ impl TokenKeys {
         body[16..].copy_from_slice(secret);
         let key = &self.keys[0];
         let tag = key.tag(&body).finalize().into_bytes();
-        let token = format!("{}.{}.{}", key.id, B64.encode(body), B64.encode(tag));
+        // Written straight into one string of the token's exact length (every create
+        // mints one).
+        let mut token = String::with_capacity(key.id.len() + 2 + BODY_B64_LEN + MAC_B64_LEN);
+        token.push_str(&key.id);
+        token.push('.');
+        B64.encode_string(body, &mut token);
+        token.push('.');
+        B64.encode_string(tag, &mut token);
         let verifier = verifier_of(&body[16..]);
         Minted { token, verifier }
     }
