@@ -139,7 +139,7 @@ impl Service {
         let (token, session) = self.create_session(req).await?;
         Ok(v1::CreatedSession {
             token,
-            session: view(session),
+            session: view(Arc::unwrap_or_clone(session)),
         })
     }
 
@@ -148,7 +148,7 @@ impl Service {
     pub async fn create_session(
         &self,
         req: v1::CreateSessionRequest,
-    ) -> Result<(String, Session), ApiError> {
+    ) -> Result<(String, Arc<Session>), ApiError> {
         let (new, policy_name, policy) = self.check_create(req)?;
         // One draw from the OS for the id's random bits and the token's secret: each
         // getrandom call is about 1% of a create's CPU.

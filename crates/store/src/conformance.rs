@@ -124,7 +124,7 @@ fn session_with(user: &str, policy_name: &str, p: &Policy, now: Timestamp) -> Se
 
 async fn created(store: &dyn SessionStore, s: Session, now: Timestamp) -> Session {
     match store.create(s, UserLimit::UNLIMITED, now).await {
-        Ok(Created::Created { session, .. }) => session,
+        Ok(Created::Created { session, .. }) => Session::clone(&session),
         other => panic!("create failed: {other:?}"),
     }
 }

@@ -24,7 +24,8 @@ pub enum Lookup {
 pub enum Created {
     /// Inserted; `displaced` lists sessions ended with reason `displaced` to make room.
     Created {
-        session: Session,
+        /// The record as stored, shared rather than copied (as [`Lookup::Live`] is).
+        session: Arc<Session>,
         displaced: Vec<SessionId>,
     },
     /// The user is at the policy's `max_per_user` and the policy says `deny`.

@@ -829,7 +829,8 @@ impl SessionStore for LocalStore {
         self.strings.share(&mut session);
         let mut pendings = Vec::new();
         let mut displaced = Vec::new();
-        let denied = 'locked: {
+        // The stored record, or `None` when the user's limit denied the create.
+        let created = 'locked: {
             let mut m = self.members.lock();
             // The user's live sessions, oldest first; any past their deadline end here.
             let mut live: Vec<(Timestamp, SessionId)> = Vec::new();
@@ -851,7 +852,7 @@ impl SessionStore for LocalStore {
                 }
             }
             let Some(n) = limit.to_displace(live.len()) else {
-                break 'locked true;
+                break 'locked None;
             };
             live.sort_unstable();
             for &(_, id) in live.iter().take(n) {
@@ -867,24 +868,24 @@ impl SessionStore for LocalStore {
             if shard.live.contains_key(&session.id) || shard.ended.contains_key(&session.id) {
                 return Err(StoreError::Corrupt("session id collision".into()));
             }
-            let shared = Arc::new(session.clone());
+            let shared = Arc::new(session);
             pendings.push(self.journal.append(vec![Change::Put(shared.clone())]));
-            self.insert_live(&mut m, &mut shard, shared);
+            self.insert_live(&mut m, &mut shard, shared.clone());
             self.events.publish(events::Change {
                 kind: ChangeKind::Created,
-                session: session.id,
-                user: session.user.clone(),
-                version: session.version,
+                session: shared.id,
+                user: shared.user.clone(),
+                version: shared.version,
                 reason: None,
-                at: session.created_at,
+                at: shared.created_at,
             });
-            false
+            Some(shared)
         };
         all_durable(pendings).await?;
-        if denied {
-            return Ok(Created::LimitReached { limit: limit.max });
-        }
-        Ok(Created::Created { session, displaced })
+        Ok(match created {
+            Some(session) => Created::Created { session, displaced },
+            None => Created::LimitReached { limit: limit.max },
+        })
     }
 
     async fn validate(

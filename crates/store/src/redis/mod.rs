@@ -569,7 +569,7 @@ impl SessionStore for RedisStore {
                 }
                 let cached = self.cache_live(ticket, session.id, session);
                 Ok(Created::Created {
-                    session: Session::clone(&cached),
+                    session: cached,
                     displaced,
                 })
             }
