@@ -107,6 +107,30 @@ fn frames(bytes: &[u8], mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<usi
     Ok(at)
 }
 
+/// Applies one replayed op to the maps of live and ended keys, `at` being where its value is.
+fn apply<P>(
+    kind: u8,
+    key: Key,
+    at: P,
+    live: &mut FxHashMap<Key, P>,
+    ended: &mut FxHashMap<Key, P>,
+) -> Result<()> {
+    match kind {
+        PUT => {
+            live.insert(key, at);
+        }
+        END => {
+            live.remove(&key);
+            ended.insert(key, at);
+        }
+        DELETE => {
+            live.remove(&key);
+        }
+        other => bail!("unknown op kind {other}"),
+    }
+    Ok(())
+}
+
 /// One op read back: its kind, key and value.
 fn next_op<'a>(ops: &mut &'a [u8]) -> Result<(u8, Key, &'a [u8])> {
     ensure!(ops.len() >= OP_HEAD, "an op is cut short");
@@ -146,19 +170,7 @@ impl Log {
                 while !ops.is_empty() {
                     let (kind, key, value) = next_op(&mut ops)?;
                     let at = (n, u32::try_from(value.as_ptr() as usize - base)?);
-                    match kind {
-                        PUT => {
-                            live.insert(key, at);
-                        }
-                        END => {
-                            live.remove(&key);
-                            ended.insert(key, at);
-                        }
-                        DELETE => {
-                            live.remove(&key);
-                        }
-                        other => bail!("unknown op kind {other}"),
-                    }
+                    apply(kind, key, at, &mut live, &mut ended)?;
                 }
                 Ok(())
             })?;
@@ -180,19 +192,7 @@ impl Log {
                     let (kind, key, value) = next_op(&mut ops)?;
                     let start = value.as_ptr() as usize - base;
                     let at = (seg, start, start + value.len());
-                    match kind {
-                        PUT => {
-                            sessions.insert(key, at);
-                        }
-                        END => {
-                            sessions.remove(&key);
-                            tombstones.insert(key, at);
-                        }
-                        DELETE => {
-                            sessions.remove(&key);
-                        }
-                        other => bail!("unknown op kind {other}"),
-                    }
+                    apply(kind, key, at, &mut sessions, &mut tombstones)?;
                 }
                 Ok(())
             })?;
