@@ -62,7 +62,7 @@ pub fn write(path: &Path, live: &FxHashMap<Key, Vec<u8>>) -> Result<u64> {
     ids.sort_unstable();
     let tmp = path.with_extension("tmp");
     let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-    let mut index = Vec::with_capacity((ids.len() * 220) / BLOCK_BYTES + 1);
+    let mut index = Vec::with_capacity((ids.len() * 220 / BLOCK_BYTES + 1) * INDEX_ENTRY);
     let mut block = Vec::with_capacity(BLOCK_BYTES + 4096);
     let mut at = 0u64;
     let mut first: Option<Key> = None;
