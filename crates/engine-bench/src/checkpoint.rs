@@ -65,30 +65,30 @@ pub fn write(path: &Path, live: &FxHashMap<Key, Vec<u8>>) -> Result<u64> {
     let mut index = Vec::with_capacity((ids.len() * 220 / BLOCK_BYTES + 1) * INDEX_ENTRY);
     let mut block = Vec::with_capacity(BLOCK_BYTES + 4096);
     let mut at = 0u64;
-    let mut first: Option<Key> = None;
-    let mut flush = |block: &mut Vec<u8>, first: &mut Option<Key>, at: &mut u64| -> Result<()> {
-        if let Some(id) = first.take() {
-            out.write_all(block)?;
-            index.extend_from_slice(&id);
-            index.extend_from_slice(&at.to_le_bytes());
-            index.extend_from_slice(&u32::try_from(block.len())?.to_le_bytes());
-            index.extend_from_slice(&xxh3_64(block).to_le_bytes());
-            *at += block.len() as u64;
-            block.clear();
+    // Writes a full (or the last) block and indexes it under its first record's id.
+    let mut flush = |block: &mut Vec<u8>| -> Result<()> {
+        if block.is_empty() {
+            return Ok(());
         }
+        out.write_all(block)?;
+        index.extend_from_slice(&block[..16]);
+        index.extend_from_slice(&at.to_le_bytes());
+        index.extend_from_slice(&u32::try_from(block.len())?.to_le_bytes());
+        index.extend_from_slice(&xxh3_64(block).to_le_bytes());
+        at += block.len() as u64;
+        block.clear();
         Ok(())
     };
     for id in ids {
         let value = &live[id];
-        first.get_or_insert(*id);
         block.extend_from_slice(id);
         block.extend_from_slice(&u32::try_from(value.len())?.to_le_bytes());
         block.extend_from_slice(value);
         if block.len() >= BLOCK_BYTES {
-            flush(&mut block, &mut first, &mut at)?;
+            flush(&mut block)?;
         }
     }
-    flush(&mut block, &mut first, &mut at)?;
+    flush(&mut block)?;
     let blocks = (index.len() / INDEX_ENTRY) as u64;
     out.write_all(&index)?;
     out.write_all(&at.to_le_bytes())?;
