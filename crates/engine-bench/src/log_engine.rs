@@ -20,6 +20,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
+use std::ops::Range;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
@@ -87,10 +88,10 @@ fn make_segment(dir: &Path, n: u64) -> Result<File> {
     Ok(file)
 }
 
-/// Calls `each` with every complete frame's ops in `bytes` (one segment), in order, and
-/// returns where the frames end: at a zero length, a frame that runs past the segment, or
-/// one whose checksum fails.
-fn frames(bytes: &[u8], mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<usize> {
+/// Calls `each` with every complete frame's ops in `bytes` (one segment) and where they
+/// start in it, in order, and returns where the frames end: at a zero length, a frame that
+/// runs past the segment, or one whose checksum fails.
+fn frames(bytes: &[u8], mut each: impl FnMut(&[u8], usize) -> Result<()>) -> Result<usize> {
     let mut at = 0;
     while let Some(head) = bytes.get(at..at + FRAME_HEAD) {
         let (len, sum) = head.split_at(4);
@@ -101,7 +102,7 @@ fn frames(bytes: &[u8], mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<usi
         if len == 0 || xxh3_64(ops) != u64::from_le_bytes(sum.try_into()?) {
             break;
         }
-        each(ops)?;
+        each(ops, at + FRAME_HEAD)?;
         at += FRAME_HEAD + len;
     }
     Ok(at)
@@ -143,16 +144,25 @@ fn next_op<'a>(ops: &mut &'a [u8]) -> Result<(u8, Key, &'a [u8])> {
     Ok((head[0], key, value))
 }
 
+/// Calls `each` with every op of the complete frames in `segment`: its kind, its key, and
+/// where its value lies in `segment`. Returns where the frames end ([`frames`]).
+fn ops_in(
+    segment: &[u8],
+    mut each: impl FnMut(u8, Key, Range<usize>) -> Result<()>,
+) -> Result<usize> {
+    frames(segment, |mut ops, start| {
+        let end = start + ops.len();
+        while !ops.is_empty() {
+            let (kind, key, value) = next_op(&mut ops)?;
+            let value_end = end - ops.len();
+            each(kind, key, value_end - value.len()..value_end)?;
+        }
+        Ok(())
+    })
+}
+
 /// Per key, the segment number and offset of its latest value.
 pub type Places = FxHashMap<Key, (u64, u32)>;
-
-/// Every segment read, and where each key's latest value is in them.
-struct Replayed {
-    read: Vec<Vec<u8>>,
-    /// Per live key: the segment and the value's start and end in it.
-    sessions: FxHashMap<Key, (usize, usize, usize)>,
-    tombstones: FxHashMap<Key, (usize, usize, usize)>,
-}
 
 impl Log {
     /// Reads every segment through one buffer and maps each live key to the segment and
@@ -165,44 +175,12 @@ impl Log {
         let mut buffer = vec![0u8; usize::try_from(SEGMENT_BYTES)?];
         for n in segments(&self.dir)? {
             File::open(segment_path(&self.dir, n))?.read_exact_at(&mut buffer, 0)?;
-            let base = buffer.as_ptr() as usize;
-            frames(&buffer, |mut ops| {
-                while !ops.is_empty() {
-                    let (kind, key, value) = next_op(&mut ops)?;
-                    let at = (n, u32::try_from(value.as_ptr() as usize - base)?);
-                    apply(kind, key, at, &mut live, &mut ended)?;
-                }
-                Ok(())
+            ops_in(&buffer, |kind, key, value| {
+                let at = (n, u32::try_from(value.start)?);
+                apply(kind, key, at, &mut live, &mut ended)
             })?;
         }
         Ok((live, ended))
-    }
-
-    /// Reads every segment and maps each key to its latest value's place in them.
-    fn replay(&self) -> Result<Replayed> {
-        let mut read: Vec<Vec<u8>> = Vec::new();
-        let mut sessions: FxHashMap<Key, (usize, usize, usize)> = FxHashMap::default();
-        let mut tombstones: FxHashMap<Key, (usize, usize, usize)> = FxHashMap::default();
-        for n in segments(&self.dir)? {
-            let bytes = fs::read(segment_path(&self.dir, n))?;
-            let seg = read.len();
-            let base = bytes.as_ptr() as usize;
-            frames(&bytes, |mut ops| {
-                while !ops.is_empty() {
-                    let (kind, key, value) = next_op(&mut ops)?;
-                    let start = value.as_ptr() as usize - base;
-                    let at = (seg, start, start + value.len());
-                    apply(kind, key, at, &mut sessions, &mut tombstones)?;
-                }
-                Ok(())
-            })?;
-            read.push(bytes);
-        }
-        Ok(Replayed {
-            read,
-            sessions,
-            tombstones,
-        })
     }
 
     fn push_op(&mut self, kind: u8, key: &Key, value: &[u8]) -> Result<()> {
@@ -226,7 +204,7 @@ impl Engine for Log {
             Some(&n) => {
                 let path = segment_path(&dir, n);
                 let file = OpenOptions::new().read(true).write(true).open(&path)?;
-                let end = frames(&fs::read(&path)?, |_| Ok(()))?;
+                let end = frames(&fs::read(&path)?, |_, _| Ok(()))?;
                 (file, n, end as u64)
             }
         };
@@ -272,14 +250,25 @@ impl Engine for Log {
     /// Replays every segment: the restart such a log would do, with the latest value of
     /// each key kept (as offsets into the segments read), then every kept key and value read.
     fn scan(&self) -> Result<ScanStats> {
-        let replayed = self.replay()?;
+        let mut read: Vec<Vec<u8>> = Vec::new();
+        // Per key: the segment and where its latest value lies in it.
+        let mut sessions = FxHashMap::default();
+        let mut tombstones = FxHashMap::default();
+        for n in segments(&self.dir)? {
+            let bytes = fs::read(segment_path(&self.dir, n))?;
+            let seg = read.len();
+            ops_in(&bytes, |kind, key, value| {
+                apply(kind, key, (seg, value), &mut sessions, &mut tombstones)
+            })?;
+            read.push(bytes);
+        }
         let mut stats = ScanStats {
-            sessions: replayed.sessions.len() as u64,
-            tombstones: replayed.tombstones.len() as u64,
+            sessions: sessions.len() as u64,
+            tombstones: tombstones.len() as u64,
             ..ScanStats::default()
         };
-        for (key, &(seg, start, end)) in replayed.sessions.iter().chain(&replayed.tombstones) {
-            stats.absorb(key, &replayed.read[seg][start..end]);
+        for (key, (seg, value)) in sessions.iter().chain(&tombstones) {
+            stats.absorb(key, &read[*seg][value.clone()]);
         }
         Ok(stats)
     }
@@ -352,5 +341,9 @@ mod tests {
         assert_eq!((scanned.sessions, scanned.tombstones), (1, 1));
         let (live, _) = log.index().unwrap();
         assert_eq!(live.keys().collect::<Vec<_>>(), vec![&c]);
+        // The place the index keeps is where the value is.
+        let (segment, at) = live[&c];
+        let bytes = fs::read(segment_path(&dir.path().join("log"), segment)).unwrap();
+        assert_eq!(&bytes[at as usize..at as usize + 5], b"gamma");
     }
 }
