@@ -19,9 +19,13 @@ fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// Microseconds to two places, or "n/a" where they could not be read.
+fn us(x: Option<f64>) -> String {
+    x.map_or_else(|| "n/a".to_owned(), |us| format!("{us:.2}"))
+}
+
 fn cpu(run: &CommitRun) -> String {
-    run.cpu_us_per_op
-        .map_or_else(|| "n/a".to_owned(), |us| format!("{us:.2}"))
+    us(run.cpu_us_per_op)
 }
 
 fn amp(run: &CommitRun) -> String {
@@ -130,8 +134,7 @@ pub fn table(report: &Report) -> String {
             c.records,
             mib(c.bytes),
             c.write_secs_per_million,
-            c.write_cpu_us_per_record
-                .map_or_else(|| "n/a".to_owned(), |us| format!("{us:.2}")),
+            us(c.write_cpu_us_per_record),
             c.open_secs,
             c.point_read_mean_us,
             c.point_read_p99_us,
