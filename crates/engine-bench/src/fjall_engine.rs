@@ -3,11 +3,42 @@
 //! sorted tables and compacted by background threads.
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
+use fjall::compaction::Leveled;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use serde::Serialize;
 
 use crate::engine::{Engine, Op, ScanStats};
+
+/// fjall's options for a run, where they differ from its defaults (a 64 MiB memtable,
+/// leveled compaction starting at 4 tables in level 0). sessiond's store uses a 16 MiB
+/// memtable (`crates/store/src/local/journal.rs`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Tuning {
+    pub memtable_mib: Option<u64>,
+    pub l0_threshold: Option<u8>,
+}
+
+static TUNING: OnceLock<Tuning> = OnceLock::new();
+
+/// Sets the options every keyspace this process opens gets; once, before the first open.
+pub fn tune(tuning: Tuning) {
+    let _ = TUNING.set(tuning);
+}
+
+fn options() -> KeyspaceCreateOptions {
+    let tuning = TUNING.get().copied().unwrap_or_default();
+    let mut options = KeyspaceCreateOptions::default();
+    if let Some(mib) = tuning.memtable_mib {
+        options = options.max_memtable_size(mib << 20);
+    }
+    if let Some(n) = tuning.l0_threshold {
+        options = options.compaction_strategy(Arc::new(Leveled::default().with_l0_threshold(n)));
+    }
+    options
+}
 
 pub struct Fjall {
     db: Database,
@@ -23,8 +54,8 @@ impl Engine for Fjall {
         let db = Database::builder(&path)
             .open()
             .with_context(|| format!("opening fjall at {}", path.display()))?;
-        let sessions = db.keyspace("sessions", KeyspaceCreateOptions::default)?;
-        let tombstones = db.keyspace("tombstones", KeyspaceCreateOptions::default)?;
+        let sessions = db.keyspace("sessions", options)?;
+        let tombstones = db.keyspace("tombstones", options)?;
         Ok(Self {
             db,
             sessions,

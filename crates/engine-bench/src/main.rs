@@ -44,7 +44,7 @@ use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
 use crate::engine::Engine;
-use crate::scenarios::{Limits, LoadScan, Rng};
+use crate::scenarios::{KeyOrder, Limits, LoadScan, Rng};
 
 const DEFAULT_DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target-engine/tmp");
 
@@ -76,6 +76,15 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// How keys are made: random (as sessiond's ids are) or starting with a clock.
+    #[arg(long, value_enum, default_value_t = KeyOrder::Random)]
+    key_order: KeyOrder,
+    /// fjall's memtable size in MiB (fjall's default: 64; sessiond's store: 16).
+    #[arg(long)]
+    fjall_memtable_mib: Option<u64>,
+    /// Tables in fjall's level 0 that start a compaction (fjall's default: 4).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(2..20))]
+    fjall_l0_threshold: Option<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -89,6 +98,8 @@ enum Which {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub records: usize,
+    pub key_order: KeyOrder,
+    pub fjall: fjall_engine::Tuning,
     pub limits: Limits,
     pub cpus: usize,
     pub data_dir: String,
@@ -113,7 +124,7 @@ fn run_engine<E: Engine>(args: &Args, base: &Path, limits: Limits) -> Result<Eng
     let records = args.records;
     let name = E::NAME;
     // Same seed for every engine: identical keys and values.
-    let mut rng = Rng::new(0x5e55_10d0);
+    let mut rng = Rng::with_order(0x5e55_10d0, args.key_order);
     eprintln!("[{name}] A: one record per durable commit");
     let single = scenarios::single::<E>(base, limits, &mut rng)?;
     eprintln!("[{name}] B: group commit of 64");
@@ -158,6 +169,11 @@ fn main() -> Result<()> {
             data_dir.display()
         );
     }
+    let fjall = fjall_engine::Tuning {
+        memtable_mib: args.fjall_memtable_mib,
+        l0_threshold: args.fjall_l0_threshold,
+    };
+    fjall_engine::tune(fjall);
     let mut engines = Vec::new();
     let runs = |which| [Which::All, which].contains(&args.engine);
     if runs(Which::Redb) {
@@ -175,6 +191,8 @@ fn main() -> Result<()> {
     }
     let report = Report {
         records: args.records,
+        key_order: args.key_order,
+        fjall,
         limits,
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
         data_dir: data_dir.display().to_string(),

@@ -105,8 +105,10 @@ pub fn table(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "records={} seconds={} max_commits={} cpus={} data_dir={} fs={}",
+        "records={} key_order={:?} fjall={:?} seconds={} max_commits={} cpus={} data_dir={} fs={}",
         report.records,
+        report.key_order,
+        report.fjall,
         report.limits.seconds,
         report.limits.max_commits,
         report.cpus,

@@ -27,20 +27,46 @@ pub struct Limits {
     pub max_commits: u64,
 }
 
+/// How the keys of a run are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum KeyOrder {
+    /// 16 random bytes, as sessiond's ids are today (a 4-byte user tag, then 96 random bits).
+    Random,
+    /// A 6-byte big-endian clock first, then 10 random bytes: the clock moves on once every
+    /// [`KEYS_PER_TICK`] keys, as a millisecond clock would at 40,000 creates per second.
+    Time,
+}
+
+/// Keys per tick of the clock in [`KeyOrder::Time`].
+pub const KEYS_PER_TICK: u64 = 40;
+
 /// Deterministic xorshift generator: every engine gets byte-identical workloads.
-pub struct Rng(u64);
+pub struct Rng {
+    state: u64,
+    order: KeyOrder,
+    /// Keys made so far (the clock of [`KeyOrder::Time`]).
+    keys: u64,
+}
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed | 1)
+        Self::with_order(seed, KeyOrder::Random)
+    }
+
+    pub fn with_order(seed: u64, order: KeyOrder) -> Self {
+        Self {
+            state: seed | 1,
+            order,
+            keys: 0,
+        }
     }
 
     fn next(&mut self) -> u64 {
-        let mut x = self.0;
+        let mut x = self.state;
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        self.0 = x;
+        self.state = x;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
@@ -54,6 +80,11 @@ impl Rng {
     pub fn key(&mut self) -> Key {
         let mut k = [0u8; 16];
         self.fill(&mut k);
+        if self.order == KeyOrder::Time {
+            let tick = (self.keys / KEYS_PER_TICK).to_be_bytes();
+            k[..6].copy_from_slice(&tick[2..]);
+        }
+        self.keys += 1;
         k
     }
 
@@ -384,4 +415,28 @@ fn reopen_and_scan<E: Engine>(dir: &Path, records: usize) -> Result<(E, f64, f64
         stats.tombstones
     );
     Ok((engine, reopen_secs, scan_secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_ordered_keys_start_with_a_clock_that_ticks_every_few_keys() {
+        let mut rng = Rng::with_order(3, KeyOrder::Time);
+        let keys: Vec<Key> = (0..3 * KEYS_PER_TICK).map(|_| rng.key()).collect();
+        let tick = |k: &Key| k[..6].to_vec();
+        assert!(keys.windows(2).all(|w| tick(&w[0]) <= tick(&w[1])));
+        let per_tick = KEYS_PER_TICK as usize;
+        assert_eq!(tick(&keys[0]), [0, 0, 0, 0, 0, 0]);
+        assert_eq!(tick(&keys[per_tick - 1]), [0, 0, 0, 0, 0, 0]);
+        assert_eq!(tick(&keys[per_tick]), [0, 0, 0, 0, 0, 1]);
+        assert_eq!(tick(&keys[2 * per_tick]), [0, 0, 0, 0, 0, 2]);
+        // Within a tick the rest is random.
+        assert_ne!(keys[0][6..], keys[1][6..]);
+
+        let mut random = Rng::new(3);
+        let a = random.key();
+        assert_ne!(a[..6], random.key()[..6]);
+    }
 }
