@@ -177,7 +177,15 @@ fn all(args: AllArgs) -> Result<ExitCode> {
         monitor: Monitor::start(),
     };
     let started = std::time::Instant::now();
-    let rows = runtime.block_on(scenarios::run_all(&mut ctx));
+    // Stopped from outside, the run's future is dropped here, and with it the guard of
+    // every server it started, which kills it: without this, SIGTERM or Ctrl-C would end
+    // the process before any guard ran and leave the servers running.
+    let rows = runtime.block_on(async {
+        tokio::select! {
+            rows = scenarios::run_all(&mut ctx) => Ok(rows),
+            signal = interrupted() => Err(anyhow::anyhow!("stopped by {signal}; the servers it started are stopped")),
+        }
+    })?;
     let took = started.elapsed();
     let report = Report {
         machine,
@@ -208,6 +216,21 @@ fn all(args: AllArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Resolves with the signal's name on SIGINT or SIGTERM (never, if they cannot be caught).
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 fn secs(given: Option<f64>, default: f64) -> Duration {
