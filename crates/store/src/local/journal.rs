@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use fjall::compaction::Leveled;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
 use sessiond_core::{Session, SessionId, Text, Timestamp, Tombstone, Verifier};
@@ -53,6 +54,12 @@ const FORMAT: u8 = 1;
 const CACHE_BYTES: u64 = 4 << 20;
 /// Size at which a keyspace's memtable is written out as a table (fjall's default: 64 MiB).
 const MEMTABLE_BYTES: u64 = 16 << 20;
+/// Tables in level 0 that start a compaction into level 1 (fjall's default: 4). Session ids
+/// are random, so every level-0 table overlaps all of level 1 and each compaction rewrites
+/// it: with 4, a store holding 1M sessions rewrote its ~200 MB every 64 MB of new sessions.
+/// 16 stays under the 20 at which fjall starts slowing writes (docs/storage-engine.md,
+/// "Random keys and compaction").
+const L0_TABLES_PER_COMPACTION: u8 = 16;
 /// Most batches folded into one transaction.
 const MAX_BATCHES_PER_COMMIT: usize = 8192;
 
@@ -222,7 +229,13 @@ pub(super) fn open(path: &Path) -> Result<(Journal, Disk), StoreError> {
         .cache_size(CACHE_BYTES)
         .open()
         .map_err(unavailable)?;
-    let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+    let options = || {
+        KeyspaceCreateOptions::default()
+            .max_memtable_size(MEMTABLE_BYTES)
+            .compaction_strategy(Arc::new(
+                Leveled::default().with_l0_threshold(L0_TABLES_PER_COMPACTION),
+            ))
+    };
     let disk = Disk {
         sessions: db.keyspace(SESSIONS, options).map_err(unavailable)?,
         tombstones: db.keyspace(TOMBSTONES, options).map_err(unavailable)?,
