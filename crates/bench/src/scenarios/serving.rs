@@ -8,10 +8,14 @@
 //!    the baseline paced to one rate;
 //! 3. restart: SIGTERM, then the time from a new process's start to its listening line, to
 //!    its first successful validate, and to its first create (which waits until every
-//!    session is back in memory), with everything on disk.
+//!    session is back in memory), with everything on disk;
+//! 4. durable creates on the restarted server, the whole population held (reported): the
+//!    creates group measures a fresh, empty store, where the engine's compactions have
+//!    little to rewrite.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -20,7 +24,7 @@ use super::{Ctx, closed_loop};
 use crate::load::{self, Figures, Outcome, Spec, Workload};
 use crate::report::{Row, Target};
 use crate::servers::{Baseline, Plain, Sessiond};
-use crate::workloads::{Agent, ForwardAuth, LookupAlone, Populate, Validate};
+use crate::workloads::{Agent, Create, ForwardAuth, LookupAlone, Populate, Validate};
 
 /// Populations are bounded in time as well as count.
 const POPULATE_LIMIT: Duration = Duration::from_secs(3600);
@@ -483,6 +487,7 @@ async fn restart(ctx: &mut Ctx, server: Sessiond, tokens: &Arc<Vec<String>>) -> 
             .join(", "),
     ));
     let fresh = fresh.first().copied().unwrap_or_default();
+    let held = creates_held(ctx, &again, n).await?;
     if let Some(dir) = ctx.settings.perf.clone() {
         // Once more under `perf record`, for the profile only (perf slows the start).
         let (status, _) = again.proc.terminate(Duration::from_secs(1200))?;
@@ -551,7 +556,55 @@ async fn restart(ctx: &mut Ctx, server: Sessiond, tokens: &Arc<Vec<String>>) -> 
              lately (on a VM whose host takes freed memory back, each page is then \
              provided anew), written once",
         ),
+        held,
     ])
+}
+
+/// New sessions from `--connections` clients to `server` once it holds all `held` sessions
+/// again, for one window: what a durable create costs when the store is not empty. The new
+/// sessions are for users the population did not use.
+async fn creates_held(ctx: &mut Ctx, server: &Sessiond, held: u64) -> Result<Row> {
+    let work = Arc::new(Create {
+        agent: Agent::new(server.addr, &server.agent_key)?,
+        next: AtomicU64::new(held + 2),
+    });
+    let spec = ctx.spec();
+    let clients = spec.connections;
+    let who = format!("durable creates, sessiond, {clients} clients, {held} held");
+    let out = closed_loop(
+        ctx,
+        &who,
+        "creates-held",
+        &spec,
+        work,
+        server.addr,
+        server.proc.pid,
+    )
+    .await?;
+    let server_us = out.server_cpu_us_per_request().unwrap_or(f64::NAN);
+    let generator_us = out.generator_cpu_us_per_request().unwrap_or(f64::NAN);
+    ctx.log(format!(
+        "{who}: {} over {:?}, p50 {:.2} ms, p99 {:.2} ms; CPU per create {server_us:.1} us in \
+         the server + {generator_us:.1} us in the load generator",
+        out.requests,
+        out.window,
+        out.latency_ms(0.5).unwrap_or(0.0),
+        out.latency_ms(0.99).unwrap_or(0.0),
+    ));
+    Ok(Row::measured(
+        &format!(
+            "durable creates ({clients} clients), {} held",
+            crate::report::num(held as f64)
+        ),
+        "creates/s",
+        out.rate(),
+        None,
+        Target::Report,
+    )
+    .note(format!(
+        "on the restarted server, every session back in memory; {server_us:.1} us of server \
+         CPU per create; the durable-creates rows start from an empty store"
+    )))
 }
 
 /// How long (s) obtaining and first writing `bytes` of new memory takes, three times: the
