@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use fjall::compaction::Leveled;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 use serde::Serialize;
 
 use crate::engine::{Engine, Op, ScanStats};
@@ -19,6 +19,9 @@ use crate::engine::{Engine, Op, ScanStats};
 pub struct Tuning {
     pub memtable_mib: Option<u64>,
     pub l0_threshold: Option<u8>,
+    /// Values at least this long go to blob files, and compactions move only the keys and
+    /// a pointer (fjall: off unless asked for).
+    pub kv_separation: Option<u32>,
 }
 
 static TUNING: OnceLock<Tuning> = OnceLock::new();
@@ -36,6 +39,11 @@ fn options() -> KeyspaceCreateOptions {
     }
     if let Some(n) = tuning.l0_threshold {
         options = options.compaction_strategy(Arc::new(Leveled::default().with_l0_threshold(n)));
+    }
+    if let Some(bytes) = tuning.kv_separation {
+        options = options.with_kv_separation(Some(
+            KvSeparationOptions::default().separation_threshold(bytes),
+        ));
     }
     options
 }

@@ -85,6 +85,9 @@ struct Args {
     /// Tables in fjall's level 0 that start a compaction (fjall's default: 4).
     #[arg(long, value_parser = clap::value_parser!(u8).range(2..20))]
     fjall_l0_threshold: Option<u8>,
+    /// Keep values of at least this many bytes in fjall's blob files (key-value separation).
+    #[arg(long)]
+    fjall_kv_separation: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -172,6 +175,7 @@ fn main() -> Result<()> {
     let fjall = fjall_engine::Tuning {
         memtable_mib: args.fjall_memtable_mib,
         l0_threshold: args.fjall_l0_threshold,
+        kv_separation: args.fjall_kv_separation,
     };
     fjall_engine::tune(fjall);
     let mut engines = Vec::new();
