@@ -561,12 +561,12 @@ async fn restart(ctx: &mut Ctx, server: Sessiond, tokens: &Arc<Vec<String>>) -> 
 }
 
 /// New sessions from `--connections` clients to `server` once it holds all `held` sessions
-/// again, for one window: what a durable create costs when the store is not empty. The new
-/// sessions are for users the population did not use.
+/// again, for one window: what a durable create costs when the store is not empty.
 async fn creates_held(ctx: &mut Ctx, server: &Sessiond, held: u64) -> Result<Row> {
+    // The population made sessions `0..held`, two per user: these are for other users.
     let work = Arc::new(Create {
         agent: Agent::new(server.addr, &server.agent_key)?,
-        next: AtomicU64::new(held + 2),
+        next: AtomicU64::new(held.next_multiple_of(2)),
     });
     let spec = ctx.spec();
     let clients = spec.connections;
