@@ -28,7 +28,7 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use rustc_hash::FxHashMap;
@@ -37,7 +37,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::engine::{Engine as _, Key, Op};
 use crate::log_engine::Log;
-use crate::scenarios::Rng;
+use crate::scenarios::{Rng, percentile_us};
 use crate::sys;
 
 /// Target size of a block: a point read reads one.
@@ -259,18 +259,16 @@ pub fn run(base: &Path, records: usize, rng: &mut Rng) -> Result<CheckpointRun> 
     for id in &ids {
         let t = Instant::now();
         let value = ckpt.get(id)?;
-        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+        latencies.push(t.elapsed());
         ensure!(
             value.as_ref() == live.get(*id),
             "a point read got the wrong value"
         );
     }
-    latencies.sort_by(f64::total_cmp);
-    let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
-    let p99 = latencies
-        .get(latencies.len() * 99 / 100)
-        .copied()
-        .unwrap_or(0.0);
+    latencies.sort_unstable();
+    let total: Duration = latencies.iter().sum();
+    let mean = total.as_secs_f64() * 1e6 / latencies.len().max(1) as f64;
+    let p99 = percentile_us(&latencies, 0.99);
 
     let t = Instant::now();
     let loaded = ckpt.load()?;

@@ -202,13 +202,15 @@ fn finish_latencies(run: &mut CommitRun, mut latencies: Vec<Duration>) {
         run.ops_per_sec = run.ops as f64 / run.commit_secs;
         run.commits_per_sec = run.commits as f64 / run.commit_secs;
     }
-    let pct = |p: f64| -> f64 {
-        let idx = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies.get(idx).map_or(0.0, |d| d.as_secs_f64() * 1e6)
-    };
-    run.p50_us = pct(0.50);
-    run.p99_us = pct(0.99);
-    run.max_us = pct(1.0);
+    run.p50_us = percentile_us(&latencies, 0.50);
+    run.p99_us = percentile_us(&latencies, 0.99);
+    run.max_us = percentile_us(&latencies, 1.0);
+}
+
+/// The `p` quantile of `sorted` (ascending), in microseconds; 0 when empty.
+pub fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(idx).map_or(0.0, |d| d.as_secs_f64() * 1e6)
 }
 
 /// Opens `E` in a fresh directory, runs `body`, closes, and fills in I/O and disk numbers.
