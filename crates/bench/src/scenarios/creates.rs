@@ -163,7 +163,7 @@ async fn creates(
 
 /// A create run's figures, with what a create costs both processes on the shared cores:
 /// with both busy, that bounds the rate (the syncs are shared by the group commit).
-fn describe(o: &Outcome) -> String {
+pub(super) fn describe(o: &Outcome) -> String {
     let server_us = o.server_cpu_us_per_request().unwrap_or(f64::NAN);
     let generator_us = o.generator_cpu_us_per_request().unwrap_or(f64::NAN);
     format!(

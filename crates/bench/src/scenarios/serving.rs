@@ -581,16 +581,8 @@ async fn creates_held(ctx: &mut Ctx, server: &Sessiond, held: u64) -> Result<Row
         server.proc.pid,
     )
     .await?;
+    ctx.log(format!("{who}: {}", super::creates::describe(&out)));
     let server_us = out.server_cpu_us_per_request().unwrap_or(f64::NAN);
-    let generator_us = out.generator_cpu_us_per_request().unwrap_or(f64::NAN);
-    ctx.log(format!(
-        "{who}: {} over {:?}, p50 {:.2} ms, p99 {:.2} ms; CPU per create {server_us:.1} us in \
-         the server + {generator_us:.1} us in the load generator",
-        out.requests,
-        out.window,
-        out.latency_ms(0.5).unwrap_or(0.0),
-        out.latency_ms(0.99).unwrap_or(0.0),
-    ));
     Ok(Row::measured(
         &format!(
             "durable creates ({clients} clients), {} held",
