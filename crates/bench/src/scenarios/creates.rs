@@ -146,24 +146,51 @@ async fn creates(
     addr: SocketAddr,
     pid: u32,
 ) -> Result<Outcome> {
+    let who = format!("durable creates, {server}, {clients} clients");
+    let window = format!("creates-{server}-{clients}");
+    let to = CreatesTo {
+        key,
+        addr,
+        pid,
+        first: 0,
+    };
+    window_of_creates(ctx, &who, &window, clients, &to).await
+}
+
+/// Where a window of creates goes: a server (`addr`, process `pid`) taking agent key `key`,
+/// and the index of the first session it is sent ([`SessionData::nth`]).
+pub(super) struct CreatesTo<'a> {
+    pub key: &'a str,
+    pub addr: SocketAddr,
+    pub pid: u32,
+    pub first: u64,
+}
+
+/// One window of creates from `clients` connections to `to`, named `who` in the log and
+/// `window` for `--perf`; its figures logged with [`describe`].
+pub(super) async fn window_of_creates(
+    ctx: &mut Ctx,
+    who: &str,
+    window: &str,
+    clients: usize,
+    to: &CreatesTo<'_>,
+) -> Result<Outcome> {
     let work = Arc::new(Create {
-        agent: Agent::new(addr, key)?,
-        next: AtomicU64::new(0),
+        agent: Agent::new(to.addr, to.key)?,
+        next: AtomicU64::new(to.first),
     });
     let spec = Spec {
         connections: clients,
         ..ctx.spec()
     };
-    let who = format!("durable creates, {server}, {clients} clients");
-    let window = format!("creates-{server}-{clients}");
-    let out = closed_loop(ctx, &who, &window, &spec, work, addr, pid).await?;
+    let out = closed_loop(ctx, who, window, &spec, work, to.addr, to.pid).await?;
     ctx.log(format!("{who}: {}", describe(&out)));
     Ok(out)
 }
 
 /// A create run's figures, with what a create costs both processes on the shared cores:
 /// with both busy, that bounds the rate (the syncs are shared by the group commit).
-pub(super) fn describe(o: &Outcome) -> String {
+fn describe(o: &Outcome) -> String {
     let server_us = o.server_cpu_us_per_request().unwrap_or(f64::NAN);
     let generator_us = o.generator_cpu_us_per_request().unwrap_or(f64::NAN);
     format!(

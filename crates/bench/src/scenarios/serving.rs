@@ -15,16 +15,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 
-use super::{Ctx, closed_loop};
+use super::{Ctx, closed_loop, creates};
 use crate::load::{self, Figures, Outcome, Spec, Workload};
 use crate::report::{Row, Target};
 use crate::servers::{Baseline, Plain, Sessiond};
-use crate::workloads::{Agent, Create, ForwardAuth, LookupAlone, Populate, Validate};
+use crate::workloads::{Agent, ForwardAuth, LookupAlone, Populate, Validate};
 
 /// Populations are bounded in time as well as count.
 const POPULATE_LIMIT: Duration = Duration::from_secs(3600);
@@ -563,25 +562,16 @@ async fn restart(ctx: &mut Ctx, server: Sessiond, tokens: &Arc<Vec<String>>) -> 
 /// New sessions from `--connections` clients to `server` once it holds all `held` sessions
 /// again, for one window: what a durable create costs when the store is not empty.
 async fn creates_held(ctx: &mut Ctx, server: &Sessiond, held: u64) -> Result<Row> {
-    // The population made sessions `0..held`, two per user: these are for other users.
-    let work = Arc::new(Create {
-        agent: Agent::new(server.addr, &server.agent_key)?,
-        next: AtomicU64::new(held.next_multiple_of(2)),
-    });
-    let spec = ctx.spec();
-    let clients = spec.connections;
+    let clients = ctx.settings.connections;
     let who = format!("durable creates, sessiond, {clients} clients, {held} held");
-    let out = closed_loop(
-        ctx,
-        &who,
-        "creates-held",
-        &spec,
-        work,
-        server.addr,
-        server.proc.pid,
-    )
-    .await?;
-    ctx.log(format!("{who}: {}", super::creates::describe(&out)));
+    // The population made sessions `0..held`, two per user: these are for other users.
+    let to = creates::CreatesTo {
+        key: &server.agent_key,
+        addr: server.addr,
+        pid: server.proc.pid,
+        first: held.next_multiple_of(2),
+    };
+    let out = creates::window_of_creates(ctx, &who, "creates-held", clients, &to).await?;
     let server_us = out.server_cpu_us_per_request().unwrap_or(f64::NAN);
     Ok(Row::measured(
         &format!(
