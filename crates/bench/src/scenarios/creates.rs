@@ -121,8 +121,13 @@ fn cpu_row(clients: usize, ours: &Outcome, floor: &Outcome) -> Option<Row> {
 async fn on_sessiond(ctx: &mut Ctx, clients: usize) -> Result<Outcome> {
     let dir = ctx.tempdir("creates")?;
     let server = Sessiond::start(&ctx.bin, &dir.path().join("data"))?;
-    let (key, addr, pid) = (&server.agent_key, server.addr, server.proc.pid);
-    let out = creates(ctx, "sessiond", clients, key, addr, pid).await?;
+    let to = CreatesTo {
+        key: &server.agent_key,
+        addr: server.addr,
+        pid: server.proc.pid,
+        first: 0,
+    };
+    let out = creates(ctx, "sessiond", clients, &to).await?;
     let (status, _) = server.proc.terminate(Duration::from_secs(60))?;
     anyhow::ensure!(status.success(), "sessiond exited with {status}");
     Ok(out)
@@ -132,29 +137,27 @@ async fn on_sessiond(ctx: &mut Ctx, clients: usize) -> Result<Outcome> {
 async fn on_floor(ctx: &mut Ctx, clients: usize) -> Result<Outcome> {
     let dir = ctx.tempdir("floor")?;
     let server = Baseline::durable(&dir.path().join("journal"))?;
-    creates(ctx, "floor", clients, "floor", server.addr, server.proc.pid).await
+    let to = CreatesTo {
+        key: "floor",
+        addr: server.addr,
+        pid: server.proc.pid,
+        first: 0,
+    };
+    creates(ctx, "floor", clients, &to).await
 }
 
-/// New sessions from `clients` connections to `server` (`addr`, process `pid`, agent key
-/// `key`) for as long as the run lasts, its CPU time read; logged, and profiled with
-/// `--perf` (`creates-<server>-<clients>.data`).
+/// New sessions from `clients` connections to `to`, the server named `server`, for as long
+/// as the run lasts, its CPU time read; logged, and profiled with `--perf`
+/// (`creates-<server>-<clients>.data`).
 async fn creates(
     ctx: &mut Ctx,
     server: &str,
     clients: usize,
-    key: &str,
-    addr: SocketAddr,
-    pid: u32,
+    to: &CreatesTo<'_>,
 ) -> Result<Outcome> {
     let who = format!("durable creates, {server}, {clients} clients");
     let window = format!("creates-{server}-{clients}");
-    let to = CreatesTo {
-        key,
-        addr,
-        pid,
-        first: 0,
-    };
-    window_of_creates(ctx, &who, &window, clients, &to).await
+    window_of_creates(ctx, &who, &window, clients, to).await
 }
 
 /// Where a window of creates goes: a server (`addr`, process `pid`) taking agent key `key`,
