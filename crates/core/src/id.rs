@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 /// An id made by [`SessionId::for_user`] starts with a 4-byte tag derived from the user
 /// name, followed by 96 random bits. The tag lets a shared store keep all of a user's
 /// sessions together (one Redis Cluster hash slot) and find a session's key from its token
-/// alone, without a second lookup.
+/// alone, without a second lookup. A store may then replace bytes 4..8 with where it will
+/// keep the session (the embedded store's slot number; `SessionStore::issue_slot`), which
+/// leaves 64 random bits: ids need to be unique, not secret (the token's 256-bit secret
+/// is what authenticates).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionId(pub [u8; 16]);
 

@@ -157,7 +157,8 @@ impl Service {
         let (mut id_bits, mut secret) = ([0u8; ID_RANDOM_LEN], [0u8; SECRET_LEN]);
         id_bits.copy_from_slice(&random[..ID_RANDOM_LEN]);
         secret.copy_from_slice(&random[ID_RANDOM_LEN..]);
-        let id = SessionId::for_user_from(&new.user, &id_bits);
+        let mut id = SessionId::for_user_from(&new.user, &id_bits);
+        self.store.issue_slot(&mut id);
         let minted = self.keys.mint_from(id, &secret);
         let now = self.now();
         let session = Session::create(new, id, minted.verifier, policy_name, policy, now);

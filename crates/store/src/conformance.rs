@@ -57,6 +57,7 @@ where
         update_sets_removes_and_bumps_the_version,
         update_refuses_a_stale_version_and_bad_input_without_change,
         logout_ends_once_and_leaves_a_tombstone,
+        a_new_session_never_answers_for_an_ended_one,
         admin_end_needs_no_verifier,
         limit_deny_refuses_at_the_limit,
         limit_displace_oldest_ends_the_oldest,
@@ -122,7 +123,10 @@ fn session_with(user: &str, policy_name: &str, p: &Policy, now: Timestamp) -> Se
     Session::create(new, id, Verifier(v), policy_name, p, now)
 }
 
-async fn created(store: &dyn SessionStore, s: Session, now: Timestamp) -> Session {
+/// `s` created as the server creates it: the store may choose part of its id first (the
+/// cases that call `create` directly keep a random id, which a store must serve too).
+async fn created(store: &dyn SessionStore, mut s: Session, now: Timestamp) -> Session {
+    store.issue_slot(&mut s.id);
     match store.create(s, UserLimit::UNLIMITED, now).await {
         Ok(Created::Created { session, .. }) => Session::clone(&session),
         other => panic!("create failed: {other:?}"),
@@ -376,6 +380,54 @@ async fn logout_ends_once_and_leaves_a_tombstone(store: Arc<dyn SessionStore>) {
     ));
 }
 
+/// A store may reuse where it kept an ended session (the embedded store's slots): the
+/// ended session's token must still find its tombstone, never the newcomer.
+async fn a_new_session_never_answers_for_an_ended_one(store: Arc<dyn SessionStore>) {
+    let old = created(&*store, session("alice", T0), T0).await;
+    store
+        .end(old.id, Some(&old.verifier), EndReason::LoggedOut, T0)
+        .await
+        .unwrap();
+    let mut new = Vec::new();
+    for _ in 0..3 {
+        new.push(created(&*store, session("alice", T0), T0).await);
+    }
+    let at = T0.plus(SEC);
+    assert_eq!(
+        ended(
+            store
+                .validate(old.id, &old.verifier, true, at)
+                .await
+                .unwrap()
+        )
+        .reason,
+        EndReason::LoggedOut
+    );
+    assert_eq!(ended(store.get(old.id, at).await.unwrap()).id, old.id);
+    for s in &new {
+        assert_ne!(s.id, old.id);
+        assert_eq!(
+            store.validate(old.id, &s.verifier, true, at).await.unwrap(),
+            Lookup::NotFound,
+            "the old id with a newcomer's verifier"
+        );
+        assert_eq!(
+            store.validate(s.id, &old.verifier, true, at).await.unwrap(),
+            Lookup::NotFound,
+            "a newcomer's id with the old verifier"
+        );
+        assert_eq!(
+            live(store.validate(s.id, &s.verifier, true, at).await.unwrap()).id,
+            s.id
+        );
+    }
+    assert!(matches!(
+        store.end(old.id, None, EndReason::TerminatedByAdmin, at).await.unwrap(),
+        Ended::AlreadyEnded(t) if t.reason == EndReason::LoggedOut
+    ));
+    assert_eq!(store.stats().await.unwrap().live, 3);
+}
+
 async fn admin_end_needs_no_verifier(store: Arc<dyn SessionStore>) {
     let s = created(&*store, session("alice", T0), T0).await;
     assert!(matches!(
@@ -496,9 +548,9 @@ async fn concurrent_creates_never_exceed_the_limit(store: Arc<dyn SessionStore>)
 }
 
 async fn end_user_ends_every_session_of_that_user_only(store: Arc<dyn SessionStore>) {
-    let mine: Vec<_> = (0..3).map(|_| session("heidi", T0)).collect();
-    for s in &mine {
-        created(&*store, s.clone(), T0).await;
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        mine.push(created(&*store, session("heidi", T0), T0).await);
     }
     let other = created(&*store, session("ivan", T0), T0).await;
     assert_eq!(
@@ -823,6 +875,23 @@ where
         assert_eq!(t.reason, reason);
     }
     assert_eq!(store.stats().await.unwrap().live, 0);
+    // New sessions may be kept where the ended ones were; the ended stay ended.
+    let fresh = [
+        created(&*store, session("rob", T0), T0.plus(3 * SEC)).await,
+        created(&*store, session("sam", T0), T0.plus(3 * SEC)).await,
+    ];
+    for s in [&out, &admin, &idle] {
+        ended(store.get(s.id, T0.plus(4 * SEC)).await.unwrap());
+    }
+    for s in &fresh {
+        live(
+            store
+                .validate(s.id, &s.verifier, true, T0.plus(4 * SEC))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(store.stats().await.unwrap().live, 2);
     store.close().await.unwrap();
 }
 

@@ -84,6 +84,13 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// `memory`, `embedded` or `redis`: for stats and logs.
     fn kind(&self) -> &'static str;
 
+    /// Lets the store choose bytes 4..8 of a new session's id, which the caller drew at
+    /// random, before the caller mints the token that carries it: the embedded store writes
+    /// the number of the slot it will keep the session in, so that a validate finds it
+    /// without a hash lookup. The id must then reach [`SessionStore::create`] with no await
+    /// in between (a create that fails gives the slot back). Other stores leave it as is.
+    fn issue_slot(&self, _id: &mut SessionId) {}
+
     /// Inserts `session`, first applying `limit` to the user's live sessions, atomically:
     /// concurrent creates for one user never leave more than the limit.
     async fn create(

@@ -1,9 +1,10 @@
 //! The in-process store: every session in memory, optionally journaled to disk.
 //!
 //! Memory layout:
-//! - `shards`: 64 hash maps, each owning a contiguous range of the id space (by the top
+//! - `shards`: 64 of them, each owning a contiguous range of the id space (by the top
 //!   six bits of the id), so a listing of all sessions pages through them in id order
-//!   (sorting one shard's ids per page). Each shard holds live sessions and tombstones.
+//!   (sorting one shard's ids per page). Each shard holds live sessions, in a slab whose
+//!   slot a new session's id names ([`live`]), and tombstones, in a hash map.
 //!   A live record is an `Arc<Session>`: validate hands out the shared record instead of a
 //!   copy, and a touch copies it only if an answer still holds the old one.
 //! - `members`: per-user sorted id lists plus the counters behind stats. Every change of
@@ -26,6 +27,7 @@
 //! written while warming, so the load reads the same state the point reads do.
 
 mod journal;
+mod live;
 
 #[cfg(feature = "conformance")]
 pub(crate) use journal::write_unreadable_record;
@@ -48,6 +50,7 @@ use smallvec::SmallVec;
 use tokio::sync::watch;
 
 use self::journal::{Change, Disk, Journal, Loaded, OnDisk, Pending, StoredSession};
+use self::live::Live;
 use crate::events::{self, ChangeKind, EventLog, Feed};
 use crate::intern::Interner;
 use crate::{
@@ -144,13 +147,14 @@ impl std::fmt::Debug for LocalStore {
     }
 }
 
-// Hash maps, not ordered trees: a lookup is one or two cache misses instead of one per
-// tree level (profiled at 1M sessions: B-tree node reads were the largest part of
-// validate's own time). Fx hashing is safe here: ids come from the server's CSPRNG, and a
-// token's id is looked up only after its MAC checked, so nobody can choose colliding keys.
+// A slab the ids point into and hash maps, not ordered trees: a lookup is a cache miss or
+// two instead of one per tree level (profiled at 1M sessions: B-tree node reads were the
+// largest part of validate's own time). Fx hashing is safe here: ids come from the
+// server's CSPRNG, and a token's id is looked up only after its MAC checked, so nobody can
+// choose colliding keys.
 #[derive(Default)]
 struct Shard {
-    live: FxHashMap<SessionId, Entry>,
+    live: Live,
     ended: FxHashMap<SessionId, Tombstone>,
 }
 
@@ -178,6 +182,11 @@ impl Entry {
 struct LoadPart {
     /// All [`SHARDS`]; only those in this part's range are filled.
     shards: Vec<Shard>,
+    /// The highest slot a loaded id may name and be put at (see [`Live::load`]): twice
+    /// the sessions a shard is expected to hold, and some.
+    slot_limit: usize,
+    /// Sessions whose id names no slot this load could give them, for [`Live::finish_load`].
+    rest: Vec<Entry>,
     deadlines: Vec<(Timestamp, SessionId)>,
     /// Users and counters of this part's sessions (no tombstones).
     members: Members,
@@ -189,12 +198,15 @@ impl LoadPart {
     /// grow and rehash its maps as it goes).
     fn new(index: usize, parts: usize, expected: usize) -> LoadPart {
         let per_part = SHARDS / parts;
+        let per_shard = expected / per_part;
         let mut shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::default()).collect();
         for shard in &mut shards[index * per_part..(index + 1) * per_part] {
-            shard.live.reserve(expected / per_part);
+            shard.live.reserve(per_shard);
         }
         LoadPart {
             shards,
+            slot_limit: 2 * per_shard + 1024,
+            rest: Vec::new(),
             deadlines: Vec::with_capacity(expected),
             members: Members {
                 by_user: FxHashMap::with_capacity_and_hasher(expected / 2, Default::default()),
@@ -212,14 +224,25 @@ impl LoadPart {
         let entry = Entry::new(Arc::new(session));
         let id = entry.session.id;
         self.deadlines.push((entry.scheduled, id));
-        self.shards[LocalStore::shard_index(&id)]
+        if let Err(entry) = self.shards[LocalStore::shard_index(&id)]
             .live
-            .insert(id, entry);
+            .load(entry, self.slot_limit)
+        {
+            self.rest.push(entry);
+        }
     }
 
-    /// Called by the loading thread once the part is complete: sorts its deadlines there,
-    /// in parallel with the other parts, rather than in `install`.
+    /// Called by the loading thread once the part is complete: finishes its shards' slabs
+    /// and sorts its deadlines there, in parallel with the other parts, rather than in
+    /// `install`.
     fn finish(&mut self) {
+        let mut rest: Vec<Vec<Entry>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        for entry in std::mem::take(&mut self.rest) {
+            rest[LocalStore::shard_index(&entry.session.id)].push(entry);
+        }
+        for (shard, rest) in self.shards.iter_mut().zip(rest) {
+            shard.live.finish_load(rest);
+        }
         self.deadlines.sort_unstable();
     }
 }
@@ -377,6 +400,9 @@ impl LocalStore {
             tracing::info!(
                 sessions,
                 tombstones,
+                // Sessions whose id names no slot (made before ids carried one): each
+                // validate of those pays a hash lookup more.
+                spilled = self.spilled(),
                 threads = parts,
                 read_ms = read.as_millis() as u64,
                 indexed_ms = (started.elapsed() - read).as_millis() as u64,
@@ -440,6 +466,11 @@ impl LocalStore {
         m.live
     }
 
+    /// Live sessions kept through a shard's spill map (see [`live`]).
+    fn spilled(&self) -> usize {
+        self.shards.iter().map(|s| s.read().live.spilled()).sum()
+    }
+
     /// Durable transactions committed since open (0 for the memory store). Many concurrent
     /// writes share one commit; the conformance tests read this to see how many.
     pub fn durable_commits(&self) -> u64 {
@@ -472,9 +503,10 @@ impl LocalStore {
     fn insert_live(&self, m: &mut Members, shard: &mut Shard, session: Arc<Session>) {
         m.join(&session);
         let entry = Entry::new(session);
-        let id = entry.session.id;
-        self.expiry.lock().insert((entry.scheduled, id));
-        shard.live.insert(id, entry);
+        self.expiry
+            .lock()
+            .insert((entry.scheduled, entry.session.id));
+        shard.live.insert(entry);
     }
 
     fn insert_tombstone(&self, tomb: Tombstone) {
@@ -763,7 +795,7 @@ impl LocalStore {
         page
     }
 
-    /// Pages through the shards in id order. A shard is a hash map, so each page collects
+    /// Pages through the shards in id order. A shard is a slab, so each page collects
     /// the shard's live ids after the cursor and keeps the smallest: linear in the shard's
     /// size, which is an admin listing's cost, not validate's.
     fn list_all(&self, cursor: Option<SessionId>, limit: usize, now: Timestamp) -> Page {
@@ -774,10 +806,11 @@ impl LocalStore {
             let mut ids: Vec<SessionId> = shard
                 .live
                 .iter()
-                .filter(|(id, e)| {
-                    cursor.is_none_or(|c| **id > c) && e.session.status(now) == SessionStatus::Live
+                .filter(|e| {
+                    cursor.is_none_or(|c| e.session.id > c)
+                        && e.session.status(now) == SessionStatus::Live
                 })
-                .map(|(id, _)| *id)
+                .map(|e| e.session.id)
                 .collect();
             // One more than the page still needs tells whether a next page exists.
             let want = limit - page.sessions.len() + 1;
@@ -791,7 +824,9 @@ impl LocalStore {
                     page.next_cursor = page.sessions.last().map(|s| s.id);
                     return page;
                 }
-                page.sessions.push(Session::clone(&shard.live[&id].session));
+                if let Some(e) = shard.live.get(&id) {
+                    page.sessions.push(Session::clone(&e.session));
+                }
             }
         }
         page
@@ -819,13 +854,24 @@ impl SessionStore for LocalStore {
         }
     }
 
+    fn issue_slot(&self, id: &mut SessionId) {
+        // While loading, the slab is being built elsewhere: the id keeps its random bytes
+        // and the session is found through the spill map.
+        if self.warming.state.load(Ordering::Acquire) == LOADED {
+            self.shard(id).write().live.issue(id);
+        }
+    }
+
     async fn create(
         &self,
         mut session: Session,
         limit: UserLimit,
         now: Timestamp,
     ) -> Result<Created, StoreError> {
-        self.usable().await?;
+        if let Err(e) = self.usable().await {
+            self.shard(&session.id).write().live.release(&session.id);
+            return Err(e);
+        }
         self.strings.share(&mut session);
         let mut pendings = Vec::new();
         let mut displaced = Vec::new();
@@ -852,6 +898,7 @@ impl SessionStore for LocalStore {
                 }
             }
             let Some(n) = limit.to_displace(live.len()) else {
+                self.shard(&session.id).write().live.release(&session.id);
                 break 'locked None;
             };
             live.sort_unstable();
@@ -865,7 +912,8 @@ impl SessionStore for LocalStore {
                 }
             }
             let mut shard = self.shard(&session.id).write();
-            if shard.live.contains_key(&session.id) || shard.ended.contains_key(&session.id) {
+            if shard.live.contains(&session.id) || shard.ended.contains_key(&session.id) {
+                shard.live.release(&session.id);
                 return Err(StoreError::Corrupt("session id collision".into()));
             }
             let shared = Arc::new(session);
@@ -1446,5 +1494,120 @@ mod tests {
             (0, 0, 0),
             "ends forget touches"
         );
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use sessiond_core::policy::{OnLimit, UserLimit};
+    use sessiond_core::{EndReason, SessionId, Timestamp};
+
+    use super::{LocalStore, SHARDS};
+    use crate::{Created, Lookup, SessionStore, StoreOptions};
+
+    const T0: Timestamp = Timestamp(1_800_000_000_000);
+
+    /// Sessions created as the server creates them (an issued slot) come back at their
+    /// slots after a restart; sessions with ids that name no slot (as every id did before)
+    /// come back through the spill map; both validate, and the ended stay ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_puts_sessions_back_at_their_slots_and_serves_older_ids_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut issued, mut legacy) = (Vec::new(), Vec::new());
+        {
+            let store = LocalStore::open_embedded(dir.path(), StoreOptions::default()).unwrap();
+            store.loaded().await.unwrap();
+            for i in 0..200 {
+                let mut s = crate::conformance::session(&format!("u{i}"), T0);
+                if i % 4 == 0 {
+                    legacy.push(s.clone());
+                } else {
+                    store.issue_slot(&mut s.id);
+                    issued.push(s.clone());
+                }
+                store.create(s, UserLimit::UNLIMITED, T0).await.unwrap();
+            }
+            assert_eq!(store.spilled(), legacy.len());
+            // Holes: every fifth issued session ends.
+            for s in issued.iter().step_by(5) {
+                store
+                    .end(s.id, None, EndReason::LoggedOut, T0)
+                    .await
+                    .unwrap();
+            }
+            store.close().await.unwrap();
+        }
+        let store = LocalStore::open_embedded(dir.path(), StoreOptions::default()).unwrap();
+        store.loaded().await.unwrap();
+        assert_eq!(
+            store.spilled(),
+            legacy.len(),
+            "only the ids that name no slot"
+        );
+        let at = T0.plus(std::time::Duration::from_secs(1));
+        for (i, s) in issued.iter().enumerate() {
+            let got = store.validate(s.id, &s.verifier, true, at).await.unwrap();
+            if i % 5 == 0 {
+                assert!(matches!(got, Lookup::Ended(_)), "issued {i}: {got:?}");
+            } else {
+                assert!(matches!(got, Lookup::Live(l) if l.id == s.id), "issued {i}");
+            }
+        }
+        for s in &legacy {
+            let got = store.validate(s.id, &s.verifier, true, at).await.unwrap();
+            assert!(matches!(got, Lookup::Live(l) if l.id == s.id));
+        }
+        // New sessions fill the holes the ended ones left, before growing any slab.
+        let before: usize = store.shards.iter().map(|s| s.read().live.slots_len()).sum();
+        for i in 0..SHARDS * 4 {
+            let mut s = crate::conformance::session(&format!("n{i}"), at);
+            store.issue_slot(&mut s.id);
+            store.create(s, UserLimit::UNLIMITED, at).await.unwrap();
+        }
+        let after: usize = store.shards.iter().map(|s| s.read().live.slots_len()).sum();
+        assert!(after - before < SHARDS * 4, "{before} -> {after} slots");
+        for s in issued.iter().step_by(5) {
+            assert!(matches!(
+                store.get(s.id, at).await.unwrap(),
+                Lookup::Ended(t) if t.reason == EndReason::LoggedOut
+            ));
+        }
+        store.close().await.unwrap();
+    }
+
+    /// A create the user's limit refuses gives its issued slot back.
+    #[tokio::test]
+    async fn a_refused_create_gives_its_slot_back() {
+        let store = LocalStore::memory(StoreOptions::default());
+        let deny = UserLimit {
+            max: 1,
+            on_limit: OnLimit::Deny,
+        };
+        let mut first = crate::conformance::session("alice", T0);
+        store.issue_slot(&mut first.id);
+        assert!(matches!(
+            store.create(first, deny, T0).await.unwrap(),
+            Created::Created { .. }
+        ));
+        let mut refused = crate::conformance::session("alice", T0);
+        store.issue_slot(&mut refused.id);
+        let slot: [u8; 4] = [
+            refused.id.0[4],
+            refused.id.0[5],
+            refused.id.0[6],
+            refused.id.0[7],
+        ];
+        assert!(matches!(
+            store.create(refused, deny, T0).await.unwrap(),
+            Created::LimitReached { .. }
+        ));
+        let mut next = crate::conformance::session("alice", T0);
+        store.issue_slot(&mut next.id);
+        assert_eq!(
+            next.id.0[4..8],
+            slot,
+            "the refused create's slot is issued again"
+        );
+        let _: SessionId = next.id;
     }
 }
