@@ -17,7 +17,7 @@ use sessiond_core::{
     Clock, EndReason, Policy, Session, SessionId, Timestamp, TokenKeys, Tombstone,
 };
 use sessiond_proto::v1;
-use sessiond_store::{AttributeChange, Created, Ended, Lookup, SessionStore, Updated};
+use sessiond_store::{AttributeChange, Checked, Created, Ended, Lookup, SessionStore, Updated};
 
 use crate::error::ApiError;
 
@@ -181,6 +181,32 @@ impl Service {
             .map_err(|_| ApiError::InvalidToken)?;
         let now = self.now();
         lookup_result(self.store.validate(id, &verifier, touch, now).await?)
+    }
+
+    /// [`Service::validate`], lending the live session to `answer` (called once, possibly
+    /// under a store lock: it only writes the answer) instead of handing out a copy. The
+    /// route of every page view (`POST /v1/sessions/validate`, forward auth) answers
+    /// through this.
+    pub async fn validate_with(
+        &self,
+        token: &str,
+        touch: bool,
+        answer: &mut (dyn for<'s> FnMut(&'s Session) + Send),
+    ) -> Result<(), ApiError> {
+        let (id, verifier) = self
+            .keys
+            .verify(token)
+            .map_err(|_| ApiError::InvalidToken)?;
+        let now = self.now();
+        match self
+            .store
+            .validate_with(id, &verifier, touch, now, answer)
+            .await?
+        {
+            Checked::Live => Ok(()),
+            Checked::Ended(t) => Err(ApiError::SessionEnded(Box::new(t))),
+            Checked::NotFound => Err(ApiError::SessionNotFound),
+        }
     }
 
     /// `POST /v1/sessions/update`.

@@ -25,7 +25,9 @@ use sessiond_core::policy::{OnLimit, UserLimit};
 use sessiond_core::session::NewSession;
 use sessiond_core::{EndReason, Policy, Session, SessionId, Timestamp, Verifier};
 
-use crate::{AttributeChange, Created, Ended, Lookup, SessionStore, StoreOptions, Updated};
+use crate::{
+    AttributeChange, Checked, Created, Ended, Lookup, SessionStore, StoreOptions, Updated,
+};
 
 /// The options every case assumes the store was opened with.
 pub const OPTIONS: StoreOptions = StoreOptions {
@@ -51,6 +53,7 @@ where
     cases!(
         create_then_validate,
         validate_refuses_a_wrong_verifier,
+        validate_with_lends_what_validate_answers,
         touch_slides_the_idle_timer_and_touch_false_does_not,
         a_session_is_ended_at_its_idle_deadline_without_a_sweep,
         max_lifetime_caps_an_active_session,
@@ -169,6 +172,56 @@ async fn create_then_validate(store: Arc<dyn SessionStore>) {
         Lookup::NotFound
     );
     assert_eq!(store.get(unknown, T0).await.unwrap(), Lookup::NotFound);
+}
+
+/// `validate_with` answers what `validate` answers, lending a live session to its callback
+/// exactly once and never calling it otherwise.
+async fn validate_with_lends_what_validate_answers(store: Arc<dyn SessionStore>) {
+    let s = created(&*store, session("alice", T0), T0).await;
+    let check = |id, verifier, touch, at| {
+        let store = store.clone();
+        async move {
+            let mut lent = Vec::new();
+            let checked = store
+                .validate_with(id, &verifier, touch, at, &mut |s| lent.push(s.clone()))
+                .await
+                .unwrap();
+            (checked, lent)
+        }
+    };
+    let (checked, lent) = check(s.id, s.verifier, true, T0.plus(MIN)).await;
+    assert_eq!(checked, Checked::Live);
+    assert_eq!(lent.len(), 1);
+    assert_eq!((lent[0].id, lent[0].last_access_at), (s.id, T0.plus(MIN)));
+    assert_eq!(&*lent[0].user, "alice");
+    // touch: false reads without sliding the timer.
+    let (checked, lent) = check(s.id, s.verifier, false, T0.plus(2 * MIN)).await;
+    assert_eq!(checked, Checked::Live);
+    assert_eq!(lent[0].last_access_at, T0.plus(MIN));
+    let mut wrong = s.verifier;
+    wrong.0[0] ^= 1;
+    for touch in [true, false] {
+        assert_eq!(
+            check(s.id, wrong, touch, T0.plus(2 * MIN)).await,
+            (Checked::NotFound, vec![])
+        );
+        assert_eq!(
+            check(SessionId::random().unwrap(), s.verifier, touch, T0).await,
+            (Checked::NotFound, vec![])
+        );
+    }
+    // Past its idle deadline (30 minutes after the touch), and once logged out.
+    let (checked, lent) = check(s.id, s.verifier, true, T0.plus(32 * MIN)).await;
+    assert!(matches!(checked, Checked::Ended(t) if t.reason == EndReason::IdleTimeout));
+    assert!(lent.is_empty());
+    let t = created(&*store, session("bob", T0), T0).await;
+    store
+        .end(t.id, Some(&t.verifier), EndReason::LoggedOut, T0)
+        .await
+        .unwrap();
+    let (checked, lent) = check(t.id, t.verifier, true, T0.plus(SEC)).await;
+    assert!(matches!(checked, Checked::Ended(e) if e.reason == EndReason::LoggedOut));
+    assert!(lent.is_empty());
 }
 
 async fn validate_refuses_a_wrong_verifier(store: Arc<dyn SessionStore>) {

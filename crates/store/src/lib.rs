@@ -40,7 +40,7 @@ use sessiond_core::{EndReason, Session, SessionId, Timestamp, Verifier};
 pub use self::redis::{RedisConfig, RedisStore, Target as RedisTarget};
 pub use events::{ChangeEvent, ChangeKind, Feed, FeedItem};
 pub use local::LocalStore;
-pub use outcome::{Created, Ended, Lookup, Page, StoreStats, SweepReport, Updated};
+pub use outcome::{Checked, Created, Ended, Lookup, Page, StoreStats, SweepReport, Updated};
 
 /// Failures of the store itself (not of the request): all are `store_unavailable` to clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,6 +109,25 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
         touch: bool,
         now: Timestamp,
     ) -> Result<Lookup, StoreError>;
+
+    /// [`SessionStore::validate`], lending a live session to `answer` instead of handing
+    /// out a shared copy: the embedded store keeps each record inside its slab and would
+    /// otherwise copy it for every validate. `answer` is called once, for a live session
+    /// only, possibly under a lock of the store: it may only read the session and write
+    /// an answer from it.
+    async fn validate_with(
+        &self,
+        id: SessionId,
+        verifier: &Verifier,
+        touch: bool,
+        now: Timestamp,
+        answer: &mut (dyn for<'s> FnMut(&'s Session) + Send),
+    ) -> Result<Checked, StoreError> {
+        Ok(Checked::lend(
+            self.validate(id, verifier, touch, now).await?,
+            answer,
+        ))
+    }
 
     /// The session or tombstone with this id (admin view; no token needed).
     async fn get(&self, id: SessionId, now: Timestamp) -> Result<Lookup, StoreError>;

@@ -9,12 +9,38 @@ use sessiond_core::{EndReason, Session, SessionId, Tombstone};
 /// A session looked up by token or id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// Shared with the store's own copy where the backend keeps one (the embedded store
-    /// answers every validate without copying the record).
+    /// Shared with the store's own copy where the backend keeps one (the Redis store's
+    /// near cache); the embedded store's is a copy (its hot path lends the record through
+    /// [`crate::SessionStore::validate_with`] instead).
     Live(Arc<Session>),
     /// Ended (or past its deadline), and its tombstone is still retained.
     Ended(Tombstone),
     NotFound,
+}
+
+/// What [`crate::SessionStore::validate_with`] found. A live session is not in it: it was
+/// lent to the caller's callback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// Live: the callback was called with it, once.
+    Live,
+    /// Ended (or past its deadline), and its tombstone is still retained.
+    Ended(Tombstone),
+    NotFound,
+}
+
+impl Checked {
+    /// `lookup`, its live session lent to `answer`.
+    pub fn lend(lookup: Lookup, answer: &mut dyn FnMut(&Session)) -> Checked {
+        match lookup {
+            Lookup::Live(s) => {
+                answer(&s);
+                Checked::Live
+            }
+            Lookup::Ended(t) => Checked::Ended(t),
+            Lookup::NotFound => Checked::NotFound,
+        }
+    }
 }
 
 /// The answer to a create.
@@ -24,7 +50,7 @@ pub enum Lookup {
 pub enum Created {
     /// Inserted; `displaced` lists sessions ended with reason `displaced` to make room.
     Created {
-        /// The record as stored, shared rather than copied (as [`Lookup::Live`] is).
+        /// The record as stored, shared with the journal's write of it.
         session: Arc<Session>,
         displaced: Vec<SessionId>,
     },

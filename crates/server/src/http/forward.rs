@@ -61,11 +61,24 @@ async fn check(state: &AppState, origin: &Origin, headers: &HeaderMap) -> Result
             .iter()
             .any(|p| u.starts_with(p.as_str()))
     });
-    let session = match state.service.validate(token, touch && !passive_path).await {
-        Ok(s) => s,
-        Err(e @ ApiError::Store(_)) => return Err(e.into_response()),
-        Err(_) => return Ok(Check::Denied),
-    };
+    // Written from the store's own record, which it lends for this: none is copied.
+    let mut allowed = None;
+    let checked = state
+        .service
+        .validate_with(token, touch && !passive_path, &mut |s| {
+            allowed = identity(state, s);
+        })
+        .await;
+    match checked {
+        Ok(()) => Ok(allowed.map_or(Check::Denied, Check::Allowed)),
+        Err(e @ ApiError::Store(_)) => Err(e.into_response()),
+        Err(_) => Ok(Check::Denied),
+    }
+}
+
+/// The answer allowing `session`'s request, with its identity headers; `None` if a value
+/// cannot be a header (the request is then denied).
+fn identity(state: &AppState, session: &sessiond_core::Session) -> Option<Response> {
     let names = &state.web.settings.headers;
     let groups = state
         .web
@@ -83,7 +96,7 @@ async fn check(state: &AppState, origin: &Origin, headers: &HeaderMap) -> Result
     // Formatted on the stack: forward auth answers every page view.
     let hex = session.id.hex();
     let Ok(id) = std::str::from_utf8(&hex) else {
-        return Ok(Check::Denied);
+        return None;
     };
     let mut level = itoa::Buffer::new();
     let level = level.format(session.auth_level);
@@ -102,11 +115,11 @@ async fn check(state: &AppState, origin: &Origin, headers: &HeaderMap) -> Result
             continue;
         }
         let Ok(v) = HeaderValue::from_str(value) else {
-            return Ok(Check::Denied);
+            return None;
         };
         h.insert(name.clone(), v);
     }
-    Ok(Check::Allowed(r))
+    Some(r)
 }
 
 pub(super) async fn nginx(state: &AppState, conn: &Connection, headers: &HeaderMap) -> Response {

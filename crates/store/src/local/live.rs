@@ -1,9 +1,12 @@
 //! The live sessions of one shard, in a slab whose slot number each session's id carries.
 //!
 //! An id made for this store names its slot (bytes 4..8, little-endian; see
-//! [`Live::issue`]), so finding a session is one read of its slot and one of its record,
-//! with no hash table between: the hash map this replaces cost one more cache miss per
-//! validate and about 80 bytes per session at a million. A slot is 24 bytes.
+//! [`Live::issue`]), and the slot holds the record itself, so finding a session is one
+//! read of memory the id points to: no hash table and no pointer between. (The hash map
+//! of `Arc`s this replaces cost two more dependent loads per validate, and about
+//! 70 bytes more per session at a million: docs/benchmarks.md, twentieth session.) A slot
+//! is the record and 16 bytes; the slab grows by chunks of [`CHUNK`] slots, so it holds
+//! at most a chunk of spare room besides the slots of ended sessions, which it reuses.
 //!
 //! Ids that do not name their slot (made before ids carried one, created while the store
 //! was loading, or read back naming a slot past what the load places) are kept in any
@@ -18,7 +21,13 @@ use sessiond_core::SessionId;
 
 use super::Entry;
 
+/// Slots per chunk of the slab: about 70 KiB.
+const CHUNK: usize = 256;
+
 /// What one slot holds.
+// The record itself, not a pointer to it, is the point of the slab: a vacant slot costs
+// as much room as a live one.
+#[allow(clippy::large_enum_variant)]
 enum Slot {
     /// Free, and listed in [`Live::free`].
     Vacant,
@@ -36,8 +45,9 @@ fn slot_of(id: &SessionId) -> usize {
 /// The live sessions of one shard; see the module docs.
 #[derive(Default)]
 pub(super) struct Live {
-    slots: Vec<Slot>,
-    /// Vacant slots, the next to reuse last.
+    /// Slot `k` is `chunks[k / CHUNK][k % CHUNK]`.
+    chunks: Vec<Box<[Slot]>>,
+    /// Every vacant slot, the next to reuse last.
     free: Vec<u32>,
     /// Where each id that does not name its own slot is kept.
     spill: FxHashMap<SessionId, u32>,
@@ -67,23 +77,52 @@ impl Live {
             return; // four billion slots in one shard: leave the id as it came
         };
         id.0[4..8].copy_from_slice(&slot.to_le_bytes());
-        self.slots[slot as usize] = Slot::Issued(*id);
+        *self.slot_mut(slot as usize) = Slot::Issued(*id);
     }
 
     /// Gives back the slot [`Live::issue`] held for `id`, whose create did not happen.
     pub(super) fn release(&mut self, id: &SessionId) {
         let k = slot_of(id);
-        if matches!(self.slots.get(k), Some(Slot::Issued(i)) if i == id) {
-            self.slots[k] = Slot::Vacant;
+        if matches!(self.slot(k), Some(Slot::Issued(i)) if i == id) {
+            *self.slot_mut(k) = Slot::Vacant;
             self.free.push(k as u32);
         }
+    }
+
+    #[inline]
+    fn slot(&self, k: usize) -> Option<&Slot> {
+        self.chunks.get(k / CHUNK).map(|c| &c[k % CHUNK])
+    }
+
+    /// Slot `k`, which must exist (`k` came from the free list, the spill map or a
+    /// successful [`Live::slot`]).
+    #[inline]
+    fn slot_mut(&mut self, k: usize) -> &mut Slot {
+        &mut self.chunks[k / CHUNK][k % CHUNK]
+    }
+
+    /// Slots in the slab, vacant or not.
+    fn capacity(&self) -> usize {
+        self.chunks.len() * CHUNK
+    }
+
+    /// Adds a chunk of vacant slots; returns the number of its first.
+    fn grow(&mut self) -> usize {
+        let first = self.capacity();
+        self.chunks.push(
+            (0..CHUNK)
+                .map(|_| Slot::Vacant)
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        );
+        first
     }
 
     /// Where `id`'s session is, if it is here.
     #[inline]
     fn index_of(&self, id: &SessionId) -> Option<usize> {
         let k = slot_of(id);
-        if let Some(Slot::Live(e)) = self.slots.get(k)
+        if let Some(Slot::Live(e)) = self.slot(k)
             && e.session.id == *id
         {
             return Some(k);
@@ -96,7 +135,7 @@ impl Live {
 
     #[inline]
     pub(super) fn get(&self, id: &SessionId) -> Option<&Entry> {
-        match self.slots.get(self.index_of(id)?) {
+        match self.slot(self.index_of(id)?) {
             Some(Slot::Live(e)) => Some(e),
             _ => None,
         }
@@ -105,8 +144,8 @@ impl Live {
     #[inline]
     pub(super) fn get_mut(&mut self, id: &SessionId) -> Option<&mut Entry> {
         let k = self.index_of(id)?;
-        match self.slots.get_mut(k) {
-            Some(Slot::Live(e)) => Some(e),
+        match self.slot_mut(k) {
+            Slot::Live(e) => Some(e),
             _ => None,
         }
     }
@@ -120,11 +159,11 @@ impl Live {
     pub(super) fn insert(&mut self, entry: Entry) {
         let id = entry.session.id;
         let k = slot_of(&id);
-        if matches!(self.slots.get(k), Some(Slot::Issued(i)) if *i == id) {
-            self.slots[k] = Slot::Live(entry);
+        if matches!(self.slot(k), Some(Slot::Issued(i)) if *i == id) {
+            *self.slot_mut(k) = Slot::Live(entry);
         } else {
             let k = self.vacant();
-            self.slots[k] = Slot::Live(entry);
+            *self.slot_mut(k) = Slot::Live(entry);
             self.spill.insert(id, k as u32);
         }
         self.len += 1;
@@ -133,7 +172,7 @@ impl Live {
     /// Takes `id`'s session out; its slot becomes vacant.
     pub(super) fn remove(&mut self, id: &SessionId) -> Option<Entry> {
         let k = self.index_of(id)?;
-        let Slot::Live(entry) = std::mem::replace(&mut self.slots[k], Slot::Vacant) else {
+        let Slot::Live(entry) = std::mem::replace(self.slot_mut(k), Slot::Vacant) else {
             return None; // index_of only answers live slots
         };
         if !self.spill.is_empty() {
@@ -146,46 +185,52 @@ impl Live {
 
     /// Every live session, in slot order.
     pub(super) fn iter(&self) -> impl Iterator<Item = &Entry> {
-        self.slots.iter().filter_map(|s| match s {
-            Slot::Live(e) => Some(e),
-            _ => None,
-        })
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .filter_map(|s| match s {
+                Slot::Live(e) => Some(e),
+                _ => None,
+            })
     }
 
-    /// A vacant slot's number, taken off the free list or added at the end.
+    /// A vacant slot's number, taken off the free list, which a new chunk refills.
     fn vacant(&mut self) -> usize {
         if let Some(k) = self.free.pop() {
             return k as usize;
         }
-        self.slots.push(Slot::Vacant);
-        self.slots.len() - 1
+        let first = self.grow();
+        self.free
+            .extend((first + 1..first + CHUNK).rev().map(|k| k as u32));
+        first
     }
 
     /// While loading: puts `entry` at the slot its id names if that is below `limit` and
     /// still vacant, or hands it back for [`Live::finish_load`]. `limit` keeps an id that
     /// does not name a slot (its bytes 4..8 are random) from growing the slab to billions.
-    pub(super) fn load(&mut self, entry: Entry, limit: usize) -> Result<(), Entry> {
+    pub(super) fn load(&mut self, entry: Entry, limit: usize) -> Option<Entry> {
         let k = slot_of(&entry.session.id);
         if k >= limit {
-            return Err(entry);
+            return Some(entry);
         }
-        if k >= self.slots.len() {
-            self.slots.resize_with(k + 1, || Slot::Vacant);
+        while k >= self.capacity() {
+            self.grow();
         }
-        if !matches!(self.slots[k], Slot::Vacant) {
-            return Err(entry);
+        let slot = self.slot_mut(k);
+        if !matches!(slot, Slot::Vacant) {
+            return Some(entry);
         }
-        self.slots[k] = Slot::Live(entry);
+        *slot = Slot::Live(entry);
         self.len += 1;
-        Ok(())
+        None
     }
 
     /// Ends a load: lists the slots left vacant (the lowest to be reused first) and puts
     /// the sessions [`Live::load`] handed back in them, through the spill map.
     pub(super) fn finish_load(&mut self, rest: impl IntoIterator<Item = Entry>) {
-        self.free = (0..self.slots.len())
+        self.free = (0..self.capacity())
             .rev()
-            .filter(|&k| matches!(self.slots[k], Slot::Vacant))
+            .filter(|&k| matches!(self.slot(k), Some(Slot::Vacant)))
             .map(|k| k as u32)
             .collect();
         for entry in rest {
@@ -196,19 +241,17 @@ impl Live {
     /// Slots in the slab, vacant or not.
     #[cfg(test)]
     pub(super) fn slots_len(&self) -> usize {
-        self.slots.len()
+        self.capacity()
     }
 
-    /// Room for `n` more sessions without growing the slab.
+    /// Room for `n` sessions' chunks without growing the list of chunks.
     pub(super) fn reserve(&mut self, n: usize) {
-        self.slots.reserve(n);
+        self.chunks.reserve(n.div_ceil(CHUNK));
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use sessiond_core::session::NewSession;
     use sessiond_core::{Policy, Session, SessionId, Timestamp, Verifier};
 
@@ -229,7 +272,7 @@ mod tests {
             &Policy::default(),
             now,
         );
-        Entry::new(Arc::new(session))
+        Entry::new(session)
     }
 
     fn random_id() -> SessionId {
@@ -238,8 +281,11 @@ mod tests {
 
     /// The memory figure in the module docs.
     #[test]
-    fn a_slot_is_24_bytes() {
-        assert_eq!(std::mem::size_of::<Slot>(), 24);
+    fn a_slot_is_the_record_and_16_bytes() {
+        assert_eq!(
+            std::mem::size_of::<Slot>(),
+            std::mem::size_of::<Session>() + 16
+        );
     }
 
     #[test]
@@ -336,7 +382,7 @@ mod tests {
         let mut after = Live::default();
         let mut rest = Vec::new();
         for id in [ids[0], ids[2], ids[3], ids[5], legacy] {
-            if let Err(e) = after.load(entry(id), 1024) {
+            if let Some(e) = after.load(entry(id), 1024) {
                 rest.push(e);
             }
         }
