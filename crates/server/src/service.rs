@@ -173,7 +173,9 @@ impl Service {
         }
     }
 
-    /// `POST /v1/sessions/validate`: MAC first, then one in-memory lookup.
+    /// A token's session, MAC first, then one in-memory lookup, answered with a session the
+    /// caller keeps (the portal's pages). The routes of every page view use
+    /// [`Service::validate_with`], which copies nothing.
     pub async fn validate(&self, token: &str, touch: bool) -> Result<Arc<Session>, ApiError> {
         let (id, verifier) = self
             .keys
