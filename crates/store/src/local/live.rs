@@ -51,18 +51,12 @@ pub(super) struct Live {
     free: Vec<u32>,
     /// Where each id that does not name its own slot is kept.
     spill: FxHashMap<SessionId, u32>,
-    /// Slots holding a live session.
-    len: usize,
 }
 
 impl Live {
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.len
-    }
-
+    /// Whether no session is here (a scan: for loads and tests, not for serving).
     pub(super) fn is_empty(&self) -> bool {
-        self.len == 0
+        self.iter().next().is_none()
     }
 
     /// Sessions kept through the spill map rather than at the slot their id names.
@@ -166,7 +160,6 @@ impl Live {
             *self.slot_mut(k) = Slot::Live(entry);
             self.spill.insert(id, k as u32);
         }
-        self.len += 1;
     }
 
     /// Takes `id`'s session out; its slot becomes vacant.
@@ -179,7 +172,6 @@ impl Live {
             self.spill.remove(id);
         }
         self.free.push(k as u32);
-        self.len -= 1;
         Some(entry)
     }
 
@@ -206,7 +198,7 @@ impl Live {
     }
 
     /// While loading: puts `entry` at the slot its id names if that is below `limit` and
-    /// still vacant, or hands it back for [`Live::finish_load`]. `limit` keeps an id that
+    /// still vacant, or hands it back to be [`Live::insert`]ed after [`Live::finish_load`]. `limit` keeps an id that
     /// does not name a slot (its bytes 4..8 are random) from growing the slab to billions.
     pub(super) fn load(&mut self, entry: Entry, limit: usize) -> Option<Entry> {
         let k = slot_of(&entry.session.id);
@@ -221,32 +213,24 @@ impl Live {
             return Some(entry);
         }
         *slot = Slot::Live(entry);
-        self.len += 1;
         None
     }
 
-    /// Ends a load: lists the slots left vacant (the lowest to be reused first) and puts
-    /// the sessions [`Live::load`] handed back in them, through the spill map.
-    pub(super) fn finish_load(&mut self, rest: impl IntoIterator<Item = Entry>) {
+    /// Ends a load's placing: lists the slots left vacant, the lowest to be reused first.
+    /// The sessions [`Live::load`] handed back are [`Live::insert`]ed after this, into
+    /// those holes, through the spill map.
+    pub(super) fn finish_load(&mut self) {
         self.free = (0..self.capacity())
             .rev()
             .filter(|&k| matches!(self.slot(k), Some(Slot::Vacant)))
             .map(|k| k as u32)
             .collect();
-        for entry in rest {
-            self.insert(entry);
-        }
     }
 
     /// Slots in the slab, vacant or not.
     #[cfg(test)]
     pub(super) fn slots_len(&self) -> usize {
         self.capacity()
-    }
-
-    /// Room for `n` sessions' chunks without growing the list of chunks.
-    pub(super) fn reserve(&mut self, n: usize) {
-        self.chunks.reserve(n.div_ceil(CHUNK));
     }
 }
 
@@ -300,7 +284,7 @@ mod tests {
             live.insert(entry(id));
             ids.push(id);
         }
-        assert_eq!(live.len(), 10);
+        assert_eq!(live.iter().count(), 10);
         assert_eq!(live.spilled(), 0);
         for (k, id) in ids.iter().enumerate() {
             assert_eq!(slot_of(id), k);
@@ -344,7 +328,7 @@ mod tests {
         assert!(live.get(&old).is_none());
         assert!(live.remove(&old).is_none());
         assert_eq!(live.get(&new).map(|e| e.session.id), Some(new));
-        assert_eq!(live.len(), 1);
+        assert_eq!(live.iter().count(), 1);
     }
 
     #[test]
@@ -360,9 +344,13 @@ mod tests {
         // The first id cannot take the slot back from the one it was issued to.
         live.insert(entry(first));
         live.insert(entry(second));
-        assert_eq!(live.spilled(), 1);
-        assert_eq!(live.get(&second).map(|_| slot_of(&second)), Some(0));
-        assert_eq!(live.len(), 2);
+        assert_eq!(
+            live.spill.keys().collect::<Vec<_>>(),
+            [&first],
+            "first is spilled"
+        );
+        assert!(matches!(live.slot(0), Some(Slot::Live(e)) if e.session.id == second));
+        assert_eq!(live.get(&first).map(|e| e.session.id), Some(first));
     }
 
     #[test]
@@ -386,8 +374,11 @@ mod tests {
                 rest.push(e);
             }
         }
-        after.finish_load(rest);
-        assert_eq!(after.len(), 5);
+        after.finish_load();
+        for e in rest {
+            after.insert(e);
+        }
+        assert_eq!(after.iter().count(), 5);
         assert_eq!(after.spilled(), 1, "only the id that names no slot");
         for id in [ids[0], ids[2], ids[3], ids[5], legacy] {
             assert_eq!(after.get(&id).map(|e| e.session.id), Some(id));

@@ -185,7 +185,8 @@ struct LoadPart {
     /// The highest slot a loaded id may name and be put at (see [`Live::load`]): twice
     /// the sessions a shard is expected to hold, and some.
     slot_limit: usize,
-    /// Sessions whose id names no slot this load could give them, for [`Live::finish_load`].
+    /// Sessions whose id names no slot this load could give them: inserted once the slabs
+    /// know their holes ([`Live::finish_load`]).
     rest: Vec<Entry>,
     deadlines: Vec<(Timestamp, SessionId)>,
     /// Users and counters of this part's sessions (no tombstones).
@@ -194,17 +195,12 @@ struct LoadPart {
 }
 
 impl LoadPart {
-    /// Part `index` of `parts`, sized for about `expected` sessions (so loading does not
-    /// grow and rehash its maps as it goes).
-    fn new(index: usize, parts: usize, expected: usize) -> LoadPart {
-        let per_part = SHARDS / parts;
-        let per_shard = expected / per_part;
-        let mut shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::default()).collect();
-        for shard in &mut shards[index * per_part..(index + 1) * per_part] {
-            shard.live.reserve(per_shard);
-        }
+    /// One of `parts`, sized for about `expected` sessions (so loading does not grow and
+    /// rehash its maps as it goes; the slabs grow by whole chunks anyway).
+    fn new(parts: usize, expected: usize) -> LoadPart {
+        let per_shard = expected / (SHARDS / parts);
         LoadPart {
-            shards,
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             slot_limit: 2 * per_shard + 1024,
             rest: Vec::new(),
             deadlines: Vec::with_capacity(expected),
@@ -236,12 +232,13 @@ impl LoadPart {
     /// and sorts its deadlines there, in parallel with the other parts, rather than in
     /// `install`.
     fn finish(&mut self) {
-        let mut rest: Vec<Vec<Entry>> = (0..SHARDS).map(|_| Vec::new()).collect();
-        for entry in std::mem::take(&mut self.rest) {
-            rest[LocalStore::shard_index(&entry.session.id)].push(entry);
+        for shard in &mut self.shards {
+            shard.live.finish_load();
         }
-        for (shard, rest) in self.shards.iter_mut().zip(rest) {
-            shard.live.finish_load(rest);
+        for entry in std::mem::take(&mut self.rest) {
+            self.shards[LocalStore::shard_index(&entry.session.id)]
+                .live
+                .insert(entry);
         }
         self.deadlines.sort_unstable();
     }
@@ -388,7 +385,7 @@ impl LocalStore {
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             disk.load(
                 parts,
-                |i, expected| LoadPart::new(i, parts, expected),
+                |_, expected| LoadPart::new(parts, expected),
                 LoadPart::add,
                 LoadPart::finish,
             )
@@ -677,17 +674,7 @@ impl LocalStore {
         }
         if !touch {
             let shard = self.shard(&id).read();
-            let Some(entry) = shard.live.get(&id) else {
-                return Ok(Checked::lend(
-                    Self::tombstone(&shard, &id, Some(verifier), now),
-                    answer,
-                ));
-            };
-            if let Some(refused) = self.refusal(&entry.session, Some(verifier), now) {
-                return Ok(Checked::lend(refused, answer));
-            }
-            answer(&entry.session);
-            return Ok(Checked::Live);
+            return Ok(self.read_live(&shard, &id, Some(verifier), now, answer));
         }
         let mut shard = self.shard(&id).write();
         let Some(entry) = shard.live.get_mut(&id) else {
@@ -706,20 +693,37 @@ impl LocalStore {
         Ok(Checked::Live)
     }
 
-    /// A read of `id` that touches nothing: a copy of the live record, or why not.
+    /// A read of `id` that touches nothing: the live record lent to `answer`, or why not.
     fn read_live(
         &self,
         shard: &Shard,
         id: &SessionId,
         verifier: Option<&Verifier>,
         now: Timestamp,
-    ) -> Lookup {
-        match shard.live.get(id) {
-            Some(e) => self
-                .refusal(&e.session, verifier, now)
-                .unwrap_or_else(|| Lookup::Live(Arc::new(e.session.clone()))),
-            None => Self::tombstone(shard, id, verifier, now),
+        answer: &mut dyn FnMut(&Session),
+    ) -> Checked {
+        let Some(entry) = shard.live.get(id) else {
+            return Checked::lend(Self::tombstone(shard, id, verifier, now), answer);
+        };
+        if let Some(refused) = self.refusal(&entry.session, verifier, now) {
+            return Checked::lend(refused, answer);
         }
+        answer(&entry.session);
+        Checked::Live
+    }
+
+    /// What `lend` answers, the live record copied out for a caller that keeps it (the
+    /// hot paths take the lent record instead: [`SessionStore::validate_with`]).
+    fn copied(
+        lend: impl FnOnce(&mut dyn FnMut(&Session)) -> Result<Checked, StoreError>,
+    ) -> Result<Lookup, StoreError> {
+        let mut copy = None;
+        let checked = lend(&mut |s| copy = Some(Arc::new(s.clone())))?;
+        Ok(match checked {
+            Checked::Live => copy.map_or(Lookup::NotFound, Lookup::Live),
+            Checked::Ended(t) => Lookup::Ended(t),
+            Checked::NotFound => Lookup::NotFound,
+        })
     }
 
     fn mark_dirty(&self, entry: &mut Entry) {
@@ -990,16 +994,7 @@ impl SessionStore for LocalStore {
         touch: bool,
         now: Timestamp,
     ) -> Result<Lookup, StoreError> {
-        // A copy of the record, for callers that keep it (the hot paths lend it instead).
-        let mut copy = None;
-        let checked = self.check(id, verifier, touch, now, &mut |s| {
-            copy = Some(Arc::new(s.clone()));
-        })?;
-        Ok(match checked {
-            Checked::Live => copy.map_or(Lookup::NotFound, Lookup::Live),
-            Checked::Ended(t) => Lookup::Ended(t),
-            Checked::NotFound => Lookup::NotFound,
-        })
+        Self::copied(|answer| self.check(id, verifier, touch, now, answer))
     }
 
     async fn validate_with(
@@ -1021,7 +1016,7 @@ impl SessionStore for LocalStore {
             return Ok(answer);
         }
         let shard = self.shard(&id).read();
-        Ok(self.read_live(&shard, &id, None, now))
+        Self::copied(|answer| Ok(self.read_live(&shard, &id, None, now, answer)))
     }
 
     async fn update(
@@ -1546,7 +1541,7 @@ mod tests {
 #[cfg(test)]
 mod slot_tests {
     use sessiond_core::policy::{OnLimit, UserLimit};
-    use sessiond_core::{EndReason, SessionId, Timestamp};
+    use sessiond_core::{EndReason, Timestamp};
 
     use super::LocalStore;
     use crate::{Created, Lookup, SessionStore, StoreOptions};
@@ -1657,12 +1652,7 @@ mod slot_tests {
         ));
         let mut refused = crate::conformance::session("alice", T0);
         store.issue_slot(&mut refused.id);
-        let slot: [u8; 4] = [
-            refused.id.0[4],
-            refused.id.0[5],
-            refused.id.0[6],
-            refused.id.0[7],
-        ];
+        let refused_id = refused.id;
         assert!(matches!(
             store.create(refused, deny, T0).await.unwrap(),
             Created::LimitReached { .. }
@@ -1671,9 +1661,8 @@ mod slot_tests {
         store.issue_slot(&mut next.id);
         assert_eq!(
             next.id.0[4..8],
-            slot,
+            refused_id.0[4..8],
             "the refused create's slot is issued again"
         );
-        let _: SessionId = next.id;
     }
 }
