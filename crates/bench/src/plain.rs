@@ -10,10 +10,18 @@
 //! the answer written (sessiond's own JSON writer, or forward auth's identity headers). It
 //! keeps no journal, coalesces nothing, counts nothing and logs nothing.
 //!
-//! [`LOOKUP_PATH`] takes validate's request and does less: it reads the session id from the
-//! token without checking its MAC, finds and touches the session, and answers the
-//! baseline's body, so that the cost of finding one session among all held is measured
-//! alone.
+//! Three more paths take validate's request (a `POST`) or forward auth's (a `GET`) and do
+//! part of it, so that the parts are measured apart:
+//! - [`LOOKUP_PATH`] reads the session id from the token without checking its MAC, finds
+//!   and touches the session, and answers the baseline's body: finding one session among
+//!   all held, alone;
+//! - [`WORK_PATH`] does the whole work (the agent key, the JSON or the cookie, the MAC and
+//!   the hash, the lookup, the verifier, the deadline, the touch) and answers the
+//!   baseline's body: everything but the answer;
+//! - [`ANSWER_PATH`] does no work at all: it is the baseline (the body read, nothing
+//!   parsed) answering what the contract has sessiond answer, made once at start from
+//!   session 0: validate's `{"session":{...}}`, forward auth's identity headers. What
+//!   those bytes cost the kernel, hyper and the load generator, alone.
 //!
 //! What it is for: if a server doing only this work costs more CPU per request than the
 //! target allows, the target is out of reach on this machine for any server doing the work
@@ -48,8 +56,12 @@ use crate::baseline::{self, Answer};
 use crate::servers::COOKIE_NAME;
 use crate::workloads::SessionData;
 
-/// Where validate's request gets the lookup alone (see the module docs).
+/// Where validate's and forward auth's requests get the lookup alone (see the module docs).
 pub const LOOKUP_PATH: &str = "/plain/lookup";
+/// Where validate's and forward auth's requests get the whole work without its answer.
+pub const WORK_PATH: &str = "/plain/work";
+/// Where validate's and forward auth's requests get the answer alone (see the module docs).
+pub const ANSWER_PATH: &str = "/plain/answer";
 
 /// Shards of the session map, each behind its own lock.
 const SHARDS: usize = 64;
@@ -85,18 +97,26 @@ struct State {
     authorization: Vec<u8>,
     shards: Box<[Mutex<FxHashMap<SessionId, Session>>]>,
     headers: HeaderNames,
+    /// Session 0's validate answer and identity headers, for [`ANSWER_PATH`].
+    fixed: Fixed,
+}
+
+/// Answers made once: what [`ANSWER_PATH`] sends back.
+struct Fixed {
+    validate: Bytes,
+    identity: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Serves `sessions` sessions until killed; prints `plain: listening on http://ADDR` once
 /// they are made and it is bound.
 pub fn run(listen: SocketAddr, sessions: u64, agent_key: &str) -> Result<()> {
     let settings = Settings::load(None, &[], &Default::default()).context("default settings")?;
-    let state = Arc::new(State {
-        keys: keys(),
-        authorization: format!("Bearer {agent_key}").into_bytes(),
-        shards: populate(sessions, SystemClock.now()),
-        headers: settings.web.headers,
-    });
+    let state = State::new(
+        format!("Bearer {agent_key}").into_bytes(),
+        populate(sessions, SystemClock.now()),
+        settings.web.headers,
+    )?;
+    let state = Arc::new(state);
     baseline::serve(listen, "plain", move |req| answer(state.clone(), req))
 }
 
@@ -141,30 +161,112 @@ fn status(code: StatusCode) -> Answer {
     r
 }
 
+/// What a request asks of the plain server (see the module docs).
+#[derive(Clone, Copy, PartialEq)]
+enum Route {
+    /// Validate's or forward auth's whole work and answer.
+    Whole,
+    /// The session found and touched, nothing checked; the baseline's body.
+    Lookup,
+    /// The whole work; the baseline's body.
+    Work,
+    /// No work; the contract's answer, made once.
+    Answer,
+}
+
 async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Infallible> {
     let now = SystemClock.now();
     let (parts, body) = req.into_parts();
-    let lookup_alone = match (&parts.method, parts.uri.path()) {
-        (&Method::GET, "/auth/nginx") => return Ok(state.forward(&parts.headers, now)),
-        (&Method::POST, "/v1/sessions/validate") => false,
-        (&Method::POST, LOOKUP_PATH) => true,
+    let post = match parts.method {
+        Method::POST => true,
+        Method::GET => false,
         _ => return Ok(status(StatusCode::NOT_FOUND)),
     };
-    if !lookup_alone && !state.agent_admitted(&parts.headers) {
+    let route = match parts.uri.path() {
+        "/v1/sessions/validate" if post => Route::Whole,
+        "/auth/nginx" if !post => Route::Whole,
+        LOOKUP_PATH => Route::Lookup,
+        WORK_PATH => Route::Work,
+        ANSWER_PATH => Route::Answer,
+        _ => return Ok(status(StatusCode::NOT_FOUND)),
+    };
+    // Forward auth's requests: the token is the session cookie.
+    if !post {
+        let token = cookie_token(&parts.headers);
+        return Ok(match route {
+            Route::Whole => state.forward(token, now),
+            Route::Lookup => state.lookup_alone(token, now),
+            Route::Work => state.work(token, now),
+            Route::Answer => identified(state.fixed.identity.clone()),
+        });
+    }
+    // Validate's: the token is in the JSON body, which only the agent key may send.
+    let checked = matches!(route, Route::Whole | Route::Work);
+    if checked && !state.agent_admitted(&parts.headers) {
         return Ok(status(StatusCode::UNAUTHORIZED));
     }
     let Ok(body) = Limited::new(body, MAX_BODY).collect().await else {
         return Ok(status(StatusCode::BAD_REQUEST));
     };
+    let handler: fn(&State, Option<&str>, Timestamp) -> Answer = match route {
+        Route::Whole => State::validate,
+        Route::Lookup => State::lookup_alone,
+        Route::Work => State::work,
+        // The body read whole, as the baseline reads it, and nothing parsed.
+        Route::Answer => return Ok(baseline::json(StatusCode::OK, state.fixed.validate.clone())),
+    };
     let body = body.to_bytes();
     let Ok(req) = serde_json::from_slice::<ValidateRequest>(&body) else {
         return Ok(status(StatusCode::BAD_REQUEST));
     };
-    Ok(if lookup_alone {
-        state.lookup_alone(req.token, now)
-    } else {
-        state.validate(req.token, now)
-    })
+    Ok(handler(&state, Some(req.token), now))
+}
+
+/// The session cookie's value, if the request has one.
+fn cookie_token(headers: &hyper::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(COOKIE_NAME)?.strip_prefix('='))
+}
+
+/// The baseline's `200` and body.
+fn ok() -> Answer {
+    baseline::json(StatusCode::OK, Bytes::from_static(baseline::BODY))
+}
+
+/// Forward auth's `200` with `identity`'s headers.
+fn identified(identity: Vec<(HeaderName, HeaderValue)>) -> Answer {
+    let mut r = status(StatusCode::OK);
+    let h = r.headers_mut();
+    h.reserve(1 + identity.len());
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, value) in identity {
+        h.insert(name, value);
+    }
+    r
+}
+
+/// `s`'s identity headers, the empty ones left out; `None` if one cannot be a header.
+fn identity(headers: &HeaderNames, s: &Session) -> Option<Vec<(HeaderName, HeaderValue)>> {
+    let hex = s.id.hex();
+    let level = s.auth_level.to_string();
+    let values: [(&HeaderName, &[u8]); 4] = [
+        (&headers.user, s.user.as_bytes()),
+        (
+            &headers.universal_id,
+            s.universal_id.as_deref().unwrap_or_default().as_bytes(),
+        ),
+        (&headers.session_id, &hex),
+        (&headers.auth_level, level.as_bytes()),
+    ];
+    values
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(name, v)| Some((name.clone(), HeaderValue::from_bytes(v).ok()?)))
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -173,6 +275,39 @@ struct ValidateRequest<'a> {
 }
 
 impl State {
+    fn new(
+        authorization: Vec<u8>,
+        shards: Box<[Mutex<FxHashMap<SessionId, Session>>]>,
+        headers: HeaderNames,
+    ) -> Result<State> {
+        let keys = keys();
+        let (id, _) = minted(&keys, 0);
+        let fixed = shards[shard(&id)]
+            .lock()
+            .ok()
+            .and_then(|shard| {
+                let s = shard.get(&id)?;
+                // Values from `'static` strings (kept for the process's life), so that
+                // cloning them touches no reference count shared by the two cores.
+                let identity = identity(&headers, s)?.into_iter().map(|(name, value)| {
+                    let kept: &'static str = Box::leak(value.to_str().ok()?.into());
+                    Some((name, HeaderValue::from_static(kept)))
+                });
+                Some(Fixed {
+                    validate: Bytes::from(sessiond_server::json::session_envelope(s)),
+                    identity: identity.collect::<Option<_>>()?,
+                })
+            })
+            .context("session 0, whose answers the answer alone sends")?;
+        Ok(State {
+            keys,
+            authorization,
+            shards,
+            headers,
+            fixed,
+        })
+    }
+
     /// Whether `headers` present the agent key, compared in constant time.
     fn agent_admitted(&self, headers: &hyper::HeaderMap) -> bool {
         let presented = headers
@@ -182,8 +317,10 @@ impl State {
     }
 
     /// Validate's answer: the session as sessiond writes it.
-    fn validate(&self, token: &str, now: Timestamp) -> Answer {
-        match self.live(token, now, sessiond_server::json::session_envelope) {
+    fn validate(&self, token: Option<&str>, now: Timestamp) -> Answer {
+        let session =
+            token.and_then(|t| self.live(t, now, sessiond_server::json::session_envelope));
+        match session {
             Some(session) => baseline::json(StatusCode::OK, Bytes::from(session)),
             None => status(StatusCode::UNAUTHORIZED),
         }
@@ -191,11 +328,10 @@ impl State {
 
     /// The session `token` names, found and touched, with no MAC checked and no hash made:
     /// what finding one session among all held costs. Answers the baseline's body.
-    fn lookup_alone(&self, token: &str, now: Timestamp) -> Answer {
+    fn lookup_alone(&self, token: Option<&str>, now: Timestamp) -> Answer {
         let mut raw = [0u8; 48];
         let decoded = token
-            .split('.')
-            .nth(1)
+            .and_then(|t| t.split('.').nth(1))
             .and_then(|b64| URL_SAFE_NO_PAD.decode_slice(b64, &mut raw).ok());
         if decoded != Some(raw.len()) {
             return status(StatusCode::BAD_REQUEST);
@@ -203,51 +339,28 @@ impl State {
         let mut id = [0u8; 16];
         id.copy_from_slice(&raw[..16]);
         match self.touched(&SessionId(id), now, |_| true, |_| ()) {
-            Some(()) => baseline::json(StatusCode::OK, Bytes::from_static(baseline::BODY)),
+            Some(()) => ok(),
+            None => status(StatusCode::UNAUTHORIZED),
+        }
+    }
+
+    /// Every check of validate and forward auth on `token`, and its session touched; the
+    /// baseline's body instead of the session's answer.
+    fn work(&self, token: Option<&str>, now: Timestamp) -> Answer {
+        match token.and_then(|token| self.live(token, now, |_| ())) {
+            Some(()) => ok(),
             None => status(StatusCode::UNAUTHORIZED),
         }
     }
 
     /// The identity headers of forward auth, as sessiond's `/auth/nginx` answers them.
-    fn forward(&self, headers: &hyper::HeaderMap, now: Timestamp) -> Answer {
-        let token = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| pair.trim().strip_prefix(COOKIE_NAME)?.strip_prefix('='));
-        let identity = token.and_then(|token| self.live(token, now, |s| self.identity(s)));
-        let Some(Some(identity)) = identity else {
-            return status(StatusCode::UNAUTHORIZED);
-        };
-        let mut r = status(StatusCode::OK);
-        let h = r.headers_mut();
-        h.reserve(1 + identity.len());
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        for (name, value) in identity {
-            h.insert(name, value);
+    fn forward(&self, token: Option<&str>, now: Timestamp) -> Answer {
+        let identity =
+            token.and_then(|token| self.live(token, now, |s| identity(&self.headers, s)));
+        match identity {
+            Some(Some(identity)) => identified(identity),
+            _ => status(StatusCode::UNAUTHORIZED),
         }
-        r
-    }
-
-    /// `s`'s identity headers, the empty ones left out; `None` if one cannot be a header.
-    fn identity(&self, s: &Session) -> Option<Vec<(HeaderName, HeaderValue)>> {
-        let hex = s.id.hex();
-        let level = s.auth_level.to_string();
-        let values: [(&HeaderName, &[u8]); 4] = [
-            (&self.headers.user, s.user.as_bytes()),
-            (
-                &self.headers.universal_id,
-                s.universal_id.as_deref().unwrap_or_default().as_bytes(),
-            ),
-            (&self.headers.session_id, &hex),
-            (&self.headers.auth_level, level.as_bytes()),
-        ];
-        values
-            .into_iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(name, v)| Some((name.clone(), HeaderValue::from_bytes(v).ok()?)))
-            .collect()
     }
 
     /// The live session `token` names, touched at `now` and handed to `answer` under its
@@ -287,15 +400,11 @@ mod tests {
     const T0: Timestamp = Timestamp(1_795_000_000_000);
 
     fn state(n: u64) -> State {
-        State {
-            keys: keys(),
-            authorization: b"Bearer k".to_vec(),
-            shards: populate(n, T0),
-            headers: Settings::load(None, &[], &Default::default())
-                .unwrap()
-                .web
-                .headers,
-        }
+        let headers = Settings::load(None, &[], &Default::default())
+            .unwrap()
+            .web
+            .headers;
+        State::new(b"Bearer k".to_vec(), populate(n, T0), headers).unwrap()
     }
 
     fn last_access(state: &State, token: &str) -> Timestamp {
@@ -313,17 +422,37 @@ mod tests {
             assert_eq!(user, Some(SessionData::nth(i as u64).user));
             assert_eq!(last_access(&state, token), now, "touched");
         }
-        assert_eq!(state.validate(&tokens[7], now).status(), StatusCode::OK);
+        assert_eq!(
+            state.validate(Some(&tokens[7]), now).status(),
+            StatusCode::OK
+        );
         let mut headers = hyper::HeaderMap::new();
         headers.insert(
             header::COOKIE,
             HeaderValue::from_str(&format!("a=b; {COOKIE_NAME}={}", tokens[5])).unwrap(),
         );
-        let r = state.forward(&headers, now);
+        let r = state.forward(cookie_token(&headers), now);
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(
             r.headers()[&state.headers.user],
             SessionData::nth(5).user.as_str()
+        );
+    }
+
+    #[test]
+    fn the_answer_alone_is_session_0s() {
+        let state = state(3);
+        let answer: serde_json::Value = serde_json::from_slice(&state.fixed.validate).unwrap();
+        let user = SessionData::nth(0).user;
+        assert_eq!(answer["session"]["user"], user.as_str());
+        assert!(answer["session"]["client"]["user_agent"].is_string());
+        let identity = identified(state.fixed.identity.clone());
+        assert_eq!(identity.status(), StatusCode::OK);
+        assert_eq!(identity.headers()[&state.headers.user], user.as_str());
+        assert_eq!(
+            identity.headers().len(),
+            5,
+            "cache-control and four of identity"
         );
     }
 
@@ -355,7 +484,7 @@ mod tests {
         let other = state.keys.mint_from(id, &[9; SECRET_LEN]).token;
         assert!(state.live(&other, now, |_| ()).is_none(), "wrong secret");
         assert_eq!(
-            state.validate(&other, now).status(),
+            state.validate(Some(&other), now).status(),
             StatusCode::UNAUTHORIZED
         );
         // A day and a second idle: past the policy's idle timeout, and not touched.
@@ -363,7 +492,26 @@ mod tests {
         assert!(state.live(&tokens[4], later, |_| ()).is_none(), "expired");
         assert_eq!(last_access(&state, &tokens[4]), T0, "left as it was");
         // The lookup alone checks no MAC: the forged token's id finds its session.
-        assert_eq!(state.lookup_alone(&forged, now).status(), StatusCode::OK);
+        assert_eq!(
+            state.lookup_alone(Some(&forged), now).status(),
+            StatusCode::OK
+        );
+        // The whole work without the answer checks what validate checks.
+        assert_eq!(
+            state.work(Some(&forged), now).status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            state.work(Some(&other), now).status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(state.work(None, now).status(), StatusCode::UNAUTHORIZED);
+        let later_still = later.plus(Duration::from_secs(1));
+        assert_eq!(
+            state.work(Some(&tokens[4]), later_still).status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(state.work(Some(&tokens[5]), now).status(), StatusCode::OK);
         assert_eq!(last_access(&state, &tokens[3]), now, "touched");
     }
 }

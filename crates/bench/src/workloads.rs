@@ -101,13 +101,26 @@ impl Workload for Validate {
     }
 }
 
-/// [`Validate`]'s requests sent to the plain session server's [`crate::plain::LOOKUP_PATH`]:
-/// the session found and touched, nothing else.
-pub struct LookupAlone(pub Validate);
+/// Validate's or forward auth's requests, sent to another path (one of the plain session
+/// server's, [`crate::plain`]), where the answer must be a `200` too.
+pub struct Elsewhere {
+    pub path: &'static str,
+    pub requests: Requests,
+}
 
-impl Workload for LookupAlone {
+/// Whose requests [`Elsewhere`] sends.
+#[derive(Clone)]
+pub enum Requests {
+    Validate(Validate),
+    Forward(ForwardAuth),
+}
+
+impl Workload for Elsewhere {
     fn request(&self, rng: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
-        self.0.request_to(crate::plain::LOOKUP_PATH, rng, out)
+        match &self.requests {
+            Requests::Validate(v) => v.request_to(self.path, rng, out),
+            Requests::Forward(f) => f.request_to(self.path, rng, out),
+        }
     }
 
     fn check(&self, status: StatusCode, body: &[u8]) -> Result<(), String> {
@@ -116,23 +129,31 @@ impl Workload for LookupAlone {
 }
 
 /// `GET /auth/nginx` with the session cookie of a token drawn at random from all of them.
+#[derive(Clone)]
 pub struct ForwardAuth {
     pub addr: SocketAddr,
     pub tokens: std::sync::Arc<Vec<String>>,
 }
 
-impl Workload for ForwardAuth {
-    fn request(&self, rng: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
+impl ForwardAuth {
+    /// Forward auth's request, with a token drawn at random, sent to `path`.
+    fn request_to(&self, path: &str, rng: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
         let Some(token) = draw(&self.tokens, rng) else {
             return false;
         };
         // Writes into a `Vec` cannot fail.
         let _ = write!(
             out,
-            "GET /auth/nginx HTTP/1.1\r\nhost: {}\r\ncookie: {COOKIE_NAME}={token}\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nhost: {}\r\ncookie: {COOKIE_NAME}={token}\r\n\r\n",
             self.addr
         );
         true
+    }
+}
+
+impl Workload for ForwardAuth {
+    fn request(&self, rng: &mut fastrand::Rng, out: &mut Vec<u8>) -> bool {
+        self.request_to("/auth/nginx", rng, out)
     }
 
     fn check(&self, status: StatusCode, body: &[u8]) -> Result<(), String> {

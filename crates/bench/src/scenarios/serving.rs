@@ -4,8 +4,9 @@
 //!    before and after gives sessiond's bytes per session;
 //! 2. validate and forward auth, each against the hyper baseline with the same requests:
 //!    closed loop (the baseline before and after sessiond), then the plain session server
-//!    ([`crate::plain`]: the work alone, as many sessions) closed loop, then sessiond and
-//!    the baseline paced to one rate;
+//!    ([`crate::plain`]: the work alone, as many sessions) closed loop, first each part
+//!    alone (finding the session, the work without its answer, the answer without the
+//!    work), then the whole work; then sessiond and the baseline paced to one rate;
 //! 3. restart: SIGTERM, then the time from a new process's start to its listening line, to
 //!    its first successful validate, and to its first create (which waits until every
 //!    session is back in memory), with everything on disk;
@@ -21,9 +22,10 @@ use anyhow::{Context, Result, ensure};
 
 use super::{Ctx, closed_loop, creates};
 use crate::load::{self, Figures, Outcome, Spec, Workload};
+use crate::plain::{ANSWER_PATH, LOOKUP_PATH, WORK_PATH};
 use crate::report::{Row, Target};
 use crate::servers::{Baseline, Plain, Sessiond};
-use crate::workloads::{Agent, ForwardAuth, LookupAlone, Populate, Validate};
+use crate::workloads::{Agent, Elsewhere, ForwardAuth, Populate, Requests, Validate};
 
 /// Populations are bounded in time as well as count.
 const POPULATE_LIMIT: Duration = Duration::from_secs(3600);
@@ -78,15 +80,11 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
         "fixed work per request (in-process): validate {:.2} us (token MAC + hash, JSON in and out), forward auth {:.2} us (token MAC + hash)",
         floor.validate_us, floor.forward_us
     ));
-    let plain_validate = Validate {
+    let plain_validate = Requests::Validate(Validate {
         agent: Agent::new(plain.addr, &plain.agent_key)?,
         tokens: plain_tokens.clone(),
-    };
-    let plain_runs = PlainRuns {
-        server: &plain,
-        work: Arc::new(plain_validate.clone()),
-        lookup: Some(Arc::new(LookupAlone(plain_validate))),
-    };
+    });
+    let plain_runs = PlainRuns::of(&plain, plain_validate, n, "one session's JSON");
     let (validate_rows, validate_figures) = compare(
         ctx,
         "validate",
@@ -101,14 +99,11 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
         addr: server.addr,
         tokens: tokens.clone(),
     });
-    let plain_runs = PlainRuns {
-        server: &plain,
-        work: Arc::new(ForwardAuth {
-            addr: plain.addr,
-            tokens: plain_tokens.clone(),
-        }),
-        lookup: None,
-    };
+    let plain_forward = Requests::Forward(ForwardAuth {
+        addr: plain.addr,
+        tokens: plain_tokens.clone(),
+    });
+    let plain_runs = PlainRuns::of(&plain, plain_forward, n, "one session's identity headers");
     let (forward_rows, _) = compare(
         ctx,
         "forward auth",
@@ -172,12 +167,76 @@ pub(super) async fn populate(
     Ok(tokens)
 }
 
-/// What the plain session server runs in a comparison: `work`, the requests sessiond is
-/// sent (with its own tokens), and `lookup`, if any, the same with the lookup alone.
+/// What the plain session server runs in a comparison: `whole`, the requests sessiond is
+/// sent (with the plain server's tokens), then each of `parts`.
 struct PlainRuns<'a> {
     server: &'a Plain,
+    whole: Arc<dyn Workload>,
+    parts: Vec<Part>,
+}
+
+/// One part of the work, measured alone on the plain server.
+struct Part {
+    /// Its name in the log, after the scenario's.
+    log: &'static str,
+    /// Its row's name, after the scenario's.
+    row: &'static str,
+    /// What it does, for the row's note.
+    note: String,
     work: Arc<dyn Workload>,
-    lookup: Option<Arc<dyn Workload>>,
+}
+
+impl PlainRuns<'_> {
+    /// The runs of `requests` on `server`, which holds `sessions`, and answers with what
+    /// `answer_is` where the contract's answer is sent alone.
+    fn of<'a>(
+        server: &'a Plain,
+        requests: Requests,
+        sessions: u64,
+        answer_is: &str,
+    ) -> PlainRuns<'a> {
+        let at = |path| -> Arc<dyn Workload> {
+            Arc::new(Elsewhere {
+                path,
+                requests: requests.clone(),
+            })
+        };
+        let parts = vec![
+            Part {
+                log: "lookup alone",
+                row: "plain server, finding the session alone",
+                note: format!(
+                    "the plain server given the same requests at {LOOKUP_PATH}: it reads the session id from the token (no MAC, no hash), finds and touches the session among {sessions}, and answers the baseline's body"
+                ),
+                work: at(LOOKUP_PATH),
+            },
+            Part {
+                log: "work alone",
+                row: "plain server, the work without its answer",
+                note: format!(
+                    "the plain server given the same requests at {WORK_PATH}: every check the whole work makes, the session found among {sessions} and touched, and the baseline's body instead of the answer"
+                ),
+                work: at(WORK_PATH),
+            },
+            Part {
+                log: "answer alone",
+                row: "plain server, the answer alone",
+                note: format!(
+                    "the plain server given the same requests at {ANSWER_PATH}: no work, and the answer the contract asks for ({answer_is}), made once"
+                ),
+                work: at(ANSWER_PATH),
+            },
+        ];
+        let whole: Arc<dyn Workload> = match requests {
+            Requests::Validate(v) => Arc::new(v),
+            Requests::Forward(f) => Arc::new(f),
+        };
+        PlainRuns {
+            server,
+            whole,
+            parts,
+        }
+    }
 }
 
 /// Runs `work` against the baseline, then against sessiond, then against the baseline
@@ -206,13 +265,15 @@ async fn compare(
     ctx.log(format!("{name}: baseline before {}", describe(&before)));
     ctx.log(format!("{name}: baseline after {}", describe(&after)));
     let base = before.merged(after);
-    let lookup = match plain.lookup {
-        Some(work) => {
-            Some(run_plain(ctx, &format!("{name}, lookup alone"), work, plain.server).await?)
-        }
-        None => None,
-    };
-    let plain = run_plain(ctx, name, plain.work, plain.server).await?;
+    let mut parts = Vec::new();
+    for part in plain.parts {
+        let who = format!("{name}, {}", part.log);
+        let out = run_plain(ctx, &who, part.work.clone(), plain.server).await?;
+        parts.push((part, out));
+    }
+    let plain = run_plain(ctx, name, plain.whole, plain.server).await?;
+    // Requests/s as a share of the baseline's, for the notes of the plain server's rows.
+    let share = |o: &Outcome| o.rate() / base.rate();
 
     // Both again at one rate, below what either reached: a server driven faster answers
     // more requests per wake-up and spends less on each, so this compares the work alone.
@@ -284,26 +345,30 @@ async fn compare(
                     Target::Report,
                 )
                 .note(format!(
-                    "the same requests to the work alone, done plainly on the baseline's stack (crates/bench/src/plain.rs), {} sessions held; it answered {:.0} req/s",
+                    "the same requests to the work alone, done plainly on the baseline's stack (crates/bench/src/plain.rs), {} sessions held; it answered {:.0} req/s, {:.2}x the baseline's",
                     ctx.settings.sessions,
-                    plain.rate()
+                    plain.rate(),
+                    share(&plain)
                 )),
             );
-            if let Some(l) = lookup.as_ref().and_then(Outcome::server_cpu_us_per_request) {
-                rows.push(
-                    Row::measured(
-                        &format!("{label}: plain server, finding the session alone"),
-                        "us",
-                        l,
-                        Some((b, "hyper")),
-                        Target::Report,
-                    )
-                    .note(format!(
-                        "the plain server given the same requests at {}: it reads the session id from the token (no MAC, no hash), finds and touches the session among {}, and answers the baseline's body",
-                        crate::plain::LOOKUP_PATH,
-                        ctx.settings.sessions
-                    )),
-                );
+            for (part, out) in &parts {
+                if let Some(x) = out.server_cpu_us_per_request() {
+                    rows.push(
+                        Row::measured(
+                            &format!("{label}: {}", part.row),
+                            "us",
+                            x,
+                            Some((b, "hyper")),
+                            Target::Report,
+                        )
+                        .note(format!(
+                            "{}; it answered {:.0} req/s, {:.2}x the baseline's",
+                            part.note,
+                            out.rate(),
+                            share(out)
+                        )),
+                    );
+                }
             }
             rows.push(Row::measured(
                 &format!("{label}: server CPU per request, against the plain server"),
