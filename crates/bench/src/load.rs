@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::procs::{Switches, context_switches, cpu_time};
+use crate::procs::{Switches, context_switches, cpu_time, stolen_time};
 
 /// What the connections send, and how an answer is judged.
 pub trait Workload: Send + Sync + 'static {
@@ -79,6 +79,9 @@ pub struct Outcome {
     pub others_cpu: Vec<Duration>,
     /// This process's (the load generator's) CPU time over the window.
     pub generator_cpu: Option<Duration>,
+    /// CPU time the host gave to other machines over the window, summed over this one's
+    /// CPUs ([`crate::procs::stolen_time`]).
+    pub stolen: Option<Duration>,
 }
 
 impl Outcome {
@@ -157,6 +160,7 @@ impl Outcome {
             .zip(other.server_switches)
             .map(|(a, b)| a.plus(b));
         self.generator_cpu = add(self.generator_cpu, other.generator_cpu);
+        self.stolen = add(self.stolen, other.stolen);
         self.others_cpu = if self.others_cpu.len() == other.others_cpu.len() {
             self.others_cpu
                 .iter()
@@ -167,6 +171,23 @@ impl Outcome {
             Vec::new()
         };
         self
+    }
+
+    /// The share of the machine's CPU time over the window that the host took.
+    pub fn stolen_share(&self) -> Option<f64> {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let total = self.window.as_secs_f64() * cpus as f64;
+        self.stolen
+            .filter(|_| total > 0.0)
+            .map(|s| s.as_secs_f64() / total)
+    }
+
+    /// [`Outcome::stolen_share`] for a log line.
+    pub fn stolen_note(&self) -> String {
+        let share = self
+            .stolen_share()
+            .map_or_else(|| "?".into(), |s| format!("{:.1}%", 100.0 * s));
+        format!("the host took {share} of the machine's CPU time")
     }
 
     pub fn figures(&self) -> Figures {
@@ -269,6 +290,7 @@ pub async fn run_watching(
         outcome.server_switches = samples.switches;
         outcome.generator_cpu = samples.generator;
         outcome.others_cpu = samples.others;
+        outcome.stolen = samples.stolen;
         outcome.window = spec.duration;
     }
     outcome.latencies_us.sort_unstable();
@@ -285,6 +307,8 @@ struct Samples {
     generator: Option<Duration>,
     /// The others' CPU time, in their order.
     others: Vec<Duration>,
+    /// What the host took ([`crate::procs::stolen_time`]).
+    stolen: Option<Duration>,
 }
 
 async fn sample_cpu(window: Arc<Window>, pid: Option<u32>, others: Vec<u32>) -> Result<Samples> {
@@ -296,13 +320,15 @@ async fn sample_cpu(window: Arc<Window>, pid: Option<u32>, others: Vec<u32>) -> 
             .collect::<Result<Vec<_>>>()
     };
     let switches = || pid.map(context_switches).transpose();
+    // Not every kernel or machine reports it: the figure is left out then.
+    let stolen = || stolen_time().ok();
     let own = Some(std::process::id());
     tokio::time::sleep_until(window.start).await;
     let (server0, switches0) = (read(pid)?, switches()?);
-    let (own0, others0) = (read(own)?, read_others()?);
+    let (own0, others0, stolen0) = (read(own)?, read_others()?, stolen());
     tokio::time::sleep_until(window.end).await;
     let (server1, switches1) = (read(pid)?, switches()?);
-    let (own1, others1) = (read(own)?, read_others()?);
+    let (own1, others1, stolen1) = (read(own)?, read_others()?, stolen());
     let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
     Ok(Samples {
         server: diff(server0, server1),
@@ -313,6 +339,7 @@ async fn sample_cpu(window: Arc<Window>, pid: Option<u32>, others: Vec<u32>) -> 
             .zip(&others0)
             .map(|(b, a)| b.saturating_sub(*a))
             .collect(),
+        stolen: diff(stolen0, stolen1),
     })
 }
 
@@ -551,6 +578,7 @@ mod tests {
                 involuntary: 1,
             }),
             generator_cpu: Some(Duration::from_millis(2 * cpu_ms)),
+            stolen: Some(Duration::from_millis(cpu_ms / 100)),
             ..Outcome::default()
         };
         let both = run(100, 10, 700, &[5, 9]).merged(run(300, 10, 900, &[1, 7]));
@@ -560,6 +588,7 @@ mod tests {
         assert_eq!(both.server_cpu, Some(Duration::from_millis(1600)));
         assert_eq!(both.server_cpu_us_per_request(), Some(4000.0));
         assert_eq!(both.generator_cpu, Some(Duration::from_millis(3200)));
+        assert_eq!(both.stolen, Some(Duration::from_millis(16)));
         let switches = Switches {
             voluntary: 400,
             involuntary: 2,
@@ -569,10 +598,13 @@ mod tests {
         let unread = Outcome {
             server_cpu: None,
             server_switches: None,
+            stolen: None,
             ..run(1, 1, 1, &[])
         };
         let both = both.merged(unread);
         assert_eq!(both.server_cpu, None, "one side unread");
         assert_eq!(both.server_switches, None, "one side unread");
+        assert_eq!(both.stolen, None, "one side unread");
+        assert_eq!(both.stolen_share(), None);
     }
 }

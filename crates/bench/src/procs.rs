@@ -166,6 +166,21 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
     Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
 }
 
+/// CPU time the host gave to other machines while this one's CPUs had work (`steal` in
+/// `/proc/stat`), summed over the CPUs, since boot. On a shared VM it is time a closed
+/// loop could not run, whatever the server does.
+pub fn stolen_time() -> Result<Duration> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks = steal_ticks(&text).ok_or_else(|| anyhow!("no steal time in /proc/stat"))?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+}
+
+/// The `steal` column (the eighth number) of `/proc/stat`'s `cpu` line.
+fn steal_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    line.split_whitespace().nth(8)?.parse().ok()
+}
+
 /// Context switches of a process, summed over its threads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Switches {
@@ -342,6 +357,18 @@ pub fn build_sessiond() -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn steal_is_the_eighth_number_of_the_cpu_line() {
+        let stat = "cpu  4171792 2760 1775447 3175950 138662 0 751384 7129 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        assert_eq!(super::steal_ticks(stat), Some(7129));
+        assert_eq!(super::steal_ticks("cpu0 1 2 3"), None);
+        assert_eq!(
+            super::steal_ticks("cpu  1 2 3"),
+            None,
+            "an older kernel's line"
+        );
+    }
+
     use super::*;
 
     #[test]

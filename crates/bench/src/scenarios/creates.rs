@@ -197,12 +197,13 @@ fn describe(o: &Outcome) -> String {
     let server_us = o.server_cpu_us_per_request().unwrap_or(f64::NAN);
     let generator_us = o.generator_cpu_us_per_request().unwrap_or(f64::NAN);
     format!(
-        "{} over {:?}, p50 {:.2} ms, p99 {:.2} ms; CPU per create {server_us:.1} us in the server + {generator_us:.1} us in the load generator; {}",
+        "{} over {:?}, p50 {:.2} ms, p99 {:.2} ms; CPU per create {server_us:.1} us in the server + {generator_us:.1} us in the load generator; {}; {}",
         o.requests,
         o.window,
         o.latency_ms(0.5).unwrap_or(0.0),
         o.latency_ms(0.99).unwrap_or(0.0),
-        bound(server_us, generator_us)
+        bound(server_us, generator_us),
+        o.stolen_note()
     )
 }
 

@@ -471,11 +471,12 @@ fn describe(o: &Outcome) -> String {
         },
     );
     format!(
-        "{} answers in {:?}; server CPU {}, load generator CPU {}; server context switches per answer {switches}",
+        "{} answers in {:?}; server CPU {}, load generator CPU {}; server context switches per answer {switches}; {}",
         o.requests,
         o.window,
         cpu(o.server_cpu),
-        cpu(o.generator_cpu)
+        cpu(o.generator_cpu),
+        o.stolen_note()
     )
 }
 
