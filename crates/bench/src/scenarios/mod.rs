@@ -200,15 +200,8 @@ pub async fn run_all(ctx: &mut Ctx) -> Vec<Row> {
     } else {
         Ok(None)
     };
-    let embedded = match &serving {
-        Some(Ok(s)) => Some(redis_mode::Embedded {
-            figures: s.validate_figures,
-            sessions: ctx.settings.sessions,
-        }),
-        _ => None,
-    };
     let redis_mode = if ctx.settings.runs(Group::Redis) {
-        Some(redis_mode::run(ctx, embedded).await)
+        Some(redis_mode::run(ctx).await)
     } else {
         None
     };

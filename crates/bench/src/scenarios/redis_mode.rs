@@ -9,9 +9,11 @@
 //! from the whole population). Server CPU is sessiond's plus redis-server's: in Redis mode
 //! both do the work of a validate.
 //!
-//! The embedded side is the serving scenario's validate in the same run. When that did not
-//! run (`--only`), an embedded sessiond is populated with as many sessions as the Redis one
-//! and measured here.
+//! The embedded side is an embedded sessiond populated with as many sessions, given the
+//! same load just before and just after the Redis one; the two runs count as one. Runs
+//! before 2026-11-23 compared with the serving scenario's validate, measured twenty
+//! minutes earlier, and a shared machine's speed drifts over that long (the twenty-first
+//! session's section of docs/benchmarks.md).
 
 use std::sync::Arc;
 
@@ -20,7 +22,7 @@ use sessiond_store::{RedisConfig, RedisTarget};
 
 use super::Ctx;
 use super::serving::populate;
-use crate::load::{self, Figures};
+use crate::load::{self, Outcome};
 use crate::report::{Row, Target};
 use crate::servers::{RedisServer, Sessiond, redis_store_config, token_secret};
 use crate::workloads::{Agent, Validate};
@@ -29,16 +31,9 @@ use crate::workloads::{Agent, Validate};
 /// due index) 10M would take most of the machine's memory.
 pub const MAX_SESSIONS: u64 = 1_000_000;
 
-/// The embedded figures to compare with, and the population they were measured on.
-#[derive(Clone, Copy, Debug)]
-pub struct Embedded {
-    pub figures: Figures,
-    pub sessions: u64,
-}
-
 const LABEL: &str = "validate in Redis mode, near cache on";
 
-pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> {
+pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     let Some(program) = RedisServer::program()? else {
         return Ok(vec![Row::not_measured(
             LABEL,
@@ -47,13 +42,8 @@ pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> 
         )]);
     };
     let n = ctx.settings.sessions.min(MAX_SESSIONS);
-    let (embedded, source) = match embedded {
-        Some(e) => (e, "the validate row above"),
-        None => {
-            let e = embedded_validate(ctx, n).await?;
-            (e, "measured here, the serving scenario did not run")
-        }
-    };
+    let embedded = Embedded::start(ctx, n).await?;
+    let before = embedded.validate(ctx, "before").await?;
 
     ctx.phase("redis mode: population");
     let dir = ctx.tempdir("redis-mode")?;
@@ -106,16 +96,22 @@ pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> 
     let secs = |d: Option<std::time::Duration>| d.map_or(0.0, |d| d.as_secs_f64());
     ctx.log(format!(
         "redis mode validate: {} answers in {:?}; sessiond CPU {:.2} s, redis-server CPU {:.2} s, \
-         load generator CPU {:.2} s",
+         load generator CPU {:.2} s; {}",
         out.requests,
         out.window,
         secs(out.server_cpu),
         secs(redis_cpu),
-        secs(out.generator_cpu)
+        secs(out.generator_cpu),
+        out.stolen_note()
     ));
     ensure!(out.requests > 0, "no validate answered in Redis mode");
-
     let default_cache = RedisConfig::new(RedisTarget::Url(redis.url())).cache_capacity;
+    // Stopped before the embedded side's second run, which should have the machine alone.
+    drop(server);
+    drop(redis);
+    let after = embedded.validate(ctx, "after").await?;
+    let embedded = before.merged(after).figures();
+
     let capped = if n < ctx.settings.sessions {
         format!(
             " (--sessions capped at {}: Redis memory)",
@@ -124,27 +120,21 @@ pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> 
     } else {
         String::new()
     };
-    let population = if embedded.sessions == n {
-        String::new()
-    } else {
-        format!(
-            "; the embedded figure is from {} sessions",
-            crate::report::num(embedded.sessions as f64)
-        )
-    };
     let label = format!("{LABEL} ({} conns)", spec.connections);
     let mut rows = vec![
         Row::measured(
             &format!("{label}: throughput"),
             "req/s",
             out.rate(),
-            Some((embedded.figures.rate, "embedded")),
+            Some((embedded.rate, "embedded")),
             Target::RatioAtLeast(0.80),
         )
         .note(format!(
-            "{} sessions{capped}{population}; redis-server {version} on loopback without \
+            "{} sessions{capped}; redis-server {version} on loopback without \
              persistence; near cache sized for all of them (near_cache_entries = {n}, \
-             near_cache_max_age = 10m; the default {} entries would hold {:.0}%); embedded: {source}; {}",
+             near_cache_max_age = 10m; the default {} entries would hold {:.0}%); embedded: \
+             as many sessions in an embedded sessiond, the same load just before and just \
+             after, counted as one; {}",
             crate::report::num(n as f64),
             crate::report::num(default_cache as f64),
             (100.0 * default_cache as f64 / n as f64).min(100.0),
@@ -152,7 +142,7 @@ pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> 
         )),
     ];
     let cpu = out.server_cpu.map(|s| s + redis_cpu.unwrap_or_default());
-    if let (Some(cpu), Some(base)) = (cpu, embedded.figures.cpu_us_per_request) {
+    if let (Some(cpu), Some(base)) = (cpu, embedded.cpu_us_per_request) {
         // `out.requests > 0` was ensured above.
         let per = |d| out.us_per_request(d).unwrap_or_default();
         rows.push(
@@ -170,7 +160,7 @@ pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> 
             )),
         );
     }
-    if let (Some(ours), Some(base)) = (out.latency_ms(0.99), embedded.figures.p99_ms) {
+    if let (Some(ours), Some(base)) = (out.latency_ms(0.99), embedded.p99_ms) {
         rows.push(Row::measured(
             &format!("{label}: p99 latency"),
             "ms",
@@ -182,33 +172,44 @@ pub async fn run(ctx: &mut Ctx, embedded: Option<Embedded>) -> Result<Vec<Row>> 
     Ok(rows)
 }
 
-/// The embedded side when the serving scenario did not run: `n` sessions, the same load.
-async fn embedded_validate(ctx: &mut Ctx, n: u64) -> Result<Embedded> {
-    ctx.phase("redis mode: embedded population");
-    let dir = ctx.tempdir("redis-mode-embedded")?;
-    let server = Sessiond::start(&ctx.bin, &dir.path().join("data"))?;
-    let tokens = Arc::new(populate(ctx, &server, n, "redis mode: embedded population").await?);
-    ctx.phase("redis mode: embedded validate");
-    let work = Arc::new(Validate {
-        agent: Agent::new(server.addr, &server.agent_key)?,
-        tokens,
-    });
-    let out = load::run(
-        server.addr,
-        &ctx.touching_spec(),
-        work,
-        Some(server.proc.pid),
-    )
-    .await?;
-    out.ensure_clean("validate, embedded")?;
-    ctx.log(format!(
-        "redis mode: embedded validate {} answers in {:?}, server CPU {:.2} s",
-        out.requests,
-        out.window,
-        out.server_cpu.map_or(0.0, |d| d.as_secs_f64())
-    ));
-    Ok(Embedded {
-        figures: out.figures(),
-        sessions: n,
-    })
+/// The embedded side: a sessiond on its own store holding `n` sessions.
+struct Embedded {
+    server: Sessiond,
+    work: Arc<Validate>,
+    // Removed when the scenario ends, with the server stopped first (fields drop in order).
+    _dir: tempfile::TempDir,
+}
+
+impl Embedded {
+    async fn start(ctx: &mut Ctx, n: u64) -> Result<Embedded> {
+        ctx.phase("redis mode: embedded population");
+        let dir = ctx.tempdir("redis-mode-embedded")?;
+        let server = Sessiond::start(&ctx.bin, &dir.path().join("data"))?;
+        let tokens = Arc::new(populate(ctx, &server, n, "redis mode: embedded population").await?);
+        let work = Arc::new(Validate {
+            agent: Agent::new(server.addr, &server.agent_key)?,
+            tokens,
+        });
+        Ok(Embedded {
+            server,
+            work,
+            _dir: dir,
+        })
+    }
+
+    /// One of its two runs around the Redis one (`when`: before or after), logged.
+    async fn validate(&self, ctx: &mut Ctx, when: &str) -> Result<Outcome> {
+        ctx.phase(&format!("redis mode: embedded validate ({when})"));
+        let (addr, pid) = (self.server.addr, self.server.proc.pid);
+        let out = load::run(addr, &ctx.touching_spec(), self.work.clone(), Some(pid)).await?;
+        out.ensure_clean("validate, embedded")?;
+        ctx.log(format!(
+            "redis mode: embedded validate ({when}) {} answers in {:?}, server CPU {:.2} s; {}",
+            out.requests,
+            out.window,
+            out.server_cpu.map_or(0.0, |d| d.as_secs_f64()),
+            out.stolen_note()
+        ));
+        Ok(out)
+    }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 
 use super::{Ctx, closed_loop, creates};
-use crate::load::{self, Figures, Outcome, Spec, Workload};
+use crate::load::{self, Outcome, Spec, Workload};
 use crate::plain::{ANSWER_PATH, LOOKUP_PATH, WORK_PATH};
 use crate::report::{Row, Target};
 use crate::servers::{Baseline, Plain, Sessiond};
@@ -38,8 +38,6 @@ const PACED_SHARE: f64 = 0.9;
 /// What the serving scenarios found, for the table.
 pub struct Serving {
     pub validate: Vec<Row>,
-    /// sessiond's own validate figures, for the Redis-mode comparison.
-    pub validate_figures: Figures,
     pub forward: Vec<Row>,
     pub restart: Vec<Row>,
     /// sessiond's resident bytes per live session.
@@ -85,7 +83,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
         tokens: plain_tokens.clone(),
     });
     let plain_runs = PlainRuns::of(&plain, plain_validate, n, "one session's JSON");
-    let (validate_rows, validate_figures) = compare(
+    let validate_rows = compare(
         ctx,
         "validate",
         validate,
@@ -104,7 +102,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
         tokens: plain_tokens.clone(),
     });
     let plain_runs = PlainRuns::of(&plain, plain_forward, n, "one session's identity headers");
-    let (forward_rows, _) = compare(
+    let forward_rows = compare(
         ctx,
         "forward auth",
         forward,
@@ -121,7 +119,6 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
     let restart = restart(ctx, server, &tokens).await?;
     Ok(Serving {
         validate: validate_rows,
-        validate_figures,
         forward: forward_rows,
         restart,
         bytes_per_session,
@@ -240,7 +237,7 @@ impl PlainRuns<'_> {
 }
 
 /// Runs `work` against the baseline, then against sessiond, then against the baseline
-/// again, then `plain`'s runs; the rows, and sessiond's figures.
+/// again, then `plain`'s runs; the rows.
 ///
 /// sessiond's window is long (whole touch-flush windows, two minutes with the warm-up),
 /// and a shared machine's speed drifts over minutes. The baseline's two runs bracket it and
@@ -254,7 +251,7 @@ async fn compare(
     baseline: &Baseline,
     plain: PlainRuns<'_>,
     fixed_us: f64,
-) -> Result<(Vec<Row>, Figures)> {
+) -> Result<Vec<Row>> {
     let before = run_baseline(ctx, name, "before", work.clone(), baseline).await?;
     let spec = ctx.touching_spec();
     let who = format!("{name}: sessiond");
@@ -402,7 +399,7 @@ async fn compare(
             ));
         }
     }
-    Ok((rows, ours.figures()))
+    Ok(rows)
 }
 
 /// `work` on `who` (at `addr`, process `pid`) as the paced `spec` says; logged.
