@@ -357,19 +357,15 @@ pub fn build_sessiond() -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn steal_is_the_eighth_number_of_the_cpu_line() {
         let stat = "cpu  4171792 2760 1775447 3175950 138662 0 751384 7129 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
-        assert_eq!(super::steal_ticks(stat), Some(7129));
-        assert_eq!(super::steal_ticks("cpu0 1 2 3"), None);
-        assert_eq!(
-            super::steal_ticks("cpu  1 2 3"),
-            None,
-            "an older kernel's line"
-        );
+        assert_eq!(steal_ticks(stat), Some(7129));
+        assert_eq!(steal_ticks("cpu0 1 2 3"), None);
+        assert_eq!(steal_ticks("cpu  1 2 3"), None, "an older kernel's line");
     }
-
-    use super::*;
 
     #[test]
     fn a_thread_that_waits_adds_a_voluntary_switch() {

@@ -11,9 +11,9 @@
 //!
 //! The embedded side is an embedded sessiond populated with as many sessions, given the
 //! same load just before and just after the Redis one; the two runs count as one. Runs
-//! before 2026-11-23 compared with the serving scenario's validate, measured twenty
-//! minutes earlier, and a shared machine's speed drifts over that long (the twenty-first
-//! session's section of docs/benchmarks.md).
+//! before 2026-11-23T06:42Z compared with the serving scenario's validate, measured about
+//! twenty minutes earlier, and a shared machine's speed drifts over that long (the
+//! twenty-first session's section of docs/benchmarks.md).
 
 use std::sync::Arc;
 
