@@ -14,7 +14,7 @@ use sessiond_core::input::{apply_attributes, check_name, check_user_agent};
 use sessiond_core::session::NewSession;
 use sessiond_core::token::SECRET_LEN;
 use sessiond_core::{
-    Clock, EndReason, Policy, Session, SessionId, Timestamp, TokenKeys, Tombstone,
+    Clock, EndReason, Policy, Session, SessionId, Timestamp, TokenKeys, Tombstone, Verifier,
 };
 use sessiond_proto::v1;
 use sessiond_store::{AttributeChange, Checked, Created, Ended, Lookup, SessionStore, Updated};
@@ -66,6 +66,15 @@ fn lookup_result(l: Lookup) -> Result<Arc<Session>, ApiError> {
         Lookup::Live(s) => Ok(s),
         Lookup::Ended(t) => Err(ApiError::SessionEnded(Box::new(t))),
         Lookup::NotFound => Err(ApiError::SessionNotFound),
+    }
+}
+
+/// [`lookup_result`] for a session lent rather than handed out.
+fn checked_result(c: Checked) -> Result<(), ApiError> {
+    match c {
+        Checked::Live => Ok(()),
+        Checked::Ended(t) => Err(ApiError::SessionEnded(Box::new(t))),
+        Checked::NotFound => Err(ApiError::SessionNotFound),
     }
 }
 
@@ -177,10 +186,7 @@ impl Service {
     /// caller keeps (the portal's pages). The routes of every page view use
     /// [`Service::validate_with`], which copies nothing.
     pub async fn validate(&self, token: &str, touch: bool) -> Result<Arc<Session>, ApiError> {
-        let (id, verifier) = self
-            .keys
-            .verify(token)
-            .map_err(|_| ApiError::InvalidToken)?;
+        let (id, verifier) = self.verify(token)?;
         let now = self.now();
         lookup_result(self.store.validate(id, &verifier, touch, now).await?)
     }
@@ -195,28 +201,24 @@ impl Service {
         touch: bool,
         answer: &mut (dyn for<'s> FnMut(&'s Session) + Send),
     ) -> Result<(), ApiError> {
-        let (id, verifier) = self
-            .keys
-            .verify(token)
-            .map_err(|_| ApiError::InvalidToken)?;
+        let (id, verifier) = self.verify(token)?;
         let now = self.now();
-        match self
-            .store
-            .validate_with(id, &verifier, touch, now, answer)
-            .await?
-        {
-            Checked::Live => Ok(()),
-            Checked::Ended(t) => Err(ApiError::SessionEnded(Box::new(t))),
-            Checked::NotFound => Err(ApiError::SessionNotFound),
-        }
+        checked_result(
+            self.store
+                .validate_with(id, &verifier, touch, now, answer)
+                .await?,
+        )
+    }
+
+    /// The session id and verifier `token` carries, its MAC checked: the first step of
+    /// everything a token asks for.
+    fn verify(&self, token: &str) -> Result<(SessionId, Verifier), ApiError> {
+        self.keys.verify(token).map_err(|_| ApiError::InvalidToken)
     }
 
     /// `POST /v1/sessions/update`.
     pub async fn update(&self, req: v1::UpdateRequest) -> Result<Session, ApiError> {
-        let (id, verifier) = self
-            .keys
-            .verify(&req.token)
-            .map_err(|_| ApiError::InvalidToken)?;
+        let (id, verifier) = self.verify(&req.token)?;
         let change = AttributeChange {
             set: req.set,
             remove: req.remove,
@@ -237,10 +239,7 @@ impl Service {
 
     /// `POST /v1/sessions/logout`.
     pub async fn logout(&self, token: &str) -> Result<Tombstone, ApiError> {
-        let (id, verifier) = self
-            .keys
-            .verify(token)
-            .map_err(|_| ApiError::InvalidToken)?;
+        let (id, verifier) = self.verify(token)?;
         self.end(id, Some(&verifier), EndReason::LoggedOut).await
     }
 
@@ -248,7 +247,7 @@ impl Service {
     pub async fn end(
         &self,
         id: SessionId,
-        verifier: Option<&sessiond_core::Verifier>,
+        verifier: Option<&Verifier>,
         reason: EndReason,
     ) -> Result<Tombstone, ApiError> {
         let now = self.now();
