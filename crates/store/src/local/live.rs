@@ -54,9 +54,11 @@ pub(super) struct Live {
 }
 
 impl Live {
-    /// Whether no session is here (a scan: for loads and tests, not for serving).
-    pub(super) fn is_empty(&self) -> bool {
-        self.iter().next().is_none()
+    /// Whether the slab has any slot yet. A load's slab has one only if it placed a
+    /// session, so this tells a loaded shard from one the load never reached, without a
+    /// scan.
+    pub(super) fn has_slots(&self) -> bool {
+        !self.chunks.is_empty()
     }
 
     /// Sessions kept through the spill map rather than at the slot their id names.
@@ -96,7 +98,7 @@ impl Live {
     }
 
     /// Slots in the slab, vacant or not.
-    fn capacity(&self) -> usize {
+    pub(super) fn capacity(&self) -> usize {
         self.chunks.len() * CHUNK
     }
 
@@ -225,12 +227,6 @@ impl Live {
             .filter(|&k| matches!(self.slot(k), Some(Slot::Vacant)))
             .map(|k| k as u32)
             .collect();
-    }
-
-    /// Slots in the slab, vacant or not.
-    #[cfg(test)]
-    pub(super) fn slots_len(&self) -> usize {
-        self.capacity()
     }
 }
 

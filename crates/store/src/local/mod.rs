@@ -449,7 +449,7 @@ impl LocalStore {
         let mut deadlines = Vec::new();
         for part in parts {
             for (i, shard) in part.shards.into_iter().enumerate() {
-                if !shard.live.is_empty() {
+                if shard.live.has_slots() {
                     self.shards[i].write().live = shard.live;
                 }
             }
@@ -495,6 +495,12 @@ impl LocalStore {
 
     fn shard(&self, id: &SessionId) -> &RwLock<Shard> {
         &self.shards[Self::shard_index(id)]
+    }
+
+    /// Gives back the slot [`SessionStore::issue_slot`] held for `id`, whose create did not
+    /// happen (a no-op for an id it did not issue).
+    fn release_slot(&self, id: &SessionId) {
+        self.shard(id).write().live.release(id);
     }
 
     fn insert_live(&self, m: &mut Members, shard: &mut Shard, session: Session) {
@@ -920,7 +926,7 @@ impl SessionStore for LocalStore {
         now: Timestamp,
     ) -> Result<Created, StoreError> {
         if let Err(e) = self.usable().await {
-            self.shard(&session.id).write().live.release(&session.id);
+            self.release_slot(&session.id);
             return Err(e);
         }
         self.strings.share(&mut session);
@@ -949,7 +955,7 @@ impl SessionStore for LocalStore {
                 }
             }
             let Some(n) = limit.to_displace(live.len()) else {
-                self.shard(&session.id).write().live.release(&session.id);
+                self.release_slot(&session.id);
                 break 'locked None;
             };
             live.sort_unstable();
@@ -1604,7 +1610,7 @@ mod slot_tests {
             store
                 .shards
                 .iter()
-                .map(|s| s.read().live.slots_len())
+                .map(|s| s.read().live.capacity())
                 .collect()
         };
         let before = slabs();
