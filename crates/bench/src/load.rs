@@ -131,19 +131,7 @@ impl Outcome {
         }
         Ok(())
     }
-}
 
-/// The figures of one run that another scenario compares against.
-#[derive(Clone, Copy, Debug)]
-pub struct Figures {
-    /// Counted answers per second.
-    pub rate: f64,
-    /// Server CPU time per counted answer, in microseconds.
-    pub cpu_us_per_request: Option<f64>,
-    pub p99_ms: Option<f64>,
-}
-
-impl Outcome {
     /// The two runs as one: answers, windows and CPU times added, latencies pooled. CPU
     /// readings are kept only if both runs have them.
     pub fn merged(mut self, other: Outcome) -> Outcome {
@@ -188,14 +176,6 @@ impl Outcome {
             .stolen_share()
             .map_or_else(|| "?".into(), |s| format!("{:.1}%", 100.0 * s));
         format!("the host took {share} of the machine's CPU time")
-    }
-
-    pub fn figures(&self) -> Figures {
-        Figures {
-            rate: self.rate(),
-            cpu_us_per_request: self.server_cpu_us_per_request(),
-            p99_ms: self.latency_ms(0.99),
-        }
     }
 }
 

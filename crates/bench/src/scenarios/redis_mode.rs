@@ -110,7 +110,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     drop(server);
     drop(redis);
     let after = embedded.validate(ctx, "after").await?;
-    let embedded = before.merged(after).figures();
+    let embedded = before.merged(after);
 
     let capped = if n < ctx.settings.sessions {
         format!(
@@ -126,7 +126,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
             &format!("{label}: throughput"),
             "req/s",
             out.rate(),
-            Some((embedded.rate, "embedded")),
+            Some((embedded.rate(), "embedded")),
             Target::RatioAtLeast(0.80),
         )
         .note(format!(
@@ -142,7 +142,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
         )),
     ];
     let cpu = out.server_cpu.map(|s| s + redis_cpu.unwrap_or_default());
-    if let (Some(cpu), Some(base)) = (cpu, embedded.cpu_us_per_request) {
+    if let (Some(cpu), Some(base)) = (cpu, embedded.server_cpu_us_per_request()) {
         // `out.requests > 0` was ensured above.
         let per = |d| out.us_per_request(d).unwrap_or_default();
         rows.push(
@@ -160,7 +160,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
             )),
         );
     }
-    if let (Some(ours), Some(base)) = (out.latency_ms(0.99), embedded.p99_ms) {
+    if let (Some(ours), Some(base)) = (out.latency_ms(0.99), embedded.latency_ms(0.99)) {
         rows.push(Row::measured(
             &format!("{label}: p99 latency"),
             "ms",
