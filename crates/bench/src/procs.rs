@@ -145,6 +145,50 @@ fn signal(pid: u32, sig: &str) -> Result<()> {
     Ok(())
 }
 
+/// How much of process `pid`'s resident memory is on transparent huge pages, from
+/// `/proc/<pid>/smaps_rollup`: a lookup among a million sessions costs a TLB miss on
+/// every request where their memory is not, so a window's cost can turn on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HugePages {
+    /// Resident bytes (`Rss`).
+    pub resident: u64,
+    /// Of them, anonymous memory on huge pages (`AnonHugePages`).
+    pub huge: u64,
+}
+
+impl HugePages {
+    pub fn of(pid: u32) -> Result<HugePages> {
+        let path = format!("/proc/{pid}/smaps_rollup");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        HugePages::parse(&text).ok_or_else(|| anyhow!("no Rss or AnonHugePages in {path}"))
+    }
+
+    fn parse(rollup: &str) -> Option<HugePages> {
+        let kib = |name: &str| -> Option<u64> {
+            let value = rollup
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?;
+            value.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+        };
+        Some(HugePages {
+            resident: kib("Rss")? * 1024,
+            huge: kib("AnonHugePages")? * 1024,
+        })
+    }
+
+    /// `"<name>: 812 MiB resident, 94% on huge pages"`, or why it is not known.
+    pub fn note(name: &str, pid: u32) -> String {
+        match HugePages::of(pid) {
+            Ok(h) => format!(
+                "{name}: {:.0} MiB resident, {:.0}% on huge pages",
+                h.resident as f64 / (1024.0 * 1024.0),
+                100.0 * h.huge as f64 / h.resident.max(1) as f64
+            ),
+            Err(e) => format!("{name}: huge pages unknown ({e})"),
+        }
+    }
+}
+
 /// CPU time (utime + stime, all threads) of process `pid`, from `/proc/<pid>/stat`.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
     let path = format!("/proc/{pid}/stat");
@@ -365,6 +409,22 @@ mod tests {
         assert_eq!(steal_ticks(stat), Some(7129));
         assert_eq!(steal_ticks("cpu0 1 2 3"), None);
         assert_eq!(steal_ticks("cpu  1 2 3"), None, "an older kernel's line");
+    }
+
+    #[test]
+    fn huge_pages_are_read_from_the_rollup() {
+        let rollup = "55d0c0a00000-7ffd5e1f4000 ---p 00000000 00:00 0 [rollup]\nRss: 1024 kB\nPss: 1000 kB\nAnonymous: 900 kB\nAnonHugePages: 512 kB\n";
+        assert_eq!(
+            HugePages::parse(rollup),
+            Some(HugePages {
+                resident: 1024 * 1024,
+                huge: 512 * 1024
+            })
+        );
+        assert_eq!(HugePages::parse("Rss: 1024 kB\n"), None, "no AnonHugePages");
+        let me = HugePages::of(std::process::id()).unwrap();
+        assert!(me.resident > 0 && me.huge <= me.resident, "{me:?}");
+        assert!(HugePages::note("me", u32::MAX).contains("unknown"));
     }
 
     #[test]

@@ -20,9 +20,10 @@ use std::sync::Arc;
 use anyhow::{Result, ensure};
 use sessiond_store::{RedisConfig, RedisTarget};
 
-use super::Ctx;
 use super::serving::populate;
+use super::{Ctx, closed_loop};
 use crate::load::{self, Outcome};
+use crate::procs::HugePages;
 use crate::report::{Row, Target};
 use crate::servers::{RedisServer, Sessiond, redis_store_config, token_secret};
 use crate::workloads::{Agent, Validate};
@@ -69,8 +70,9 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     };
     let version = field("redis_version");
     ctx.log(format!(
-        "redis mode: redis {version} holds {n} sessions in {} (used_memory_human)",
-        field("used_memory_human")
+        "redis mode: redis {version} holds {n} sessions in {} (used_memory_human); {}",
+        field("used_memory_human"),
+        HugePages::note("redis-server", redis.proc.pid)
     ));
 
     ctx.phase("redis mode: validate");
@@ -96,13 +98,14 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     let secs = |d: Option<std::time::Duration>| d.map_or(0.0, |d| d.as_secs_f64());
     ctx.log(format!(
         "redis mode validate: {} answers in {:?}; sessiond CPU {:.2} s, redis-server CPU {:.2} s, \
-         load generator CPU {:.2} s; {}",
+         load generator CPU {:.2} s; {}; {}",
         out.requests,
         out.window,
         secs(out.server_cpu),
         secs(redis_cpu),
         secs(out.generator_cpu),
-        out.stolen_note()
+        out.stolen_note(),
+        HugePages::note("sessiond", server.proc.pid)
     ));
     ensure!(out.requests > 0, "no validate answered in Redis mode");
     let default_cache = RedisConfig::new(RedisTarget::Url(redis.url())).cache_capacity;
@@ -199,16 +202,18 @@ impl Embedded {
 
     /// One of its two runs around the Redis one (`when`: before or after), logged.
     async fn validate(&self, ctx: &mut Ctx, when: &str) -> Result<Outcome> {
-        ctx.phase(&format!("redis mode: embedded validate ({when})"));
         let (addr, pid) = (self.server.addr, self.server.proc.pid);
-        let out = load::run(addr, &ctx.touching_spec(), self.work.clone(), Some(pid)).await?;
-        out.ensure_clean("validate, embedded")?;
+        let spec = ctx.touching_spec();
+        let who = format!("redis mode: embedded validate ({when})");
+        let window = format!("redis mode embedded {when}");
+        let out = closed_loop(ctx, &who, &window, &spec, self.work.clone(), addr, pid).await?;
         ctx.log(format!(
-            "redis mode: embedded validate ({when}) {} answers in {:?}, server CPU {:.2} s; {}",
+            "redis mode: embedded validate ({when}) {} answers in {:?}, server CPU {:.2} s; {}; {}",
             out.requests,
             out.window,
             out.server_cpu.map_or(0.0, |d| d.as_secs_f64()),
-            out.stolen_note()
+            out.stolen_note(),
+            HugePages::note("sessiond", pid)
         ));
         Ok(out)
     }

@@ -23,6 +23,7 @@ use anyhow::{Context, Result, ensure};
 use super::{Ctx, closed_loop, creates};
 use crate::load::{self, Outcome, Spec, Workload};
 use crate::plain::{ANSWER_PATH, LOOKUP_PATH, WORK_PATH};
+use crate::procs::HugePages;
 use crate::report::{Row, Target};
 use crate::servers::{Baseline, Plain, Sessiond};
 use crate::workloads::{Agent, Elsewhere, ForwardAuth, Populate, Requests, Validate};
@@ -156,10 +157,11 @@ pub(super) async fn populate(
         tokens.len()
     );
     ctx.log(format!(
-        "{what}: {n} sessions in {:.1} s ({} creates/s, {} connections)",
+        "{what}: {n} sessions in {:.1} s ({} creates/s, {} connections); {}",
         took.as_secs_f64(),
         crate::report::num(n as f64 / took.as_secs_f64()),
-        spec.connections
+        spec.connections,
+        HugePages::note("sessiond", server.proc.pid)
     ));
     Ok(tokens)
 }
