@@ -146,16 +146,6 @@ impl Session {
         true
     }
 
-    /// [`Session::touch`] on a record shared with earlier answers: it is copied
-    /// (`Arc::make_mut`) only when the touch moves it and someone else still holds it.
-    pub fn touch_shared(this: &mut Arc<Session>, now: Timestamp) -> bool {
-        if !this.would_touch(now) {
-            return false;
-        }
-        Arc::make_mut(this).last_access_at = now;
-        true
-    }
-
     fn would_touch(&self, now: Timestamp) -> bool {
         self.status(now) == SessionStatus::Live && now > self.last_access_at
     }
@@ -289,36 +279,6 @@ mod tests {
         assert!(!s.touch(late));
         assert_eq!(s.last_access_at, T0);
         assert!(matches!(s.status(late), SessionStatus::Expired { .. }));
-    }
-
-    #[test]
-    fn a_shared_record_is_copied_only_by_a_touch_that_moves_it() {
-        let mut s = Arc::new(session(&policy(30 * MIN, 720 * MIN)));
-        let held = Arc::clone(&s);
-        assert!(
-            !Session::touch_shared(&mut s, T0),
-            "no move at the same instant"
-        );
-        assert!(!Session::touch_shared(&mut s, T0.plus(31 * MIN)), "expired");
-        assert!(
-            Arc::ptr_eq(&s, &held),
-            "no copy for a touch that moves nothing"
-        );
-        assert!(Session::touch_shared(&mut s, T0.plus(10 * MIN)));
-        assert!(!Arc::ptr_eq(&s, &held), "copied: an answer still holds it");
-        assert_eq!(
-            held.last_access_at, T0,
-            "the answer keeps what it was given"
-        );
-        assert_eq!(s.last_access_at, T0.plus(10 * MIN));
-        drop(held);
-        let alone = Arc::as_ptr(&s);
-        assert!(Session::touch_shared(&mut s, T0.plus(20 * MIN)));
-        assert_eq!(
-            Arc::as_ptr(&s),
-            alone,
-            "moved in place when nobody else holds it"
-        );
     }
 
     #[test]

@@ -111,10 +111,10 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Lookup, StoreError>;
 
     /// [`SessionStore::validate`], lending a live session to `answer` instead of handing
-    /// out a shared copy: the embedded store keeps each record inside its slab and would
-    /// otherwise copy it for every validate. `answer` is called once, for a live session
-    /// only, possibly under a lock of the store: it may only read the session and write
-    /// an answer from it.
+    /// out a shared copy: the embedded store keeps each record inside its slab, and the
+    /// Redis store inside its near cache's entries, and either would otherwise copy it for
+    /// every validate. `answer` is called once, for a live session only, possibly under a
+    /// lock of the store: it may only read the session and write an answer from it.
     async fn validate_with(
         &self,
         id: SessionId,

@@ -9,9 +9,8 @@ use sessiond_core::{EndReason, Session, SessionId, Tombstone};
 /// A session looked up by token or id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// Shared with the store's own copy where the backend keeps one (the Redis store's
-    /// near cache); the embedded store's is a copy (its hot path lends the record through
-    /// [`crate::SessionStore::validate_with`] instead).
+    /// A copy of the record for the caller to keep; the hot paths have it lent through
+    /// [`crate::SessionStore::validate_with`] instead.
     Live(Arc<Session>),
     /// Ended (or past its deadline), and its tombstone is still retained.
     Ended(Tombstone),
@@ -27,6 +26,18 @@ pub enum Checked {
     /// Ended (or past its deadline), and its tombstone is still retained.
     Ended(Tombstone),
     NotFound,
+}
+
+impl Lookup {
+    /// What a lending check found, with the live record it lent copied out (`copy`) for a
+    /// caller that keeps it.
+    pub(crate) fn copied(checked: Checked, copy: Option<Arc<Session>>) -> Lookup {
+        match checked {
+            Checked::Live => copy.map_or(Lookup::NotFound, Lookup::Live),
+            Checked::Ended(t) => Lookup::Ended(t),
+            Checked::NotFound => Lookup::NotFound,
+        }
+    }
 }
 
 impl Checked {

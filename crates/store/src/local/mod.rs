@@ -725,11 +725,7 @@ impl LocalStore {
     ) -> Result<Lookup, StoreError> {
         let mut copy = None;
         let checked = lend(&mut |s| copy = Some(Arc::new(s.clone())))?;
-        Ok(match checked {
-            Checked::Live => copy.map_or(Lookup::NotFound, Lookup::Live),
-            Checked::Ended(t) => Lookup::Ended(t),
-            Checked::NotFound => Lookup::NotFound,
-        })
+        Ok(Lookup::copied(checked, copy))
     }
 
     fn mark_dirty(&self, entry: &mut Entry) {

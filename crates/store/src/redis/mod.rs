@@ -50,7 +50,7 @@ use sessiond_core::input::apply_attributes;
 use sessiond_core::policy::{OnLimit, UserLimit};
 use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Verifier};
 
-use self::cache::{Cached, NearCache, TagTouches, Ticket};
+use self::cache::{Cached, NearCache, TagTouches};
 use self::codec::Fields;
 use self::conn::Conn;
 pub use self::conn::Target;
@@ -58,7 +58,7 @@ use self::keys::Keys;
 use self::scripts::{Call, Header, Scripts};
 use crate::intern::Interner;
 use crate::{
-    AttributeChange, Created, Ended, Lookup, Page, SessionStore, StoreError, StoreOptions,
+    AttributeChange, Checked, Created, Ended, Lookup, Page, SessionStore, StoreError, StoreOptions,
     StoreStats, SweepReport, Updated,
 };
 
@@ -231,15 +231,6 @@ impl RedisStore {
     /// How many validate answers came from the near cache (no round trip) so far.
     pub fn near_cache_hits(&self) -> u64 {
         self.cache.hits()
-    }
-
-    /// Keeps live session `s` (read or written under `ticket`) in the near cache, its user
-    /// agent and policy name the copies every cached record shares; the record as cached.
-    fn cache_live(&self, ticket: Option<Ticket>, id: SessionId, mut s: Session) -> Arc<Session> {
-        self.strings.share(&mut s);
-        let s = Arc::new(s);
-        self.cache.fill(ticket, id, Cached::Live(s.clone()));
-        s
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
@@ -426,14 +417,16 @@ impl RedisStore {
         }
     }
 
-    /// What validate answers from the near cache, if it can.
+    /// What validate answers from the near cache, if it can; a live record is lent to
+    /// `answer` under the cache shard's lock.
     fn validate_cached(
         &self,
         id: SessionId,
         verifier: &Verifier,
         touch: bool,
         now: Timestamp,
-    ) -> Option<Lookup> {
+        answer: &mut dyn FnMut(&Session),
+    ) -> Option<Checked> {
         self.cache
             .with(&id, |cached, held| match cached {
                 Cached::Live(s) => {
@@ -441,7 +434,7 @@ impl RedisStore {
                     // `refusal`): the answer reads them all.
                     std::hint::black_box(s.warm());
                     if !s.verifier.matches(verifier) {
-                        return Some(Lookup::NotFound);
+                        return Some(Checked::NotFound);
                     }
                     // Its deadline before this touch: past it, it is not live here.
                     let due = s.deadline().0;
@@ -449,15 +442,16 @@ impl RedisStore {
                         // Another node may have touched it: ask Redis before saying ended.
                         return None;
                     }
-                    if touch && Session::touch_shared(s, now) {
+                    if touch && s.touch(now) {
                         held.touched(s, now, due);
                     }
-                    Some(Lookup::Live(s.clone()))
+                    answer(s);
+                    Some(Checked::Live)
                 }
                 Cached::Ended(t) if now < t.purge_at => Some(if t.verifier.matches(verifier) {
-                    Lookup::Ended(sessiond_core::Tombstone::clone(t))
+                    Checked::Ended(sessiond_core::Tombstone::clone(t))
                 } else {
-                    Lookup::NotFound
+                    Checked::NotFound
                 }),
                 Cached::Ended(_) => None,
             })
@@ -567,9 +561,12 @@ impl SessionStore for RedisStore {
                 for id in &displaced {
                     self.cache.invalidate(id);
                 }
-                let cached = self.cache_live(ticket, session.id, session);
+                let mut session = session;
+                self.strings.share(&mut session);
+                let shared = Arc::new(session.clone());
+                self.cache.fill(ticket, session.id, Cached::Live(session));
                 Ok(Created::Created {
-                    session: cached,
+                    session: shared,
                     displaced,
                 })
             }
@@ -586,32 +583,53 @@ impl SessionStore for RedisStore {
         touch: bool,
         now: Timestamp,
     ) -> Result<Lookup, StoreError> {
+        let mut copy = None;
+        let checked = self
+            .validate_with(id, verifier, touch, now, &mut |s| {
+                copy = Some(Arc::new(s.clone()));
+            })
+            .await?;
+        Ok(Lookup::copied(checked, copy))
+    }
+
+    async fn validate_with(
+        &self,
+        id: SessionId,
+        verifier: &Verifier,
+        touch: bool,
+        now: Timestamp,
+        answer: &mut (dyn for<'s> FnMut(&'s Session) + Send),
+    ) -> Result<Checked, StoreError> {
         self.check_open()?;
-        if let Some(answer) = self.validate_cached(id, verifier, touch, now) {
-            return Ok(answer);
+        if let Some(checked) = self.validate_cached(id, verifier, touch, now, answer) {
+            return Ok(checked);
         }
         let ticket = self.cache.ticket(&id);
         let (session, tomb) = self.read(&id).await?;
         if let Some(mut s) = session {
             if !s.verifier.matches(verifier) {
-                return Ok(Lookup::NotFound);
+                return Ok(Checked::NotFound);
             }
             if let Some(t) = s.expired_tombstone(now, self.options.ended_retention) {
-                return Ok(Lookup::Ended(t));
+                return Ok(Checked::Ended(t));
             }
             let due = s.deadline().0;
             if touch && s.touch(now) {
                 self.cache.touches.record(&s, now, due);
             }
-            return Ok(Lookup::Live(self.cache_live(ticket, id, s)));
+            // Its user agent and policy name become the copies every cached record shares.
+            self.strings.share(&mut s);
+            answer(&s);
+            self.cache.fill(ticket, id, Cached::Live(s));
+            return Ok(Checked::Live);
         }
         Ok(match self.retained(tomb, Some(verifier), now) {
             Some(t) => {
                 self.cache
                     .fill(ticket, id, Cached::Ended(Box::new(t.clone())));
-                Lookup::Ended(t)
+                Checked::Ended(t)
             }
-            None => Lookup::NotFound,
+            None => Checked::NotFound,
         })
     }
 
