@@ -38,8 +38,9 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Cached {
     /// Kept in the entry itself, and lent to a validate's answer under the shard's lock:
-    /// the lookup's one dependent load lands on the record. Behind an `Arc` it was one
-    /// more cache miss per validate (docs/benchmarks.md, twenty-second session).
+    /// the hash map's slot is the record, so a validate waits on no load beyond the
+    /// lookup's own. Behind an `Arc` it was one more cache miss per validate
+    /// (docs/benchmarks.md, twenty-second session).
     Live(Session),
     /// Boxed: most entries are live, and the table's slots stay small.
     Ended(Box<Tombstone>),
@@ -181,54 +182,54 @@ impl NearCache {
 
     /// Takes the touches of one tag, to send with a script on that tag.
     pub(super) fn take_touches(&self, tag: [u8; 4]) -> Vec<(SessionId, Touch)> {
-        let (mut touches, marked) = {
+        let mut touches = {
             let mut pending = self.touches.pending.lock();
             pending.urgent.remove(&tag);
-            (
-                pending.by_tag.remove(&tag).unwrap_or_default(),
-                pending.marked.remove(&tag).unwrap_or_default(),
-            )
+            pending.by_tag.remove(&tag).unwrap_or_default()
         };
-        self.add_held(&mut touches, marked);
+        let marked = self.touches.marks.take(tag);
+        self.add_held(&mut touches, &marked);
         touches.into_vec()
     }
 
     /// Takes every pending touch, by tag.
     pub(super) fn take_all_touches(&self) -> Vec<([u8; 4], TagTouches)> {
-        let pending = std::mem::take(&mut *self.touches.pending.lock());
-        self.with_held(pending.by_tag, pending.marked)
+        let by_tag = {
+            let mut pending = self.touches.pending.lock();
+            pending.urgent.clear();
+            std::mem::take(&mut pending.by_tag)
+        };
+        self.with_held(by_tag, self.touches.marks.take_all())
     }
 
     /// Takes the tags holding an urgent touch, with all their touches.
     pub(super) fn take_urgent_touches(&self) -> Vec<([u8; 4], TagTouches)> {
-        let (by_tag, marked) = {
+        let (urgent, by_tag) = {
             let mut pending = self.touches.pending.lock();
             let urgent = std::mem::take(&mut pending.urgent);
-            let mut by_tag = FxHashMap::default();
-            let mut marked = FxHashMap::default();
-            for tag in urgent {
-                if let Some(t) = pending.by_tag.remove(&tag) {
-                    by_tag.insert(tag, t);
-                }
-                if let Some(m) = pending.marked.remove(&tag) {
-                    marked.insert(tag, m);
-                }
-            }
-            (by_tag, marked)
+            let by_tag = urgent
+                .iter()
+                .filter_map(|tag| Some((*tag, pending.by_tag.remove(tag)?)))
+                .collect();
+            (urgent, by_tag)
         };
-        self.with_held(by_tag, marked)
+        self.with_held(by_tag, self.touches.marks.take_tags(&urgent))
     }
 
-    /// `by_tag` with the touches held in the entries of `marked` added. Built as a list
-    /// straight away: a flush can hold a touch for most of a million tags, and putting
-    /// each in `by_tag` first would cost a map insert apiece.
+    /// `by_tag` with the touches held in the entries of `marked` added, one group per tag.
+    /// Built as a list straight away: a flush can hold a touch for most of a million tags,
+    /// and putting each in `by_tag` first would cost a map insert apiece.
     fn with_held(
         &self,
         mut by_tag: FxHashMap<[u8; 4], TagTouches>,
-        marked: FxHashMap<[u8; 4], Marked>,
+        mut marked: Vec<SessionId>,
     ) -> Vec<([u8; 4], TagTouches)> {
+        marked.sort_unstable_by_key(SessionId::tag);
         let mut all = Vec::with_capacity(marked.len() + by_tag.len());
-        for (tag, ids) in marked {
+        for ids in marked.chunk_by(|a, b| a.tag() == b.tag()) {
+            let Some(tag) = ids.first().map(SessionId::tag) else {
+                continue;
+            };
             let mut touches = by_tag.remove(&tag).unwrap_or_default();
             self.add_held(&mut touches, ids);
             all.push((tag, touches));
@@ -239,10 +240,10 @@ impl NearCache {
     }
 
     /// Takes the touches held in the entries of `ids` (one tag's) into `touches`.
-    fn add_held(&self, touches: &mut TagTouches, ids: Marked) {
+    fn add_held(&self, touches: &mut TagTouches, ids: &[SessionId]) {
         for id in ids {
-            if let Some(t) = self.take_held(&id) {
-                merge_into(touches, id, t);
+            if let Some(t) = self.take_held(id) {
+                merge_into(touches, *id, t);
             }
         }
     }
@@ -416,8 +417,88 @@ pub(super) type TagTouches = SmallVec<[(SessionId, Touch); 1]>;
 pub(super) const URGENT_WITHIN: Duration =
     sessiond_core::policy::MAX_TOUCH_FLUSH_WINDOW.saturating_add(Duration::from_secs(5));
 
-/// The ids of one tag whose touch an entry holds.
-type Marked = SmallVec<[SessionId; 1]>;
+/// How many lists [`Marks`] keeps.
+const MARK_LISTS: usize = 4096;
+
+/// The ids whose touch a cache entry holds, so a flush knows which entries to take touches
+/// from: in [`MARK_LISTS`] lists by tag, each behind a lock of its own. Marking one is on
+/// the validate path (the first touch of an entry since its touch was last taken), so it
+/// is an append to a short list, not an insert into a map as large as the number of
+/// sessions touched in a flush window, which missed the caches and grew on every window
+/// (1.3% of sessiond's samples in Redis mode at 1M sessions). Taking one tag's ids, for a
+/// script on that tag, scans its list: a few hundred ids when a million sessions are
+/// touched per window.
+struct Marks {
+    lists: Box<[Mutex<Vec<SessionId>>]>,
+}
+
+impl Default for Marks {
+    fn default() -> Marks {
+        Marks {
+            lists: (0..MARK_LISTS).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+impl Marks {
+    fn index(tag: [u8; 4]) -> usize {
+        // A tag is a hash of the user's name: its low bits spread the users evenly.
+        u32::from_le_bytes(tag) as usize % MARK_LISTS
+    }
+
+    fn list(&self, tag: [u8; 4]) -> &Mutex<Vec<SessionId>> {
+        &self.lists[Marks::index(tag)]
+    }
+
+    fn mark(&self, id: SessionId) {
+        self.list(id.tag()).lock().push(id);
+    }
+
+    /// Takes the ids of `tag` out of its list.
+    fn take(&self, tag: [u8; 4]) -> Vec<SessionId> {
+        let mut taken = Vec::new();
+        take_from(&mut self.list(tag).lock(), |t| t == tag, &mut taken);
+        taken
+    }
+
+    /// Takes the ids of all of `tags`, going once through each list that holds any.
+    fn take_tags(&self, tags: &FxHashSet<[u8; 4]>) -> Vec<SessionId> {
+        let mut lists: Vec<usize> = tags.iter().map(|t| Marks::index(*t)).collect();
+        lists.sort_unstable();
+        lists.dedup();
+        let mut taken = Vec::new();
+        for i in lists {
+            if let Some(list) = self.lists.get(i) {
+                take_from(&mut list.lock(), |t| tags.contains(&t), &mut taken);
+            }
+        }
+        taken
+    }
+
+    /// Takes every id.
+    fn take_all(&self) -> Vec<SessionId> {
+        let mut taken = Vec::new();
+        for list in self.lists.iter() {
+            taken.append(&mut list.lock());
+        }
+        taken
+    }
+}
+
+/// Moves the ids of `list` whose tag `wanted` accepts to `taken`, keeping the others.
+fn take_from(
+    list: &mut Vec<SessionId>,
+    wanted: impl Fn([u8; 4]) -> bool,
+    taken: &mut Vec<SessionId>,
+) {
+    list.retain(|id| {
+        let mine = wanted(id.tag());
+        if mine {
+            taken.push(*id);
+        }
+        !mine
+    });
+}
 
 /// Adds the touch `t` of `id` to a tag's touches.
 fn merge_into(touches: &mut TagTouches, id: SessionId, t: Touch) {
@@ -433,8 +514,9 @@ fn merge_into(touches: &mut TagTouches, id: SessionId, t: Touch) {
 /// A touch through the near cache is held in its entry ([`Held`]): the first since the
 /// last write marks the id here, later ones only slide the cached session. Other touches
 /// (a validate that read Redis, an entry that left the cache, a write that failed) are kept
-/// here whole. Recording one is on the validate path: no allocation unless a tag holds more
-/// than one touched session.
+/// here whole. Both are on the validate path: marking is an append to a short list, and
+/// keeping a touch whole allocates nothing unless a tag holds more than one touched
+/// session.
 ///
 /// Most touches wait for the periodic flush (the flush window). A touch made within
 /// [`URGENT_WITHIN`] of the deadline Redis still holds is *urgent*: until it lands, another
@@ -443,14 +525,13 @@ fn merge_into(touches: &mut TagTouches, id: SessionId, t: Touch) {
 #[derive(Default)]
 pub(super) struct Touches {
     pending: Mutex<Pending>,
+    marks: Marks,
 }
 
 #[derive(Default)]
 struct Pending {
     by_tag: FxHashMap<[u8; 4], TagTouches>,
-    /// Ids whose touch a cache entry holds, by tag.
-    marked: FxHashMap<[u8; 4], Marked>,
-    /// Tags holding an urgent touch.
+    /// Tags holding an urgent touch, kept here or held in an entry.
     urgent: FxHashSet<[u8; 4]>,
 }
 
@@ -505,17 +586,16 @@ pub(super) struct Held<'a> {
 
 impl Held<'_> {
     /// Notes that `session` (this entry's) was touched at `at`; `due` is its deadline before
-    /// the touch. Only the first touch since the last write takes the pending lock.
+    /// the touch. Only the first touch since the last write marks the id (and only an
+    /// urgent one takes the pending lock).
     pub(super) fn touched(self, session: &Session, at: Timestamp, due: Timestamp) {
         if self.touched.is_some() {
             return;
         }
         *self.touched = Some(at);
-        let tag = session.id.tag();
-        let mut pending = self.touches.pending.lock();
-        pending.marked.entry(tag).or_default().push(session.id);
+        self.touches.marks.mark(session.id);
         if urgent(at, due) {
-            pending.urgent.insert(tag);
+            self.touches.pending.lock().urgent.insert(session.id.tag());
         }
     }
 }
@@ -714,8 +794,40 @@ mod tests {
             (pending.id.tag(), [(pending.id, t(&pending, 7, 7))].into()),
         ];
         want.sort_by_key(|(tag, _)| *tag);
-        assert_eq!(all, want, "one group per tag, a held and a pending touch merged");
+        assert_eq!(
+            all, want,
+            "one group per tag, a held and a pending touch merged"
+        );
         assert!(cache.take_all_touches().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn marks_are_taken_by_tag_even_when_tags_share_a_list() {
+        let id = |tag: [u8; 4], n: u8| {
+            let mut bytes = [n; 16];
+            bytes[..4].copy_from_slice(&tag);
+            SessionId(bytes)
+        };
+        // 0 and 4096 (little-endian) land in the same list; 1 in the next.
+        let (a, b, c) = ([0, 0, 0, 0], [0, 16, 0, 0], [1, 0, 0, 0]);
+        assert_eq!(Marks::index(a), Marks::index(b));
+        let marks = Marks::default();
+        for m in [id(a, 1), id(b, 2), id(a, 3), id(c, 4)] {
+            marks.mark(m);
+        }
+        assert_eq!(marks.take(a), vec![id(a, 1), id(a, 3)]);
+        assert!(marks.take(a).is_empty(), "taken once");
+        let wanted: FxHashSet<[u8; 4]> = [c].into_iter().collect();
+        assert_eq!(marks.take_tags(&wanted), vec![id(c, 4)]);
+        marks.mark(id(c, 5));
+        let mut rest = marks.take_all();
+        rest.sort();
+        assert_eq!(
+            rest,
+            vec![id(b, 2), id(c, 5)],
+            "the others stay until taken"
+        );
+        assert!(marks.take_all().is_empty());
     }
 
     #[test]
