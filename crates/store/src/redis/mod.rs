@@ -515,7 +515,7 @@ impl SessionStore for RedisStore {
 
     async fn create(
         &self,
-        session: Session,
+        mut session: Session,
         limit: UserLimit,
         now: Timestamp,
     ) -> Result<Created, StoreError> {
@@ -561,7 +561,6 @@ impl SessionStore for RedisStore {
                 for id in &displaced {
                     self.cache.invalidate(id);
                 }
-                let mut session = session;
                 self.strings.share(&mut session);
                 let shared = Arc::new(session.clone());
                 self.cache.fill(ticket, session.id, Cached::Live(session));
