@@ -195,7 +195,7 @@ fn main() {
                 for input in inputs {
                     apart();
                     clock.advance(std::time::Duration::from_micros(125));
-                    let answer = app.clone().handle_on(&conn, make(input)).await;
+                    let answer = app.handle_on(&conn, make(input)).await;
                     assert_eq!(answer.status(), status, "{name}");
                     black_box(
                         answer

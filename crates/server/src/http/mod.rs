@@ -29,7 +29,6 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{BoxError, Router};
-use futures_util::FutureExt;
 use http_body_util::Limited;
 use tower::ServiceExt;
 
@@ -161,7 +160,7 @@ pub fn app(state: AppState) -> App {
 impl App {
     /// Answers one request; its peer is the `ConnectInfo<SocketAddr>` in its extensions,
     /// if any.
-    pub async fn handle<B>(self, req: Request<B>) -> Response
+    pub async fn handle<B>(&self, req: Request<B>) -> Response
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -170,8 +169,10 @@ impl App {
         self.handle_on(&conn, req).await
     }
 
-    /// Answers one request that came on `conn`.
-    pub async fn handle_on<B>(self, conn: &Connection, mut req: Request<B>) -> Response
+    /// Answers one request that came on `conn`. Takes the app by reference: the hot
+    /// routes clone nothing of it, so a request writes no reference count that requests
+    /// on other cores write too (`serve` shares one app per connection).
+    pub async fn handle_on<B>(&self, conn: &Connection, mut req: Request<B>) -> Response
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -198,7 +199,7 @@ impl App {
                 // Handlers read bodies through axum's extractors, which turn the limit's
                 // error into 413 (`payload_too_large`).
                 let req = req.map(|b| Body::new(Limited::new(b, MAX_BODY_BYTES)));
-                match self.router.oneshot(req).await {
+                match self.router.clone().oneshot(req).await {
                     Ok(r) => r,
                     Err(never) => match never {},
                 }
@@ -253,7 +254,8 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        Box::pin(self.clone().handle(req).map(Ok))
+        let app = self.clone();
+        Box::pin(async move { Ok(app.handle(req).await) })
     }
 }
 
