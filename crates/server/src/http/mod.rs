@@ -170,8 +170,9 @@ impl App {
     }
 
     /// Answers one request that came on `conn`. Takes the app by reference: the hot
-    /// routes clone nothing of it, so a request writes no reference count that requests
-    /// on other cores write too (`serve` shares one app per connection).
+    /// routes clone nothing of it, so a request writes none of the app's reference
+    /// counts, which every request on every core would share (`serve` keeps one app per
+    /// connection).
     pub async fn handle_on<B>(&self, conn: &Connection, mut req: Request<B>) -> Response
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
