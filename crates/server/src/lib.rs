@@ -140,6 +140,7 @@ pub async fn serve(
     listener: TcpListener,
     state: AppState,
     users: Option<Arc<FileDirectory>>,
+    timeouts: http::Timeouts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let service = state.service.clone();
@@ -150,7 +151,7 @@ pub async fn serve(
     };
     let flush_every = sessiond_store::local::flush_window(service.shortest_idle_timeout());
     let tasks = tasks::Tasks::start(service.clone(), flush_every, users);
-    http::serve(listener, http::app(state), shutdown).await;
+    http::serve(listener, http::app(state), timeouts, shutdown).await;
     tasks.shutdown().await;
     service.store.close().await?;
     Ok(())

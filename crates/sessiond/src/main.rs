@@ -198,7 +198,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(users) = &users {
         println!("sessiond: users from {}", users.path().display());
     }
-    sessiond_server::serve(listener, state, users, shutdown).await?;
+    sessiond_server::serve(listener, state, users, settings.http, shutdown).await?;
     store.loaded().await.context("loading the session store")?;
     println!("sessiond: stopped");
     Ok(())

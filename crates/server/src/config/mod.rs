@@ -16,6 +16,8 @@ use sessiond_core::clock::parse_duration;
 use sessiond_core::token::MIN_KEY_LEN;
 use sessiond_core::{OnLimit, Policy};
 
+use crate::http::{EVENT_HEARTBEAT, Timeouts};
+
 /// The environment variables `serve` reads, and the config key each one sets.
 pub const ENV_KEYS: &[(&str, &str)] = &[
     ("SESSIOND_LISTEN", "listen"),
@@ -88,6 +90,18 @@ pub struct FileConfig {
     pub regulation: web::RegulationSection,
     #[serde(default)]
     pub headers: web::HeadersSection,
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+/// `[http]`: how long a connection may take over each stage of a request
+/// ([`crate::http::Timeouts`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub header_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
 }
 
 /// `[session]`: the default policy, plus the global `ended_retention`.
@@ -213,6 +227,8 @@ pub struct Settings {
     pub store: StoreKind,
     /// Users file, portal, cookie, regulation, identity headers.
     pub web: WebSettings,
+    /// Slow and idle connections.
+    pub http: Timeouts,
 }
 
 impl Settings {
@@ -481,6 +497,7 @@ impl FileConfig {
                 )));
             }
         };
+        let http = http_timeouts(&self.http)?;
         Ok(Settings {
             listen,
             data_dir: self
@@ -494,8 +511,33 @@ impl FileConfig {
             token_keys,
             store,
             web,
+            http,
         })
     }
+}
+
+fn http_timeouts(section: &HttpSection) -> Result<Timeouts, ConfigError> {
+    let default = Timeouts::default();
+    let t = Timeouts {
+        header: duration(
+            "http.header_timeout",
+            &section.header_timeout,
+            default.header,
+        )?,
+        body: duration("http.body_timeout", &section.body_timeout, default.body)?,
+        keep_alive: duration(
+            "http.keepalive_timeout",
+            &section.keepalive_timeout,
+            default.keep_alive,
+        )?,
+    };
+    if t.keep_alive <= EVENT_HEARTBEAT {
+        return Err(invalid(format!(
+            "http.keepalive_timeout: must be longer than the event stream's {} s heartbeat",
+            EVENT_HEARTBEAT.as_secs()
+        )));
+    }
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -640,6 +682,38 @@ kind = "embedded"
             ));
             assert!(e.contains("headers.auth_level"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn connection_timeouts_have_defaults_and_are_checked() {
+        let none = Overrides::default;
+        assert_eq!(load("", &[], none()).unwrap().http, Timeouts::default());
+        let s = load(
+            "[http]\nheader_timeout = \"5s\"\nbody_timeout = \"10s\"\nkeepalive_timeout = \"10m\"\n",
+            &[],
+            none(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.http,
+            Timeouts {
+                header: Duration::from_secs(5),
+                body: Duration::from_secs(10),
+                keep_alive: Duration::from_secs(600),
+            }
+        );
+        assert!(
+            err(load("[http]\nheader_timeout = \"0s\"", &[], none()))
+                .contains("http.header_timeout")
+        );
+        assert!(
+            err(load("[http]\nbody_timeout = \"x\"", &[], none())).contains("http.body_timeout")
+        );
+        // An event stream is quiet for up to its heartbeat: the keep-alive must outlast it.
+        assert!(
+            err(load("[http]\nkeepalive_timeout = \"15s\"", &[], none())).contains("heartbeat")
+        );
+        assert!(err(load("[http]\nidle_timeout = \"1m\"", &[], none())).contains("idle_timeout"));
     }
 
     #[test]

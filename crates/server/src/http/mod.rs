@@ -14,8 +14,11 @@ mod portal;
 mod proxy;
 pub mod redirect;
 mod serve;
+mod timeouts;
 
+pub use events::KEEP_ALIVE as EVENT_HEARTBEAT;
 pub use serve::serve;
+pub use timeouts::Timeouts;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

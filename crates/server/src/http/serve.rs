@@ -2,8 +2,9 @@
 //!
 //! In place of `axum::serve` so the connection setup is ours: HTTP/1.1 only (the contract
 //! serves nothing else, and axum's loop sniffs every connection for HTTP/2), `TCP_NODELAY`
-//! so an answer never waits for the peer's ACK, a bounded read buffer, and the peer's
-//! address handed to [`App`] with the [`Connection`], without a layer per request.
+//! so an answer never waits for the peer's ACK, a bounded read buffer, the peer's
+//! address handed to [`App`] with the [`Connection`] without a layer per request, and
+//! slow or idle connections closed ([`super::timeouts`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use super::timeouts::{self, Connections, HasProgress, Progress, Timeouts, Watched, WatchedBody};
 use super::{App, Connection, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 
 /// Largest read buffer of a connection. A request head must fit in it (hyper answers 431
@@ -24,8 +26,16 @@ use super::{App, Connection, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 const MAX_READ_BUFFER: usize = 4 * MAX_HEADER_BYTES + MAX_BODY_BYTES;
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets each
-/// connection finish the request it is on, and returns once all have closed.
-pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
+/// connection finish the request it is on, and returns once all have closed. A connection
+/// that overstays `timeouts`, before or after `shutdown`, is closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    timeouts: Timeouts,
+    shutdown: impl Future<Output = ()>,
+) {
+    let conns = Arc::new(Connections::new());
+    let reaper = tokio::spawn(timeouts::reaper(conns.clone(), timeouts));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -44,37 +54,59 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
         let served = Arc::new(Served {
             app: app.clone(),
             conn: Connection::new(peer),
+            progress: Progress::default(),
         });
-        let service = service_fn(move |req| answer(served.clone(), req));
+        let io = TokioIo::new(Watched::new(stream, served.clone()));
+        let service = {
+            let served = served.clone();
+            service_fn(move |req| answer(served.clone(), req))
+        };
         let conn = http1::Builder::new()
             .max_buf_size(MAX_READ_BUFFER)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(io, service);
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::trace!(%peer, error = %e, "connection ended with an error");
             }
         });
+        conns.track(served, task.abort_handle());
     }
     drop(listener);
     graceful.shutdown().await;
+    reaper.abort();
 }
 
 /// What the requests of one connection share. Each request takes a reference to it, a
 /// count only this connection's requests write, rather than a clone of the [`App`] (two
 /// counts that every request on every core writes). On this project's 2-vCPU machine the
 /// difference is a few nanoseconds a request; on cores that share no cache, each such
-/// write moves a cache line between them.
+/// write moves a cache line between them. Its `progress` is what the timeout reaper reads:
+/// the socket, the body and [`answer`] write it, all on this connection's task.
 struct Served {
     app: App,
     conn: Connection,
+    progress: Progress,
+}
+
+impl HasProgress for Served {
+    fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.conn.peer
+    }
 }
 
 async fn answer(
     served: Arc<Served>,
     req: hyper::Request<Incoming>,
 ) -> Result<axum::response::Response, Infallible> {
-    Ok(served.app.handle_on(&served.conn, req).await)
+    let req = req.map(|body| WatchedBody::begin(body, served.clone()));
+    let response = served.app.handle_on(&served.conn, req).await;
+    served.progress.end();
+    Ok(response)
 }
 
 /// An accept that failed for the listener, not for one connection (out of descriptors,

@@ -13,6 +13,7 @@ use tower::ServiceExt;
 
 use super::{AppState, MAX_BODY_BYTES, app};
 
+mod connections;
 mod web;
 use crate::config::AgentCredential;
 use crate::service::Service;

@@ -1,0 +1,207 @@
+//! Slow and idle connections, through the real accept loop on a loopback socket. These
+//! tests wait for real (a few hundred milliseconds each): the timeouts are the server's.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{AGENT_KEY, Harness};
+use crate::http::{Timeouts, app, serve};
+
+/// Each different, so that a test can tell which one closed the connection.
+const SHORT: Timeouts = Timeouts {
+    header: Duration::from_millis(300),
+    body: Duration::from_millis(600),
+    keep_alive: Duration::from_millis(1200),
+};
+
+/// A server on a free loopback port, stopped when the test's runtime ends.
+async fn server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Harness::new().state;
+    tokio::spawn(serve(
+        listener,
+        app(state),
+        SHORT,
+        std::future::pending::<()>(),
+    ));
+    addr
+}
+
+/// Reads one whole answer (head, then a `Content-Length` body); its status line.
+async fn answer(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before a whole answer");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed inside an answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    head.lines().next().unwrap().to_owned()
+}
+
+/// How long after `from` the server closed `stream`, reading (and dropping) whatever it
+/// sends meanwhile; gives up after 5 s.
+async fn closed_after(stream: &mut TcpStream, from: Instant) -> Duration {
+    let mut chunk = [0u8; 1024];
+    let wait = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    wait.await.expect("the server kept the connection open");
+    from.elapsed()
+}
+
+/// Writes `bytes` one at a time, `every` apart, while the server reads them.
+async fn trickle(stream: &mut TcpStream, bytes: &[u8], every: Duration) {
+    for b in bytes {
+        if stream.write_all(&[*b]).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
+    let addr = server().await;
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let after = closed_after(&mut stream, started).await;
+    assert!(after >= SHORT.header, "closed after {after:?}");
+    assert!(after < SHORT.header * 3, "closed after {after:?}");
+}
+
+#[tokio::test]
+async fn a_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
+    let addr = server().await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    // 40 header bytes, 50 ms apart: 2 s for the whole head if it were let through.
+    let head = b"GET /healthz HTTP/1.1\r\nx-slow: aaaaaaaaaaaaaaaaaa";
+    let (mut read, mut write) = stream.split();
+    let slow = trickle_half(&mut write, head, Duration::from_millis(50));
+    let closed = async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match read.read(&mut chunk).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    };
+    let after = tokio::select! {
+        after = closed => after,
+        () = slow => panic!("the whole slow head went through"),
+    };
+    assert!(after >= SHORT.header, "closed after {after:?}");
+    assert!(after < SHORT.header * 3, "closed after {after:?}");
+}
+
+async fn trickle_half(write: &mut tokio::net::tcp::WriteHalf<'_>, bytes: &[u8], every: Duration) {
+    for b in bytes {
+        if write.write_all(&[*b]).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_never_ends_is_cut_off_at_the_body_timeout() {
+    let addr = server().await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/sessions/validate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {AGENT_KEY}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    trickle(&mut stream, b"{\"token\":\"", Duration::from_millis(50)).await;
+    let after = closed_after(&mut stream, started).await;
+    assert!(after >= SHORT.body, "closed after {after:?}");
+    assert!(after < SHORT.body * 2, "closed after {after:?}");
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_outlives_the_header_timeout_between_requests_and_closes_when_idle()
+{
+    let addr = server().await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let get = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+    stream.write_all(get).await.unwrap();
+    assert_eq!(answer(&mut stream).await, "HTTP/1.1 200 OK");
+    // Idle for longer than a head may take, shorter than the keep-alive time.
+    tokio::time::sleep(SHORT.header * 2).await;
+    stream.write_all(get).await.unwrap();
+    assert_eq!(answer(&mut stream).await, "HTTP/1.1 200 OK");
+    let idle_from = Instant::now();
+    let after = closed_after(&mut stream, idle_from).await;
+    assert!(after >= SHORT.keep_alive, "closed after {after:?}");
+    assert!(after < SHORT.keep_alive * 2, "closed after {after:?}");
+}
+
+#[tokio::test]
+async fn a_slow_client_does_not_hold_up_others() {
+    let addr = server().await;
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let mut fast = TcpStream::connect(addr).await.unwrap();
+    for _ in 0..3 {
+        fast.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(answer(&mut fast).await, "HTTP/1.1 200 OK");
+    }
+    let after = closed_after(&mut slow, Instant::now()).await;
+    assert!(after < SHORT.header * 3, "closed after {after:?}");
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_client_stuck_in_its_head() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        app(Harness::new().state),
+        SHORT,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let mut stuck = TcpStream::connect(addr).await.unwrap();
+    stuck.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    // Let the server take the connection and read the bytes, then stop it.
+    tokio::time::sleep(SHORT.header / 3).await;
+    let started = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("shutdown waited on the stuck client")
+        .unwrap();
+    assert!(started.elapsed() < SHORT.header * 3);
+    drop(stuck);
+}
