@@ -17,10 +17,11 @@
 //!   read or wrote (a long answer being streamed is not idle).
 //! - **reading a body**: [`Timeouts::body`] from the moment the request was handed over.
 //! - **working**: the body is read (or there was none) and a handler runs. Never
-//!   interrupted: the store's calls bound their own waits, and cutting a handler short
-//!   would leave its caller guessing what happened.
+//!   interrupted: cutting a handler short would leave its caller guessing whether its
+//!   change was made.
 //!
-//! A connection is closed within one tick after its time is up.
+//! The reaper sees a stage begin at its first tick after, and closes a connection at its
+//! first tick after the time is up: up to two ticks late, never early.
 
 use std::io;
 use std::pin::Pin;
@@ -75,6 +76,7 @@ const WAITING: u32 = 0;
 const BODY: u32 = 1;
 const WORKING: u32 = 2;
 const STAGE_BITS: u32 = 2;
+const STAGE_MASK: u32 = (1 << STAGE_BITS) - 1;
 
 /// What one connection has done, written only by its own task and read by the reaper.
 /// Each field changes with plain load-and-store pairs, not read-modify-write: the one
@@ -108,7 +110,7 @@ impl Progress {
     /// The request's body has been read to its end.
     fn body_read(&self) {
         let now = self.stage.load(Ordering::Relaxed);
-        if now & ((1 << STAGE_BITS) - 1) == BODY {
+        if now & STAGE_MASK == BODY {
             self.stage.store(now - BODY + WORKING, Ordering::Relaxed);
         }
     }
@@ -116,8 +118,7 @@ impl Progress {
     /// The handler answered; the connection waits for the next request.
     pub(super) fn end(&self) {
         let now = self.stage.load(Ordering::Relaxed);
-        self.stage
-            .store(now & !((1 << STAGE_BITS) - 1), Ordering::Relaxed);
+        self.stage.store(now & !STAGE_MASK, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -191,7 +192,7 @@ impl<P: HasProgress> Tracked<P> {
             self.active_at = now;
         }
         let within = |since: Instant, limit: Duration| now.saturating_duration_since(since) < limit;
-        match snap.stage & ((1 << STAGE_BITS) - 1) {
+        match snap.stage & STAGE_MASK {
             BODY => (!within(self.stage_since, t.body)).then_some(Overstayed::Body),
             WAITING if snap.stage == 0 => {
                 (!within(self.stage_since, t.header)).then_some(Overstayed::Header)
