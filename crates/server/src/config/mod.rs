@@ -36,6 +36,9 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("SESSIOND_STORE_REDIS_URL", "store.redis.url"),
     ("SESSIOND_STORE_REDIS_KEY_PREFIX", "store.redis.key_prefix"),
     ("SESSIOND_USERS_FILE", "users.file"),
+    ("SESSIOND_HTTP_HEADER_TIMEOUT", "http.header_timeout"),
+    ("SESSIOND_HTTP_BODY_TIMEOUT", "http.body_timeout"),
+    ("SESSIOND_HTTP_KEEPALIVE_TIMEOUT", "http.keepalive_timeout"),
 ];
 
 /// `SESSIOND_*` variables that are not configuration keys (read by the CLI or logging).
@@ -714,6 +717,21 @@ kind = "embedded"
             err(load("[http]\nkeepalive_timeout = \"15s\"", &[], none())).contains("heartbeat")
         );
         assert!(err(load("[http]\nidle_timeout = \"1m\"", &[], none())).contains("idle_timeout"));
+        // The environment sets them too, over the file.
+        let env = [
+            ("SESSIOND_HTTP_HEADER_TIMEOUT", "7s"),
+            ("SESSIOND_HTTP_BODY_TIMEOUT", "8s"),
+            ("SESSIOND_HTTP_KEEPALIVE_TIMEOUT", "9m"),
+        ];
+        let s = load("[http]\nheader_timeout = \"5s\"", &env, none()).unwrap();
+        assert_eq!(
+            s.http,
+            Timeouts {
+                header: Duration::from_secs(7),
+                body: Duration::from_secs(8),
+                keep_alive: Duration::from_secs(540),
+            }
+        );
     }
 
     #[test]
