@@ -140,7 +140,7 @@ pub async fn serve(
     listener: TcpListener,
     state: AppState,
     users: Option<Arc<FileDirectory>>,
-    timeouts: http::Timeouts,
+    limits: http::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let service = state.service.clone();
@@ -151,7 +151,7 @@ pub async fn serve(
     };
     let flush_every = sessiond_store::local::flush_window(service.shortest_idle_timeout());
     let tasks = tasks::Tasks::start(service.clone(), flush_every, users);
-    http::serve(listener, http::app(state), timeouts, shutdown).await;
+    http::serve(listener, http::app(state), limits, shutdown).await;
     tasks.shutdown().await;
     service.store.close().await?;
     Ok(())

@@ -90,6 +90,38 @@ impl Drop for HugePagesOff {
     }
 }
 
+/// Descriptors kept for everything but client connections: the store's files, the
+/// listener, Redis connections, the log.
+const FILES_BESIDES_CONNECTIONS: u64 = 256;
+
+/// Raises this process's open-file limit to its hard limit, as Go's runtime and nginx's
+/// `worker_rlimit_nofile` do, and returns how many of `max_connections` it then allows. A
+/// connection past the limit would fail its accept (`EMFILE`) instead of waiting its turn
+/// behind `[http] max_connections`.
+fn connections_the_open_file_limit_allows(max_connections: usize) -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = raised;
+        }
+    }
+    connections_within(max_connections, limit.current)
+}
+
+/// `max_connections`, lowered to fit `open_files` descriptors (`None`: no limit).
+fn connections_within(max_connections: usize, open_files: Option<u64>) -> usize {
+    let Some(open_files) = open_files else {
+        return max_connections;
+    };
+    let room = open_files.saturating_sub(FILES_BESIDES_CONNECTIONS).max(1);
+    max_connections.min(usize::try_from(room).unwrap_or(usize::MAX))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -142,6 +174,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
     };
     let settings = Settings::load(args.config.as_deref(), &env, &flags)?;
+    let mut limits = settings.http;
+    let allowed = connections_the_open_file_limit_allows(limits.max_connections);
+    if allowed < limits.max_connections {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            allowed,
+            "the open-file limit leaves room for fewer connections than \
+             http.max_connections; serving at most `allowed` at once; raise the limit \
+             (systemd LimitNOFILE=, ulimit -n)"
+        );
+        limits.max_connections = allowed;
+    }
     let secrets = bootstrap::prepare(&settings)?;
     for (what, path) in &secrets.generated {
         println!("sessiond: {what} in {}", path.display());
@@ -198,7 +242,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(users) = &users {
         println!("sessiond: users from {}", users.path().display());
     }
-    sessiond_server::serve(listener, state, users, settings.http, shutdown).await?;
+    sessiond_server::serve(listener, state, users, limits, shutdown).await?;
     store.loaded().await.context("loading the session store")?;
     println!("sessiond: stopped");
     Ok(())
@@ -235,8 +279,24 @@ async fn shutdown_signal() {
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
 mod tests {
+    use super::{FILES_BESIDES_CONNECTIONS, connections_within};
+
+    #[test]
+    fn connections_fit_within_the_open_file_limit() {
+        assert_eq!(connections_within(8192, None), 8192);
+        assert_eq!(connections_within(8192, Some(1 << 20)), 8192);
+        assert_eq!(
+            connections_within(8192, Some(1024)),
+            usize::try_from(1024 - FILES_BESIDES_CONNECTIONS).unwrap()
+        );
+        assert_eq!(connections_within(8192, Some(10)), 1);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod linux_tests {
     use rustix::thread::transparent_huge_pages_are_disabled as huge_pages_off;
 
     use super::HugePagesOff;

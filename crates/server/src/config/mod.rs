@@ -16,7 +16,7 @@ use sessiond_core::clock::parse_duration;
 use sessiond_core::token::MIN_KEY_LEN;
 use sessiond_core::{OnLimit, Policy};
 
-use crate::http::{EVENT_HEARTBEAT, Timeouts};
+use crate::http::{DEFAULT_MAX_CONNECTIONS, EVENT_HEARTBEAT, Limits, Timeouts};
 
 /// The environment variables `serve` reads, and the config key each one sets.
 pub const ENV_KEYS: &[(&str, &str)] = &[
@@ -39,6 +39,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("SESSIOND_HTTP_HEADER_TIMEOUT", "http.header_timeout"),
     ("SESSIOND_HTTP_BODY_TIMEOUT", "http.body_timeout"),
     ("SESSIOND_HTTP_KEEPALIVE_TIMEOUT", "http.keepalive_timeout"),
+    ("SESSIOND_HTTP_MAX_CONNECTIONS", "http.max_connections"),
 ];
 
 /// `SESSIOND_*` variables that are not configuration keys (read by the CLI or logging).
@@ -98,13 +99,14 @@ pub struct FileConfig {
 }
 
 /// `[http]`: how long a connection may take over each stage of a request
-/// ([`crate::http::Timeouts`]).
+/// ([`crate::http::Timeouts`]), and how many connections are served at once.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSection {
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
     pub keepalive_timeout: Option<String>,
+    pub max_connections: Option<u32>,
 }
 
 /// `[session]`: the default policy, plus the global `ended_retention`.
@@ -230,8 +232,8 @@ pub struct Settings {
     pub store: StoreKind,
     /// Users file, portal, cookie, regulation, identity headers.
     pub web: WebSettings,
-    /// Slow and idle connections.
-    pub http: Timeouts,
+    /// Slow and idle connections, and how many are served at once.
+    pub http: Limits,
 }
 
 impl Settings {
@@ -290,7 +292,9 @@ impl Settings {
 /// Numbers from the environment go in as integers where the key takes one.
 fn env_value(key: &str, value: &str) -> toml::Value {
     match value.parse::<i64>() {
-        Ok(n) if key.ends_with("max_per_user") => toml::Value::Integer(n),
+        Ok(n) if key.ends_with("max_per_user") || key.ends_with("max_connections") => {
+            toml::Value::Integer(n)
+        }
         _ => toml::Value::String(value.to_owned()),
     }
 }
@@ -500,7 +504,7 @@ impl FileConfig {
                 )));
             }
         };
-        let http = http_timeouts(&self.http)?;
+        let http = http_limits(&self.http)?;
         Ok(Settings {
             listen,
             data_dir: self
@@ -519,7 +523,7 @@ impl FileConfig {
     }
 }
 
-fn http_timeouts(section: &HttpSection) -> Result<Timeouts, ConfigError> {
+fn http_limits(section: &HttpSection) -> Result<Limits, ConfigError> {
     let default = Timeouts::default();
     let t = Timeouts {
         header: duration(
@@ -540,7 +544,15 @@ fn http_timeouts(section: &HttpSection) -> Result<Timeouts, ConfigError> {
             EVENT_HEARTBEAT.as_secs()
         )));
     }
-    Ok(t)
+    let max_connections = match section.max_connections {
+        None => DEFAULT_MAX_CONNECTIONS,
+        Some(0) => return Err(invalid("http.max_connections: must be at least 1")),
+        Some(n) => n as usize,
+    };
+    Ok(Limits {
+        timeouts: t,
+        max_connections,
+    })
 }
 
 #[cfg(test)]
@@ -688,21 +700,24 @@ kind = "embedded"
     }
 
     #[test]
-    fn connection_timeouts_have_defaults_and_are_checked() {
+    fn connection_limits_have_defaults_and_are_checked() {
         let none = Overrides::default;
-        assert_eq!(load("", &[], none()).unwrap().http, Timeouts::default());
+        assert_eq!(load("", &[], none()).unwrap().http, Limits::default());
         let s = load(
-            "[http]\nheader_timeout = \"5s\"\nbody_timeout = \"10s\"\nkeepalive_timeout = \"10m\"\n",
+            "[http]\nheader_timeout = \"5s\"\nbody_timeout = \"10s\"\nkeepalive_timeout = \"10m\"\nmax_connections = 100\n",
             &[],
             none(),
         )
         .unwrap();
         assert_eq!(
             s.http,
-            Timeouts {
-                header: Duration::from_secs(5),
-                body: Duration::from_secs(10),
-                keep_alive: Duration::from_secs(600),
+            Limits {
+                timeouts: Timeouts {
+                    header: Duration::from_secs(5),
+                    body: Duration::from_secs(10),
+                    keep_alive: Duration::from_secs(600),
+                },
+                max_connections: 100,
             }
         );
         assert!(
@@ -717,19 +732,27 @@ kind = "embedded"
             err(load("[http]\nkeepalive_timeout = \"15s\"", &[], none())).contains("heartbeat")
         );
         assert!(err(load("[http]\nidle_timeout = \"1m\"", &[], none())).contains("idle_timeout"));
+        assert!(
+            err(load("[http]\nmax_connections = 0", &[], none())).contains("http.max_connections")
+        );
+        assert!(err(load("[http]\nmax_connections = -1", &[], none())).contains("-1"));
         // The environment sets them too, over the file.
         let env = [
             ("SESSIOND_HTTP_HEADER_TIMEOUT", "7s"),
             ("SESSIOND_HTTP_BODY_TIMEOUT", "8s"),
             ("SESSIOND_HTTP_KEEPALIVE_TIMEOUT", "9m"),
+            ("SESSIOND_HTTP_MAX_CONNECTIONS", "20000"),
         ];
         let s = load("[http]\nheader_timeout = \"5s\"", &env, none()).unwrap();
         assert_eq!(
             s.http,
-            Timeouts {
-                header: Duration::from_secs(7),
-                body: Duration::from_secs(8),
-                keep_alive: Duration::from_secs(540),
+            Limits {
+                timeouts: Timeouts {
+                    header: Duration::from_secs(7),
+                    body: Duration::from_secs(8),
+                    keep_alive: Duration::from_secs(540),
+                },
+                max_connections: 20_000,
             }
         );
     }

@@ -3,13 +3,13 @@
 //! In place of `axum::serve` so the connection setup is ours: HTTP/1.1 only (the contract
 //! serves nothing else, and axum's loop sniffs every connection for HTTP/2), `TCP_NODELAY`
 //! so an answer never waits for the peer's ACK, a bounded read buffer, the peer's
-//! address handed to [`App`] with the [`Connection`] without a layer per request, and
-//! slow or idle connections closed ([`super::timeouts`]).
+//! address handed to [`App`] with the [`Connection`] without a layer per request, slow or
+//! idle connections closed ([`super::timeouts`]), and a bound on the connections held.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::timeouts::{self, Connections, HasProgress, Progress, Timeouts, Watched, WatchedBody};
 use super::{App, Connection, MAX_BODY_BYTES, MAX_HEADER_BYTES};
@@ -25,17 +26,46 @@ use super::{App, Connection, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 /// otherwise), so headers are bounded before they are parsed, not only after.
 const MAX_READ_BUFFER: usize = 4 * MAX_HEADER_BYTES + MAX_BODY_BYTES;
 
+/// Connections served at once unless configured (`[http] max_connections`): Tomcat's
+/// default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+
+/// How often, at most, the log says that the connection limit was reached.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// What the server allows its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// How long each stage of a request may take.
+    pub timeouts: Timeouts,
+    /// Connections served at once. With this many open, a new connection is served once
+    /// the keep-alive connection idle the longest has been closed for it, or, with none
+    /// idle, once any connection ends; the listen backlog holds the ones after it.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            timeouts: Timeouts::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets each
 /// connection finish the request it is on, and returns once all have closed. A connection
-/// that overstays `timeouts`, before or after `shutdown`, is closed.
+/// that overstays its timeouts, before or after `shutdown`, is closed.
 pub async fn serve(
     listener: TcpListener,
     app: App,
-    timeouts: Timeouts,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
     let conns = Arc::new(Connections::new());
-    let reaper = tokio::spawn(timeouts::reaper(conns.clone(), timeouts));
+    let reaper = tokio::spawn(timeouts::reaper(conns.clone(), limits.timeouts));
+    let room = Arc::new(Semaphore::new(limits.max_connections));
+    let mut warned_full: Option<Instant> = None;
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -48,6 +78,23 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        };
+        let room_for_one = match room.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
+                    warned_full = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "holding as many connections as allowed: new ones wait for an idle \
+                         one to be closed or for one to end"
+                    );
+                }
+                tokio::select! {
+                    permit = make_room(&room, &conns, limits.timeouts.tick()) => permit,
+                    () = &mut shutdown => break,
+                }
+            }
         };
         // Only fails on a socket that is already gone; the connection then fails on its own.
         let _ = stream.set_nodelay(true);
@@ -66,6 +113,7 @@ pub async fn serve(
             .serve_connection(io, service);
         let conn = graceful.watch(conn);
         let task = tokio::spawn(async move {
+            let _room = room_for_one;
             if let Err(e) = conn.await {
                 tracing::trace!(%peer, error = %e, "connection ended with an error");
             }
@@ -107,6 +155,22 @@ async fn answer(
     let response = served.app.handle_on(&served.conn, req).await;
     served.progress.end();
     Ok(response)
+}
+
+/// Waits for room for one more connection, closing the connection idle the longest each
+/// `tick` while there is none.
+async fn make_room<P: HasProgress>(
+    room: &Arc<Semaphore>,
+    conns: &Connections<P>,
+    tick: Duration,
+) -> OwnedSemaphorePermit {
+    loop {
+        conns.close_idlest();
+        // The semaphore is never closed: `acquire_owned` only returns a permit.
+        if let Ok(Ok(permit)) = tokio::time::timeout(tick, room.clone().acquire_owned()).await {
+            return permit;
+        }
+    }
 }
 
 /// An accept that failed for the listener, not for one connection (out of descriptors,

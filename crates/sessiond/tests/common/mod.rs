@@ -31,7 +31,20 @@ impl Server {
     /// Starts a server on `127.0.0.1:0` with `data_dir` and, if given, a config file
     /// holding `config`.
     pub fn start(data_dir: &Path, config: Option<&str>) -> Server {
-        let mut cmd = Command::new(BIN);
+        Server::start_under(&[], data_dir, config)
+    }
+
+    /// [`Server::start`], run by `wrapper` (a program and its arguments, which then runs
+    /// the server in its place, as `prlimit` does); empty for none.
+    pub fn start_under(wrapper: &[&str], data_dir: &Path, config: Option<&str>) -> Server {
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(BIN),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(BIN);
+                cmd
+            }
+        };
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -87,6 +100,11 @@ impl Server {
             .expect("generated secret")
             .trim()
             .to_owned()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     pub fn agent_key(&self) -> String {

@@ -14,4 +14,5 @@ mod browser;
 mod cluster;
 mod durability;
 mod errors;
+mod limits;
 mod nginx;

@@ -1,5 +1,6 @@
-//! Slow and idle connections, through the real accept loop on a loopback socket. These
-//! tests wait for real (a few hundred milliseconds each): the timeouts are the server's.
+//! Slow and idle connections, and the bound on how many are held, through the real accept
+//! loop on a loopback socket. These tests wait for real (a few hundred milliseconds each):
+//! the timeouts are the server's.
 
 use std::time::{Duration, Instant};
 
@@ -7,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{AGENT_KEY, Harness};
-use crate::http::{Timeouts, app, serve};
+use crate::http::{Limits, Timeouts, app, serve};
 
 /// Each different, so that a test can tell which one closed the connection.
 const SHORT: Timeouts = Timeouts {
@@ -16,15 +17,26 @@ const SHORT: Timeouts = Timeouts {
     keep_alive: Duration::from_millis(1200),
 };
 
+const GET: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+
 /// A server on a free loopback port, stopped when the test's runtime ends.
 async fn server() -> std::net::SocketAddr {
+    server_holding(64).await
+}
+
+/// [`server`], serving at most `max_connections` at once.
+async fn server_holding(max_connections: usize) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = Harness::new().state;
+    let limits = Limits {
+        timeouts: SHORT,
+        max_connections,
+    };
     tokio::spawn(serve(
         listener,
         app(state),
-        SHORT,
+        limits,
         std::future::pending::<()>(),
     ));
     addr
@@ -150,12 +162,11 @@ async fn a_keep_alive_connection_outlives_the_header_timeout_between_requests_an
 {
     let addr = server().await;
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let get = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
-    stream.write_all(get).await.unwrap();
+    stream.write_all(GET).await.unwrap();
     assert_eq!(answer(&mut stream).await, "HTTP/1.1 200 OK");
     // Idle for longer than a head may take, shorter than the keep-alive time.
     tokio::time::sleep(SHORT.header * 2).await;
-    stream.write_all(get).await.unwrap();
+    stream.write_all(GET).await.unwrap();
     assert_eq!(answer(&mut stream).await, "HTTP/1.1 200 OK");
     let idle_from = Instant::now();
     let after = closed_after(&mut stream, idle_from).await;
@@ -170,9 +181,7 @@ async fn a_slow_client_does_not_hold_up_others() {
     slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
     let mut fast = TcpStream::connect(addr).await.unwrap();
     for _ in 0..3 {
-        fast.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        fast.write_all(GET).await.unwrap();
         assert_eq!(answer(&mut fast).await, "HTTP/1.1 200 OK");
     }
     let after = closed_after(&mut slow, Instant::now()).await;
@@ -187,7 +196,10 @@ async fn shutdown_does_not_wait_for_a_client_stuck_in_its_head() {
     let server = tokio::spawn(serve(
         listener,
         app(Harness::new().state),
-        SHORT,
+        Limits {
+            timeouts: SHORT,
+            max_connections: 64,
+        },
         async move {
             let _ = stopped.await;
         },
@@ -204,4 +216,49 @@ async fn shutdown_does_not_wait_for_a_client_stuck_in_its_head() {
         .unwrap();
     assert!(started.elapsed() < SHORT.header * 3);
     drop(stuck);
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_the_keep_alive_connection_idle_the_longest_makes_room() {
+    let addr = server_holding(2).await;
+    let mut older = TcpStream::connect(addr).await.unwrap();
+    older.write_all(GET).await.unwrap();
+    assert_eq!(answer(&mut older).await, "HTTP/1.1 200 OK");
+    // Two reaper ticks apart, so that the reaper sees which went idle first.
+    tokio::time::sleep(SHORT.tick() * 3).await;
+    let mut newer = TcpStream::connect(addr).await.unwrap();
+    newer.write_all(GET).await.unwrap();
+    assert_eq!(answer(&mut newer).await, "HTTP/1.1 200 OK");
+    tokio::time::sleep(SHORT.tick() * 3).await;
+    // Both idle, far from the keep-alive time; a third client comes.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let asked = Instant::now();
+    third.write_all(GET).await.unwrap();
+    assert_eq!(answer(&mut third).await, "HTTP/1.1 200 OK");
+    assert!(
+        asked.elapsed() < SHORT.keep_alive / 2,
+        "{:?}",
+        asked.elapsed()
+    );
+    let after = closed_after(&mut older, asked).await;
+    assert!(after < SHORT.keep_alive / 2, "closed after {after:?}");
+    // The newer one was left alone.
+    newer.write_all(GET).await.unwrap();
+    assert_eq!(answer(&mut newer).await, "HTTP/1.1 200 OK");
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_with_none_idle_a_new_connection_waits_for_one_to_end() {
+    let addr = server_holding(1).await;
+    // Connected, its first request not sent yet: not idle, so never closed to make room.
+    let first = TcpStream::connect(addr).await.unwrap();
+    let mut next = TcpStream::connect(addr).await.unwrap();
+    next.write_all(GET).await.unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(SHORT.header / 2, next.peek(&mut byte)).await;
+    assert!(early.is_err(), "answered while the only place was taken");
+    let freed = Instant::now();
+    drop(first);
+    assert_eq!(answer(&mut next).await, "HTTP/1.1 200 OK");
+    assert!(freed.elapsed() < SHORT.header / 2, "{:?}", freed.elapsed());
 }
