@@ -16,7 +16,7 @@ use sessiond_core::clock::parse_duration;
 use sessiond_core::token::MIN_KEY_LEN;
 use sessiond_core::{OnLimit, Policy};
 
-use crate::http::{DEFAULT_MAX_CONNECTIONS, EVENT_HEARTBEAT, Limits, Timeouts};
+use crate::http::{EVENT_HEARTBEAT, Limits, Timeouts};
 
 /// The environment variables `serve` reads, and the config key each one sets.
 pub const ENV_KEYS: &[(&str, &str)] = &[
@@ -524,18 +524,22 @@ impl FileConfig {
 }
 
 fn http_limits(section: &HttpSection) -> Result<Limits, ConfigError> {
-    let default = Timeouts::default();
+    let default = Limits::default();
     let t = Timeouts {
         header: duration(
             "http.header_timeout",
             &section.header_timeout,
-            default.header,
+            default.timeouts.header,
         )?,
-        body: duration("http.body_timeout", &section.body_timeout, default.body)?,
+        body: duration(
+            "http.body_timeout",
+            &section.body_timeout,
+            default.timeouts.body,
+        )?,
         keep_alive: duration(
             "http.keepalive_timeout",
             &section.keepalive_timeout,
-            default.keep_alive,
+            default.timeouts.keep_alive,
         )?,
     };
     if t.keep_alive <= EVENT_HEARTBEAT {
@@ -545,7 +549,7 @@ fn http_limits(section: &HttpSection) -> Result<Limits, ConfigError> {
         )));
     }
     let max_connections = match section.max_connections {
-        None => DEFAULT_MAX_CONNECTIONS,
+        None => default.max_connections,
         Some(0) => return Err(invalid("http.max_connections: must be at least 1")),
         Some(n) => n as usize,
     };

@@ -17,7 +17,7 @@ mod serve;
 mod timeouts;
 
 pub use events::KEEP_ALIVE as EVENT_HEARTBEAT;
-pub use serve::{DEFAULT_MAX_CONNECTIONS, Limits, serve};
+pub use serve::{Limits, serve};
 pub use timeouts::Timeouts;
 
 use std::convert::Infallible;

@@ -28,7 +28,7 @@ const MAX_READ_BUFFER: usize = 4 * MAX_HEADER_BYTES + MAX_BODY_BYTES;
 
 /// Connections served at once unless configured (`[http] max_connections`): Tomcat's
 /// default.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+const DEFAULT_MAX_CONNECTIONS: usize = 8192;
 
 /// How often, at most, the log says that the connection limit was reached.
 const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);

@@ -55,7 +55,7 @@ async fn healthz(stream: &mut TcpStream) -> String {
 }
 
 #[tokio::test]
-async fn at_max_connections_the_keep_alive_connection_idle_the_longest_makes_room() {
+async fn at_max_connections_an_idle_keep_alive_connection_makes_room() {
     let (_tmp, dir) = data_dir();
     let server = Server::start(&dir, Some("[http]\nmax_connections = 4\n"));
     let addr = server.url.trim_start_matches("http://").to_owned();

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{AGENT_KEY, Harness};
@@ -73,7 +73,7 @@ async fn answer(stream: &mut TcpStream) -> String {
 
 /// How long after `from` the server closed `stream`, reading (and dropping) whatever it
 /// sends meanwhile; gives up after 5 s.
-async fn closed_after(stream: &mut TcpStream, from: Instant) -> Duration {
+async fn closed_after(stream: &mut (impl AsyncRead + Unpin), from: Instant) -> Duration {
     let mut chunk = [0u8; 1024];
     let wait = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -87,14 +87,16 @@ async fn closed_after(stream: &mut TcpStream, from: Instant) -> Duration {
     from.elapsed()
 }
 
-/// Writes `bytes` one at a time, `every` apart, while the server reads them.
-async fn trickle(stream: &mut TcpStream, bytes: &[u8], every: Duration) {
+/// Writes `bytes` one at a time, `every` apart, while the server reads them; whether all
+/// of them went through before the server closed the connection.
+async fn trickle(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8], every: Duration) -> bool {
     for b in bytes {
         if stream.write_all(&[*b]).await.is_err() {
-            return;
+            return false;
         }
         tokio::time::sleep(every).await;
     }
+    true
 }
 
 #[tokio::test]
@@ -115,31 +117,13 @@ async fn a_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
     // 40 header bytes, 50 ms apart: 2 s for the whole head if it were let through.
     let head = b"GET /healthz HTTP/1.1\r\nx-slow: aaaaaaaaaaaaaaaaaa";
     let (mut read, mut write) = stream.split();
-    let slow = trickle_half(&mut write, head, Duration::from_millis(50));
-    let closed = async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            match read.read(&mut chunk).await {
-                Ok(0) | Err(_) => return started.elapsed(),
-                Ok(_) => {}
-            }
-        }
-    };
-    let after = tokio::select! {
-        after = closed => after,
-        () = slow => panic!("the whole slow head went through"),
-    };
+    let (after, all_sent) = tokio::join!(
+        closed_after(&mut read, started),
+        trickle(&mut write, head, Duration::from_millis(50)),
+    );
+    assert!(!all_sent, "the whole slow head went through");
     assert!(after >= SHORT.header, "closed after {after:?}");
     assert!(after < SHORT.header * 3, "closed after {after:?}");
-}
-
-async fn trickle_half(write: &mut tokio::net::tcp::WriteHalf<'_>, bytes: &[u8], every: Duration) {
-    for b in bytes {
-        if write.write_all(&[*b]).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(every).await;
-    }
 }
 
 #[tokio::test]
@@ -151,7 +135,8 @@ async fn a_body_that_never_ends_is_cut_off_at_the_body_timeout() {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     let started = Instant::now();
-    trickle(&mut stream, b"{\"token\":\"", Duration::from_millis(50)).await;
+    // Ten bytes in 500 ms, within the body's 600: taken, then the body stops.
+    assert!(trickle(&mut stream, b"{\"token\":\"", Duration::from_millis(50)).await);
     let after = closed_after(&mut stream, started).await;
     assert!(after >= SHORT.body, "closed after {after:?}");
     assert!(after < SHORT.body * 2, "closed after {after:?}");
