@@ -92,8 +92,22 @@ pub(super) struct Progress {
     reads: AtomicU32,
     /// Writes that took bytes.
     writes: AtomicU32,
-    /// `(requests begun << STAGE_BITS) | stage`.
+    /// `(requests begun << STAGE_BITS) | stage`. The count runs from 1 to
+    /// [`MAX_REQUESTS`] and then starts again at 1: 0 means the first request is not
+    /// yet here, which has the header time, not the keep-alive time.
     stage: AtomicU32,
+}
+
+/// The most requests [`Progress::stage`] counts before it starts again at 1.
+const MAX_REQUESTS: u32 = u32::MAX >> STAGE_BITS;
+
+/// The count of requests after `requests`, never 0 (see [`Progress::stage`]).
+fn next_request(requests: u32) -> u32 {
+    if requests >= MAX_REQUESTS {
+        1
+    } else {
+        requests + 1
+    }
 }
 
 fn bump(counter: &AtomicU32) {
@@ -106,7 +120,7 @@ fn bump(counter: &AtomicU32) {
 impl Progress {
     /// A request was handed over; `has_body`: its body is still to be read.
     pub(super) fn begin(&self, has_body: bool) {
-        let requests = (self.stage.load(Ordering::Relaxed) >> STAGE_BITS).wrapping_add(1);
+        let requests = next_request(self.stage.load(Ordering::Relaxed) >> STAGE_BITS);
         let stage = if has_body { BODY } else { WORKING };
         self.stage
             .store((requests << STAGE_BITS) | stage, Ordering::Relaxed);
@@ -541,6 +555,23 @@ mod tests {
             conn.0.begin(true);
             assert_eq!(c.check(t0 + secs(9 * i), &T), None, "request {i}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_request_count_starts_again_at_one_never_at_the_first_requests_zero() {
+        let (mut c, conn, t0, _task) = tracked().await;
+        conn.0
+            .stage
+            .store((MAX_REQUESTS - 1) << STAGE_BITS, Ordering::Relaxed);
+        for _ in 0..2 {
+            conn.0.begin(false);
+            conn.0.end();
+        }
+        assert_eq!(conn.0.stage.load(Ordering::Relaxed), 1 << STAGE_BITS);
+        // Idle between requests: the keep-alive time, not the first head's.
+        assert_eq!(c.check(t0, &T), None);
+        assert_eq!(c.check(t0 + secs(60), &T), None);
+        assert_eq!(c.check(t0 + secs(121), &T), Some(Overstayed::KeepAlive));
     }
 
     #[tokio::test]
