@@ -78,6 +78,8 @@ fn main() {
     let mut keys = Vec::with_capacity(n as usize);
     for i in 0..n {
         let mut s = SessionData::nth(i).into_session("default", &policy, t0);
+        // As the server's creates do: the record then sits at the slot its id names.
+        store.issue_slot(&mut s.id);
         let minted = token_keys.mint(s.id).expect("a token");
         s.verifier = minted.verifier;
         keys.push((s.id, s.verifier, minted.token));
