@@ -77,9 +77,7 @@ fn main() {
     let store = Arc::new(LocalStore::memory(StoreOptions::default()));
     let mut keys = Vec::with_capacity(n as usize);
     for i in 0..n {
-        let mut s = SessionData::nth(i).into_session("default", &policy, t0);
-        // As the server's creates do: the record then sits at the slot its id names.
-        store.issue_slot(&mut s.id);
+        let mut s = SessionData::nth(i).into_session_for(&*store, "default", &policy, t0);
         let minted = token_keys.mint(s.id).expect("a token");
         s.verifier = minted.verifier;
         keys.push((s.id, s.verifier, minted.token));

@@ -55,7 +55,8 @@ fn main() {
                     let (store, policy) = (store.clone(), policy);
                     tokio::spawn(async move {
                         for i in (t..n).step_by(64) {
-                            let s = SessionData::nth(i).into_session("default", &policy, now);
+                            let s = SessionData::nth(i)
+                                .into_session_for(&*store, "default", &policy, now);
                             let (id, verifier) = (s.id, s.verifier);
                             store.create(s, policy.limit(), now).await.expect("create");
                             // Touched once, as the benchmark's validate windows touch them.

@@ -18,6 +18,8 @@ use sessiond_core::{Policy, Session, SessionId, Timestamp, Verifier};
 use sessiond_proto::v1;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::SessionStore;
+
 /// How long a server may take to answer PING after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -75,8 +77,10 @@ impl SessionData {
     }
 
     /// This session as the server makes it on a create at `now` under `policy` (named
-    /// `policy_name`): a fresh id tagged with its user, the attributes, the policy's
-    /// deadlines. Its verifier is SHA-256 of its id, since nothing validates these by token.
+    /// `policy_name`), for a store that does not choose part of the id: a fresh id tagged
+    /// with its user, the attributes, the policy's deadlines. Its verifier is SHA-256 of
+    /// its id, since nothing validates these by token. For a store that is to hold it, see
+    /// [`SessionData::into_session_for`].
     pub fn into_session(self, policy_name: &str, policy: &Policy, now: Timestamp) -> Session {
         let id = SessionId::for_user(&self.user).expect("random ids");
         let new = NewSession {
@@ -88,6 +92,22 @@ impl SessionData {
         };
         let verifier = Verifier(sha256(&id.0));
         Session::create(new, id, verifier, policy_name, policy, now)
+    }
+
+    /// [`SessionData::into_session`] with the id `store` issues, as the server's creates
+    /// do ([`SessionStore::issue_slot`]): the embedded store then keeps the record at the
+    /// slot its id names, where the server's validates find it, not in the spill map. Pass
+    /// it to `store.create` with no await in between.
+    pub fn into_session_for(
+        self,
+        store: &dyn SessionStore,
+        policy_name: &str,
+        policy: &Policy,
+        now: Timestamp,
+    ) -> Session {
+        let mut s = self.into_session(policy_name, policy, now);
+        store.issue_slot(&mut s.id);
+        s
     }
 }
 

@@ -143,7 +143,7 @@ async fn populate(ctx: &mut Ctx, held: u64, expiring: u64) -> Result<Held> {
     for i in 0..lasting {
         create(
             &store,
-            SessionData::nth(i).into_session("long", &long, T0),
+            SessionData::nth(i).into_session_for(&store, "long", &long, T0),
             T0,
         )
         .await?;
@@ -170,7 +170,8 @@ async fn sweep_round(h: &mut Held, round: u64, expiring: u64) -> Result<()> {
         ..Policy::default()
     };
     for i in h.next..h.next + expiring {
-        let session = SessionData::nth(i).into_session("short", &short_lived, created_at);
+        let session =
+            SessionData::nth(i).into_session_for(&h.store, "short", &short_lived, created_at);
         create(&h.store, session, created_at).await?;
     }
     h.next += expiring;

@@ -1638,6 +1638,23 @@ mod slot_tests {
         store.close().await.unwrap();
     }
 
+    /// The benchmark's and the examples' sessions (`testkit::SessionData`) sit where the
+    /// server's would: at their slots, none in the spill map.
+    #[tokio::test]
+    async fn the_testkit_sessions_for_a_store_take_their_slots() {
+        use crate::testkit::SessionData;
+        let store = LocalStore::memory(StoreOptions::default());
+        let policy = sessiond_core::Policy::default();
+        for i in 0..100 {
+            let s = SessionData::nth(i).into_session_for(&store, "default", &policy, T0);
+            store.create(s, UserLimit::UNLIMITED, T0).await.unwrap();
+        }
+        assert_eq!(store.spilled(), 0);
+        let s = SessionData::nth(100).into_session("default", &policy, T0);
+        store.create(s, UserLimit::UNLIMITED, T0).await.unwrap();
+        assert_eq!(store.spilled(), 1, "an id the store did not issue");
+    }
+
     /// A create the user's limit refuses gives its issued slot back.
     #[tokio::test]
     async fn a_refused_create_gives_its_slot_back() {
