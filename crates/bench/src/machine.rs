@@ -47,6 +47,28 @@ impl Machine {
     }
 }
 
+/// Variables that change how a server allocates or runs without any flag of its own, and
+/// that every server the benchmark starts inherits from its environment.
+const TUNING_PREFIXES: [&str; 5] = [
+    "MIMALLOC_",
+    "MALLOC_",
+    "GLIBC_TUNABLES",
+    "LD_PRELOAD",
+    "TOKIO_",
+];
+
+/// `NAME=value` of each variable in `vars` that would change the servers' figures (see
+/// [`TUNING_PREFIXES`]), sorted, so that a run made with one says so.
+pub fn tuning_environment(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let mut found: Vec<String> = vars
+        .into_iter()
+        .filter(|(name, _)| TUNING_PREFIXES.iter().any(|p| name.starts_with(p)))
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    found.sort();
+    found
+}
+
 /// `pid comm` of every running `rustc` or `cargo` that is not one of this process's
 /// ancestors (the `cargo run` that started the benchmark does not count).
 pub fn builds_running() -> Vec<String> {

@@ -192,6 +192,7 @@ fn all(args: AllArgs) -> Result<ExitCode> {
         command: command_line(),
         smoke: args.smoke,
         build_overlaps: ctx.monitor.overlaps(),
+        environment: machine::tuning_environment(std::env::vars()),
         log: ctx.log,
         rows,
     };
@@ -201,6 +202,13 @@ fn all(args: AllArgs) -> Result<ExitCode> {
         println!(
             "note: other rustc/cargo ran during: {}",
             report.build_overlaps.join(", ")
+        );
+    }
+    if !report.environment.is_empty() {
+        println!(
+            "note: ran with {} in the environment, which every server inherits; these \
+             figures are not those of the defaults",
+            report.environment.join(" ")
         );
     }
     report.write_json(&json)?;

@@ -249,6 +249,10 @@ pub struct Report {
     pub log: Vec<String>,
     /// Phases during which another `rustc`/`cargo` was running.
     pub build_overlaps: Vec<String>,
+    /// Allocator and runtime variables the servers inherited
+    /// ([`crate::machine::tuning_environment`]): figures made with them are not the
+    /// defaults'.
+    pub environment: Vec<String>,
     pub rows: Vec<Row>,
 }
 
@@ -280,6 +284,18 @@ impl Report {
                 "Another engineer's `rustc`/`cargo` was running during: {}. Those figures \
                  shared the 2 cores with a build.\n",
                 self.build_overlaps.join(", ")
+            );
+        }
+        if !self.environment.is_empty() {
+            let _ = writeln!(
+                s,
+                "The benchmark ran with {} in its environment, which every server it starts \
+                 inherits: these figures are not those of the defaults.\n",
+                self.environment
+                    .iter()
+                    .map(|v| format!("`{v}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         s.push_str(&markdown(&self.rows));
@@ -341,5 +357,50 @@ mod tests {
         assert_eq!(r.meets, Verdict::No);
         let r = Row::measured("r", "s/M", 0.8, None, Target::AtMost(1.0));
         assert_eq!(r.meets, Verdict::Yes);
+    }
+
+    fn report(environment: &[(&str, &str)]) -> Report {
+        Report {
+            machine: Machine {
+                date: "2026-11-23T00:00:00.000Z".into(),
+                nproc: 2,
+                memory_gib: 24.0,
+                kernel: "6.1".into(),
+                cpu: "test".into(),
+            },
+            command: "sessiond-bench all".into(),
+            smoke: false,
+            log: Vec::new(),
+            build_overlaps: Vec::new(),
+            environment: crate::machine::tuning_environment(
+                environment
+                    .iter()
+                    .map(|&(k, v)| (k.to_owned(), v.to_owned())),
+            ),
+            rows: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_run_with_allocator_variables_says_so_and_one_without_says_nothing() {
+        let tuned = report(&[
+            ("PATH", "/usr/bin"),
+            ("MIMALLOC_PURGE_DELAY", "-1"),
+            ("HOME", "/root"),
+            ("LD_PRELOAD", "libfoo.so"),
+            ("SESSIOND_LOG", "debug"),
+        ]);
+        assert_eq!(
+            tuned.environment,
+            ["LD_PRELOAD=libfoo.so", "MIMALLOC_PURGE_DELAY=-1"]
+        );
+        assert!(tuned.section().contains(
+            "The benchmark ran with `LD_PRELOAD=libfoo.so`, `MIMALLOC_PURGE_DELAY=-1` in \
+             its environment, which every server it starts inherits: these figures are not \
+             those of the defaults."
+        ));
+        let plain = report(&[("PATH", "/usr/bin"), ("CARGO_HOME", "/root/.cargo")]);
+        assert!(plain.environment.is_empty());
+        assert!(!plain.section().contains("environment"));
     }
 }
