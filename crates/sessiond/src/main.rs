@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sessiond_core::SystemClock;
 use sessiond_server::bootstrap::{self, SERVER_URL_FILE};
-use sessiond_server::config::{Overrides, Settings};
+use sessiond_server::config::{self, Overrides, Settings};
 
 #[derive(Debug, Parser)]
 #[command(name = "sessiond", version, about = "Session management server")]
@@ -168,7 +168,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let env: Vec<(String, String)> = std::env::vars().collect();
+    let env = config::environment(std::env::vars_os())?;
     let flags = Overrides {
         listen: args.listen,
         data_dir: args.data_dir,

@@ -5,6 +5,7 @@
 //! configuration the server runs on. Every refusal names the key at fault.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -64,6 +65,32 @@ pub enum ConfigError {
 
 fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(msg.into())
+}
+
+/// The `SESSIOND_*` variables of `vars` (the process's environment, as
+/// `std::env::vars_os` gives it), for [`Settings::load`]. No other variable is read,
+/// whatever bytes it holds: an init system or a shell may set one that is not UTF-8, and
+/// the server must start anyway. A `SESSIOND_*` variable that is not UTF-8 is refused by
+/// name.
+pub fn environment(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut found = Vec::new();
+    for (name, value) in vars {
+        let shown = name.to_string_lossy();
+        if !shown.starts_with("SESSIOND_") {
+            continue;
+        }
+        match (name.to_str(), value.into_string()) {
+            (Some(name), Ok(value)) => found.push((name.to_owned(), value)),
+            _ => {
+                return Err(invalid(format!(
+                    "environment variable `{shown}` is not UTF-8"
+                )));
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The config file's shape. Unknown keys are errors.
@@ -808,6 +835,34 @@ kind = "embedded"
         let s = load(text, &env, flags).unwrap();
         assert_eq!(s.listen.port(), 3000);
         assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_sessiond_variables_are_read_and_those_must_be_utf8() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let var = |k: &[u8], v: &[u8]| {
+            (
+                OsString::from_vec(k.to_vec()),
+                OsString::from_vec(v.to_vec()),
+            )
+        };
+        let env = environment([
+            var(b"PATH", b"/bin"),
+            var(b"LEGACY", b"caf\xe9"),
+            var(b"\xffNAME", b"x"),
+            var(b"SESSIOND_LISTEN", b"127.0.0.1:9000"),
+        ])
+        .unwrap();
+        assert_eq!(
+            env,
+            [("SESSIOND_LISTEN".to_owned(), "127.0.0.1:9000".to_owned())]
+        );
+        let refused = environment([var(b"SESSIOND_DATA_DIR", b"/srv/caf\xe9")]).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "config: environment variable `SESSIOND_DATA_DIR` is not UTF-8"
+        );
     }
 
     #[test]

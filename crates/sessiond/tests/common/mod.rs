@@ -3,9 +3,11 @@
 
 #![allow(dead_code)] // each test module uses a different part
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -37,6 +39,34 @@ impl Server {
     /// [`Server::start`], run by `wrapper` (a program and its arguments, which then runs
     /// the server in its place, as `prlimit` does); empty for none.
     pub fn start_under(wrapper: &[&str], data_dir: &Path, config: Option<&str>) -> Server {
+        Server::launch(Server::command(wrapper, data_dir, config), data_dir)
+    }
+
+    /// [`Server::start`] with `env` added to the server's environment; names and values
+    /// are bytes, which need not be UTF-8.
+    pub fn start_with_env(data_dir: &Path, env: &[(OsString, OsString)]) -> Server {
+        let mut cmd = Server::command(&[], data_dir, None);
+        cmd.envs(env.iter().cloned());
+        Server::launch(cmd, data_dir)
+    }
+
+    /// What `sessiond serve` with `env` added printed and how it ended, for a start that
+    /// is expected to fail (waits at most 30 s, then kills).
+    pub fn refused_with_env(data_dir: &Path, env: &[(OsString, OsString)]) -> Output {
+        let mut cmd = Server::command(&[], data_dir, None);
+        cmd.envs(env.iter().cloned()).stderr(Stdio::piped());
+        let child = cmd.spawn().expect("spawn sessiond");
+        let pid = child.id();
+        within_30s(
+            pid,
+            move || child.wait_with_output(),
+            "when it should refuse to start",
+        )
+    }
+
+    /// `sessiond serve` on `127.0.0.1:0` with `data_dir`, `config` and no `SESSIOND_*`
+    /// variable of the test's own environment, run by `wrapper` if one is given.
+    fn command(wrapper: &[&str], data_dir: &Path, config: Option<&str>) -> Command {
         let mut cmd = match wrapper.split_first() {
             None => Command::new(BIN),
             Some((program, args)) => {
@@ -55,13 +85,19 @@ impl Server {
             std::fs::write(&path, text).expect("write config");
             cmd.arg("--config").arg(path);
         }
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SESSIOND_")) {
+        for (k, _) in std::env::vars_os().filter(|(k, _)| k.as_bytes().starts_with(b"SESSIOND_")) {
             cmd.env_remove(k);
         }
         cmd.env("SESSIOND_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        cmd
+    }
+
+    /// Spawns `cmd`, a [`Server::command`] for `data_dir`, and waits for its "listening
+    /// on" line.
+    fn launch(mut cmd: Command, data_dir: &Path) -> Server {
         let mut child = cmd.spawn().expect("spawn sessiond");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
@@ -156,19 +192,7 @@ impl Server {
     fn exit_status(mut self, after: &str) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let pid = child.id();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(status) => status.expect("wait"),
-            Err(_) => {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-                panic!("sessiond did not stop within 30 s {after}");
-            }
-        }
+        within_30s(pid, move || child.wait(), after)
     }
 
     /// Runs the admin CLI of the same binary against this server.
@@ -188,6 +212,28 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// What `wait` (a wait for the child `pid`, run on a thread of its own) gave; if it takes
+/// more than 30 s, the child is killed and the test fails, naming `after`.
+fn within_30s<T: Send + 'static>(
+    pid: u32,
+    wait: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    after: &str,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(wait());
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(waited) => waited.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("sessiond did not stop within 30 s {after}");
         }
     }
 }

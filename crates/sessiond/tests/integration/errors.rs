@@ -146,3 +146,36 @@ async fn fifty_parallel_creates_never_exceed_the_limit() {
         .unwrap();
     assert_eq!(page.sessions.len(), 3);
 }
+
+/// An environment variable from bytes, which need not be UTF-8.
+fn var(name: &[u8], value: &[u8]) -> (std::ffi::OsString, std::ffi::OsString) {
+    use std::os::unix::ffi::OsStringExt as _;
+    (
+        std::ffi::OsString::from_vec(name.to_vec()),
+        std::ffi::OsString::from_vec(value.to_vec()),
+    )
+}
+
+#[tokio::test]
+async fn a_variable_that_is_not_utf8_and_not_ours_does_not_stop_the_server() {
+    let (_tmp, dir) = data_dir();
+    // Latin-1 in a variable an init system or an old shell profile set.
+    let server = Server::start_with_env(&dir, &[var(b"LEGACY_NAME", b"Jos\xe9")]);
+    let agent = server.agent();
+    let created = agent.create_session(&req("alice")).await.unwrap();
+    agent.validate(&created.token, true).await.unwrap();
+}
+
+#[test]
+fn a_sessiond_variable_that_is_not_utf8_is_refused_by_name() {
+    let (_tmp, dir) = data_dir();
+    let out = Server::refused_with_env(&dir, &[var(b"SESSIOND_USERS_FILE", b"/etc/caf\xe9")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("environment variable `SESSIOND_USERS_FILE` is not UTF-8"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!dir.exists(), "a refused start writes nothing");
+}
