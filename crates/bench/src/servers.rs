@@ -3,6 +3,7 @@
 //! redis-server of the benchmark's own.
 
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -91,7 +92,7 @@ impl Sessiond {
             .arg(data_dir)
             .arg("--config")
             .arg(&config);
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SESSIOND_")) {
+        for (k, _) in std::env::vars_os().filter(|(k, _)| k.as_bytes().starts_with(b"SESSIOND_")) {
             cmd.env_remove(k);
         }
         cmd.env("SESSIOND_LOG", "warn");
