@@ -26,7 +26,7 @@ pub const GENERATED_AGENT: &str = "default";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
-    #[error("data dir {path}: {source}")]
+    #[error("data dir {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -54,7 +54,7 @@ pub const DEFAULT_DATA_DIR: &str = "sessiond-data";
 /// A configuration that cannot be used, with the key at fault in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

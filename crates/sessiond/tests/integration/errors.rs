@@ -179,3 +179,24 @@ fn a_sessiond_variable_that_is_not_utf8_is_refused_by_name() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!dir.exists(), "a refused start writes nothing");
 }
+
+#[test]
+fn a_config_file_that_cannot_be_read_is_named_with_its_cause_once() {
+    let (_tmp, dir) = data_dir();
+    let missing = dir.with_extension("missing.toml");
+    let out = Server::refused_with_env(
+        &dir,
+        &[("SESSIOND_CONFIG".into(), missing.clone().into_os_string())],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let cause = "No such file or directory";
+    assert!(
+        stderr.contains(&format!(
+            "cannot read config file {}: {cause}",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches(cause).count(), 1, "{stderr}");
+}
