@@ -228,7 +228,14 @@ pub(super) fn open(path: &Path) -> Result<(Journal, Disk), StoreError> {
     let db = Database::builder(path)
         .cache_size(CACHE_BYTES)
         .open()
-        .map_err(unavailable)?;
+        .map_err(|e| match e {
+            // fjall's own words are "FjallError: Locked".
+            fjall::Error::Locked => StoreError::Unavailable(format!(
+                "{} is held by another process; one data dir serves one sessiond at a time",
+                path.display()
+            )),
+            e => unavailable(e),
+        })?;
     let options = || {
         KeyspaceCreateOptions::default()
             .max_memtable_size(MEMTABLE_BYTES)
@@ -691,6 +698,21 @@ mod tests {
     use sessiond_core::{Policy, Verifier};
 
     use super::*;
+
+    #[test]
+    fn a_data_dir_held_by_another_store_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _disk) = open(dir.path()).unwrap();
+        let Err(StoreError::Unavailable(message)) = open(dir.path()) else {
+            panic!("a second store opened the same data dir");
+        };
+        assert!(message.contains("is held by another process"), "{message}");
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
+        drop(first);
+    }
 
     #[test]
     fn a_stored_session_reads_back_as_the_session_written() {
