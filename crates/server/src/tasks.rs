@@ -1,10 +1,14 @@
 //! Background work: the expiry sweep and the touch flush.
 //!
 //! Both run on tokio timers and stop when the [`Tasks`] handle is shut down or dropped
-//! (a drop guard), so no task outlives the server.
+//! (a drop guard), so no task outlives the server. A step that keeps failing (its store is
+//! down) is logged at its first failure, once a minute while the failures go on, and when
+//! it works again (`Failures`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use sessiond_store::StoreError;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -38,28 +42,22 @@ impl Tasks {
         let (stop, stopped) = watch::channel(false);
         let sweeper = {
             let service = service.clone();
-            every(SWEEP_EVERY, stopped.clone(), move || {
+            every("sweep", SWEEP_EVERY, stopped.clone(), move || {
                 let service = service.clone();
                 async move {
-                    match service.store.sweep(service.now()).await {
-                        Ok(r) if r.expired + r.purged > 0 => {
-                            tracing::debug!(expired = r.expired, purged = r.purged, "swept")
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "sweep failed"),
+                    let r = service.store.sweep(service.now()).await?;
+                    if r.expired + r.purged > 0 {
+                        tracing::debug!(expired = r.expired, purged = r.purged, "swept");
                     }
+                    Ok(())
                 }
             })
         };
-        let flusher = every(flush_every, stopped.clone(), {
+        let flusher = every("touch flush", flush_every, stopped.clone(), {
             let service = service.clone();
             move || {
                 let service = service.clone();
-                async move {
-                    if let Err(e) = service.store.flush_touches().await {
-                        tracing::warn!(error = %e, "touch flush failed");
-                    }
-                }
+                async move { service.store.flush_touches().await.map(|_| ()) }
             }
         });
         let mut handles = vec![sweeper, flusher];
@@ -84,22 +82,117 @@ impl Drop for Tasks {
     }
 }
 
-fn every<F, Fut>(period: Duration, mut stopped: watch::Receiver<bool>, mut run: F) -> JoinHandle<()>
+/// Runs `run` every `period` until stopped, and logs its failures as [`Failures`] says.
+fn every<F, Fut>(
+    what: &'static str,
+    period: Duration,
+    mut stopped: watch::Receiver<bool>,
+    mut run: F,
+) -> JoinHandle<()>
 where
     F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: std::future::Future<Output = Result<(), StoreError>> + Send,
 {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
+        let mut failures = Failures::default();
         loop {
             tokio::select! {
-                _ = ticks.tick() => run().await,
+                _ = ticks.tick() => {
+                    let result = run().await;
+                    let now = tokio::time::Instant::now().into_std();
+                    match (failures.note(result.is_err(), now), result) {
+                        (Note::First, Err(e)) => tracing::warn!(
+                            error = %e,
+                            "{what} failed; it is retried every {period:?}, and logged once a \
+                             minute while it fails"
+                        ),
+                        (Note::Still { failures }, Err(e)) => {
+                            tracing::warn!(error = %e, failures, "{what} still failing")
+                        }
+                        (Note::Recovered { failures, after }, _) => tracing::info!(
+                            failures,
+                            after_s = after.as_secs(),
+                            "{what} works again"
+                        ),
+                        _ => {}
+                    }
+                }
                 _ = stopped.changed() => return,
             }
         }
     })
+}
+
+/// How often a background step that keeps failing (a store that is down, say) is logged
+/// again, after its first failure.
+const FAILURE_LOGGED_EVERY: Duration = Duration::from_secs(60);
+
+/// A background step's run of failures, so that a store down for an hour logs about 60
+/// lines, not one per attempt: the first failure, then one line a minute with how many
+/// failed since, then one line when it works again.
+#[derive(Debug, Default)]
+struct Failures {
+    /// When the current run of failures began, if one is going on.
+    since: Option<Instant>,
+    /// When a line about it was last logged.
+    logged: Option<Instant>,
+    /// Failures since that line.
+    unlogged: u64,
+    /// Failures in the current run.
+    total: u64,
+}
+
+/// What [`Failures::note`] says to log.
+#[derive(Debug, PartialEq, Eq)]
+enum Note {
+    Nothing,
+    /// The first failure after a success (or at start).
+    First,
+    /// Still failing, a minute after the last line: `failures` since that line.
+    Still {
+        failures: u64,
+    },
+    /// Works again after `failures` failures over `after`.
+    Recovered {
+        failures: u64,
+        after: Duration,
+    },
+}
+
+impl Failures {
+    fn note(&mut self, failed: bool, now: Instant) -> Note {
+        if !failed {
+            let Some(since) = self.since.take() else {
+                return Note::Nothing;
+            };
+            let failures = std::mem::take(&mut self.total);
+            self.logged = None;
+            self.unlogged = 0;
+            return Note::Recovered {
+                failures,
+                after: now.saturating_duration_since(since),
+            };
+        }
+        self.total += 1;
+        if self.since.is_none() {
+            self.since = Some(now);
+            self.logged = Some(now);
+            return Note::First;
+        }
+        self.unlogged += 1;
+        match self.logged {
+            Some(at) if now.saturating_duration_since(at) < FAILURE_LOGGED_EVERY => Note::Nothing,
+            _ => {
+                self.logged = Some(now);
+                Note::Still {
+                    failures: std::mem::take(&mut self.unlogged),
+                }
+            }
+        }
+    }
 }
 
 /// The users file's identity for change detection: modification time and length.
@@ -158,5 +251,41 @@ async fn watch_users(
                 tracing::warn!(error = %e, "users file not reloaded; the previous users stay in force")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_failures_is_logged_at_its_start_once_a_minute_and_at_its_end() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut f = Failures::default();
+        assert_eq!(f.note(false, at(0)), Note::Nothing, "success is quiet");
+        assert_eq!(f.note(true, at(1)), Note::First);
+        for s in 2..61 {
+            assert_eq!(f.note(true, at(s)), Note::Nothing, "second {s}");
+        }
+        assert_eq!(f.note(true, at(61)), Note::Still { failures: 60 });
+        assert_eq!(f.note(true, at(62)), Note::Nothing);
+        assert_eq!(
+            f.note(false, at(63)),
+            Note::Recovered {
+                failures: 62,
+                after: Duration::from_secs(62)
+            }
+        );
+        assert_eq!(f.note(false, at(64)), Note::Nothing);
+        // A new run starts over.
+        assert_eq!(f.note(true, at(65)), Note::First);
+        assert_eq!(
+            f.note(false, at(66)),
+            Note::Recovered {
+                failures: 1,
+                after: Duration::from_secs(1)
+            }
+        );
     }
 }
