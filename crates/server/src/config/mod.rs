@@ -494,6 +494,18 @@ impl FileConfig {
                         "store.redis: give exactly one of `url`, `cluster`, `sentinels`",
                     ));
                 }
+                let urls = r.url.iter().map(|u| ("store.redis.url".to_owned(), u));
+                let lists = [("cluster", &r.cluster), ("sentinels", &r.sentinels)];
+                let listed = lists.into_iter().flat_map(|(key, list)| {
+                    list.iter()
+                        .flatten()
+                        .enumerate()
+                        .map(move |(i, u)| (format!("store.redis.{key}[{i}]"), u))
+                });
+                for (key, url) in urls.chain(listed) {
+                    sessiond_store::redis::check_url(url)
+                        .map_err(|why| invalid(format!("{key}: {why}")))?;
+                }
                 if token_keys.is_empty() {
                     return Err(invalid(
                         "token.keys: nodes that share a Redis store must share their token keys; list them in [[token.keys]]",
@@ -814,6 +826,47 @@ kind = "embedded"
         ] {
             let e = err(load(&format!("{redis}{bad}\n"), &[], Overrides::default()));
             assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_redis_url_this_build_cannot_use_is_refused_by_key_without_echoing_it() {
+        let keys = "[[token.keys]]\nid = \"k\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n[store]\nkind = \"redis\"\n[store.redis]\n";
+        let with = |redis: &str| load(&format!("{keys}{redis}\n"), &[], Overrides::default());
+        for good in [
+            "url = \"redis://127.0.0.1\"",
+            "url = \"redis://:pw@127.0.0.1:6380/2\"",
+            "url = \"redis+unix:///run/redis.sock\"",
+            "cluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]",
+            "sentinel_master = \"m\"\nsentinels = [\"redis://127.0.0.1:26379\"]",
+        ] {
+            assert!(with(good).is_ok(), "{good}: {}", err(with(good)));
+        }
+        for (bad, key, why) in [
+            (
+                "url = \"secret-host:6379\"",
+                "store.redis.url:",
+                "not a Redis URL",
+            ),
+            (
+                "url = \"rediss://:secret@cache.example\"",
+                "store.redis.url:",
+                "TLS",
+            ),
+            (
+                "cluster = [\"redis://127.0.0.1:7000\", \"http://secret\"]",
+                "store.redis.cluster[1]:",
+                "not a Redis URL",
+            ),
+            (
+                "sentinel_master = \"m\"\nsentinels = [\"secret\"]",
+                "store.redis.sentinels[0]:",
+                "not a Redis URL",
+            ),
+        ] {
+            let e = err(with(bad));
+            assert!(e.contains(key) && e.contains(why), "{bad}: {e}");
+            assert!(!e.contains("secret"), "the URL is not repeated: {e}");
         }
     }
 

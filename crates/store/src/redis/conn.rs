@@ -59,6 +59,22 @@ pub(super) struct SentinelConn {
     response_timeout: Duration,
 }
 
+/// Whether `url` is a Redis URL this build can connect to, or what is wrong with it, so
+/// that the configuration refuses it at start under its key's name. The answer never
+/// repeats the URL, which may hold a password.
+pub fn check_url(url: &str) -> Result<(), &'static str> {
+    if url.starts_with("rediss://") {
+        return Err(
+            "TLS (`rediss://`) is not supported by this build; use `redis://` \
+                    on a trusted network, or a TLS tunnel",
+        );
+    }
+    Client::open(url).map(|_| ()).map_err(|_| {
+        "not a Redis URL: redis://[[user]:password@]host[:port][/db], or \
+         redis+unix:///path/to/socket"
+    })
+}
+
 fn unavailable(e: RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }

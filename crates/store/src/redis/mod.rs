@@ -53,7 +53,7 @@ use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Ver
 use self::cache::{Cached, NearCache, TagTouches};
 use self::codec::Fields;
 use self::conn::Conn;
-pub use self::conn::Target;
+pub use self::conn::{Target, check_url};
 use self::keys::Keys;
 use self::scripts::{Call, Header, Scripts};
 use crate::intern::Interner;
