@@ -83,15 +83,7 @@ impl SessionData {
     /// [`SessionData::into_session_for`].
     pub fn into_session(self, policy_name: &str, policy: &Policy, now: Timestamp) -> Session {
         let id = SessionId::for_user(&self.user).expect("random ids");
-        let new = NewSession {
-            user: self.user,
-            universal_id: Some(self.universal_id),
-            client_ip: self.ip.parse().ok(),
-            user_agent: Some(self.user_agent.to_owned()),
-            ..NewSession::default()
-        };
-        let verifier = Verifier(sha256(&id.0));
-        Session::create(new, id, verifier, policy_name, policy, now)
+        self.with_id(id, policy_name, policy, now)
     }
 
     /// [`SessionData::into_session`] with the id `store` issues, as the server's creates
@@ -105,9 +97,22 @@ impl SessionData {
         policy: &Policy,
         now: Timestamp,
     ) -> Session {
-        let mut s = self.into_session(policy_name, policy, now);
-        store.issue_slot(&mut s.id);
-        s
+        let mut id = SessionId::for_user(&self.user).expect("random ids");
+        store.issue_slot(&mut id);
+        self.with_id(id, policy_name, policy, now)
+    }
+
+    /// This session under `id`, with SHA-256 of that id as its verifier.
+    fn with_id(self, id: SessionId, policy_name: &str, policy: &Policy, now: Timestamp) -> Session {
+        let new = NewSession {
+            user: self.user,
+            universal_id: Some(self.universal_id),
+            client_ip: self.ip.parse().ok(),
+            user_agent: Some(self.user_agent.to_owned()),
+            ..NewSession::default()
+        };
+        let verifier = Verifier(sha256(&id.0));
+        Session::create(new, id, verifier, policy_name, policy, now)
     }
 }
 

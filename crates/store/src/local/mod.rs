@@ -1647,6 +1647,8 @@ mod slot_tests {
         let policy = sessiond_core::Policy::default();
         for i in 0..100 {
             let s = SessionData::nth(i).into_session_for(&store, "default", &policy, T0);
+            let issued = sessiond_core::token::sha256(&s.id.0);
+            assert_eq!(s.verifier.0, issued, "the verifier is of the issued id");
             store.create(s, UserLimit::UNLIMITED, T0).await.unwrap();
         }
         assert_eq!(store.spilled(), 0);
