@@ -132,16 +132,20 @@ const FAILURE_LOGGED_EVERY: Duration = Duration::from_secs(60);
 
 /// A background step's run of failures, so that a store down for an hour logs about 60
 /// lines, not one per attempt: the first failure, then one line a minute with how many
-/// failed since, then one line when it works again.
+/// failed since, then one line when it works again. `None` while the step works.
 #[derive(Debug, Default)]
-struct Failures {
-    /// When the current run of failures began, if one is going on.
-    since: Option<Instant>,
+struct Failures(Option<Run>);
+
+/// A run of failures going on.
+#[derive(Debug)]
+struct Run {
+    /// When it began.
+    since: Instant,
     /// When a line about it was last logged.
-    logged: Option<Instant>,
+    logged: Instant,
     /// Failures since that line.
     unlogged: u64,
-    /// Failures in the current run.
+    /// Failures in the whole run.
     total: u64,
 }
 
@@ -164,33 +168,34 @@ enum Note {
 
 impl Failures {
     fn note(&mut self, failed: bool, now: Instant) -> Note {
-        if !failed {
-            let Some(since) = self.since.take() else {
+        let Some(run) = &mut self.0 else {
+            if !failed {
                 return Note::Nothing;
-            };
-            let failures = std::mem::take(&mut self.total);
-            self.logged = None;
-            self.unlogged = 0;
-            return Note::Recovered {
-                failures,
-                after: now.saturating_duration_since(since),
-            };
-        }
-        self.total += 1;
-        if self.since.is_none() {
-            self.since = Some(now);
-            self.logged = Some(now);
-            return Note::First;
-        }
-        self.unlogged += 1;
-        match self.logged {
-            Some(at) if now.saturating_duration_since(at) < FAILURE_LOGGED_EVERY => Note::Nothing,
-            _ => {
-                self.logged = Some(now);
-                Note::Still {
-                    failures: std::mem::take(&mut self.unlogged),
-                }
             }
+            self.0 = Some(Run {
+                since: now,
+                logged: now,
+                unlogged: 0,
+                total: 1,
+            });
+            return Note::First;
+        };
+        if !failed {
+            let recovered = Note::Recovered {
+                failures: run.total,
+                after: now.saturating_duration_since(run.since),
+            };
+            self.0 = None;
+            return recovered;
+        }
+        run.total += 1;
+        run.unlogged += 1;
+        if now.saturating_duration_since(run.logged) < FAILURE_LOGGED_EVERY {
+            return Note::Nothing;
+        }
+        run.logged = now;
+        Note::Still {
+            failures: std::mem::take(&mut run.unlogged),
         }
     }
 }
