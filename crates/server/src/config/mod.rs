@@ -43,6 +43,9 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("SESSIOND_HTTP_MAX_CONNECTIONS", "http.max_connections"),
 ];
 
+/// What the names of the environment variables sessiond reads start with.
+const ENV_PREFIX: &str = "SESSIOND_";
+
 /// `SESSIOND_*` variables that are not configuration keys (read by the CLI or logging).
 const ENV_OTHER: &[&str] = &["SESSIOND_CONFIG", "SESSIOND_SERVER", "SESSIOND_LOG"];
 
@@ -78,7 +81,7 @@ pub fn environment(
     let mut found = Vec::new();
     for (name, value) in vars {
         let shown = name.to_string_lossy();
-        if !shown.starts_with("SESSIOND_") {
+        if !shown.starts_with(ENV_PREFIX) {
             continue;
         }
         match (name.to_str(), value.into_string()) {
@@ -281,7 +284,7 @@ impl Settings {
             }
             None => toml::Table::new(),
         };
-        for (name, value) in env.iter().filter(|(n, _)| n.starts_with("SESSIOND_")) {
+        for (name, value) in env.iter().filter(|(n, _)| n.starts_with(ENV_PREFIX)) {
             if ENV_OTHER.contains(&name.as_str()) {
                 continue;
             }
@@ -494,17 +497,17 @@ impl FileConfig {
                         "store.redis: give exactly one of `url`, `cluster`, `sentinels`",
                     ));
                 }
-                let urls = r.url.iter().map(|u| ("store.redis.url".to_owned(), u));
-                let lists = [("cluster", &r.cluster), ("sentinels", &r.sentinels)];
-                let listed = lists.into_iter().flat_map(|(key, list)| {
-                    list.iter()
-                        .flatten()
-                        .enumerate()
-                        .map(move |(i, u)| (format!("store.redis.{key}[{i}]"), u))
-                });
-                for (key, url) in urls.chain(listed) {
+                let check = |key: &str, url: &str| {
                     sessiond_store::redis::check_url(url)
-                        .map_err(|why| invalid(format!("{key}: {why}")))?;
+                        .map_err(|why| invalid(format!("store.redis.{key}: {why}")))
+                };
+                if let Some(url) = &r.url {
+                    check("url", url)?;
+                }
+                for (key, list) in [("cluster", &r.cluster), ("sentinels", &r.sentinels)] {
+                    for (i, url) in list.iter().flatten().enumerate() {
+                        check(&format!("{key}[{i}]"), url)?;
+                    }
                 }
                 if token_keys.is_empty() {
                     return Err(invalid(
