@@ -57,13 +57,17 @@ const TUNING_PREFIXES: [&str; 5] = [
     "TOKIO_",
 ];
 
-/// `NAME=value` of each variable in `vars` that would change the servers' figures (see
-/// [`TUNING_PREFIXES`]), sorted, so that a run made with one says so.
-pub fn tuning_environment(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+/// `NAME=value` of each variable in `vars` (`std::env::vars_os`, since `vars` panics on one
+/// that is not UTF-8) that would change the servers' figures (see [`TUNING_PREFIXES`]),
+/// sorted, so that a run made with one says so.
+pub fn tuning_environment(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<String> {
     let mut found: Vec<String> = vars
         .into_iter()
+        .map(|(name, value)| (name.to_string_lossy().into_owned(), value))
         .filter(|(name, _)| TUNING_PREFIXES.iter().any(|p| name.starts_with(p)))
-        .map(|(name, value)| format!("{name}={value}"))
+        .map(|(name, value)| format!("{name}={}", value.to_string_lossy()))
         .collect();
     found.sort();
     found

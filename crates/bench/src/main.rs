@@ -192,13 +192,7 @@ fn all(args: AllArgs) -> Result<ExitCode> {
         command: command_line(),
         smoke: args.smoke,
         build_overlaps: ctx.monitor.overlaps(),
-        // `vars_os`: `vars` panics on a variable that is not UTF-8.
-        environment: machine::tuning_environment(std::env::vars_os().map(|(k, v)| {
-            (
-                k.to_string_lossy().into_owned(),
-                v.to_string_lossy().into_owned(),
-            )
-        })),
+        environment: machine::tuning_environment(std::env::vars_os()),
         log: ctx.log,
         rows,
     };

@@ -373,9 +373,7 @@ mod tests {
             log: Vec::new(),
             build_overlaps: Vec::new(),
             environment: crate::machine::tuning_environment(
-                environment
-                    .iter()
-                    .map(|&(k, v)| (k.to_owned(), v.to_owned())),
+                environment.iter().map(|&(k, v)| (k.into(), v.into())),
             ),
             rows: Vec::new(),
         }
