@@ -29,9 +29,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use sessiond_core::Clock;
-use sessiond_store::{
-    LocalStore, RedisConfig, RedisStore, RedisTarget, SessionStore, StoreError, StoreOptions,
-};
+use sessiond_store::{LocalStore, RedisConfig, RedisStore, SessionStore, StoreError, StoreOptions};
 use tokio::net::TcpListener;
 
 use crate::bootstrap::Secrets;
@@ -64,22 +62,11 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn SessionStore>, St
 
 /// The Redis store's configuration from the `[store.redis]` settings.
 fn redis_config(r: &RedisSettings) -> Result<RedisConfig, StoreError> {
-    let target = if let Some(url) = &r.url {
-        RedisTarget::Url(url.clone())
-    } else if !r.cluster.is_empty() {
-        RedisTarget::Cluster(r.cluster.clone())
-    } else {
-        let master = r.sentinel_master.clone().ok_or_else(|| {
-            StoreError::Unavailable(
-                "store.redis.sentinel_master: name the master the sentinels watch".into(),
-            )
-        })?;
-        RedisTarget::Sentinel {
-            master,
-            sentinels: r.sentinels.clone(),
-        }
-    };
+    let target = r
+        .target()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     let mut config = RedisConfig::new(target);
+    config.tls = r.tls.clone();
     config.key_prefix = r.key_prefix.clone();
     if let Some(n) = r.near_cache_entries {
         config.cache_capacity = n;
@@ -161,6 +148,8 @@ pub async fn serve(
 mod tests {
     use std::time::Duration;
 
+    use sessiond_store::{RedisTarget, RedisTls};
+
     use super::*;
 
     #[test]
@@ -173,6 +162,7 @@ mod tests {
             key_prefix: "app:".into(),
             near_cache_entries: None,
             near_cache_max_age: None,
+            tls: RedisTls::default(),
         };
         let defaults = RedisConfig::new(RedisTarget::Url("redis://127.0.0.1:6379/0".into()));
         let c = redis_config(&r).unwrap();

@@ -155,12 +155,79 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A test CA in a directory, and what it signed for 127.0.0.1 and `localhost`: a server
+/// certificate for Redis and a client certificate for sessiond, each with its key, all PEM.
+pub struct TestPki {
+    dir: PathBuf,
+}
+
+impl TestPki {
+    /// Makes the CA and both certificates, and writes them into `dir`.
+    pub fn new(dir: &Path) -> TestPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        std::fs::create_dir_all(dir).unwrap();
+        // Each certificate gets a name of its own: OpenSSL (Redis's side) takes a leaf whose
+        // subject is its issuer's for self-signed, and refuses it.
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name
+            .push(DnType::CommonName, "sessiond test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+        for name in ["redis", "client"] {
+            let mut params =
+                CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                    .unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("sessiond test {name}"));
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        }
+        TestPki {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// One of its files: `ca.pem`, `redis.pem`, `redis.key`, `client.pem`, `client.key`.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// What the store needs to trust this CA, and to show the client certificate when
+    /// `with_client` is set.
+    pub fn tls(&self, with_client: bool) -> crate::redis::Tls {
+        let read = |name: &str| std::fs::read(self.file(name)).unwrap();
+        crate::redis::Tls {
+            ca_pem: Some(read("ca.pem")),
+            client_pem: with_client.then(|| (read("client.pem"), read("client.key"))),
+        }
+    }
+}
+
+/// How a test Redis speaks TLS: on a port of its own beside the plain one (which the
+/// harness uses to see that it is up), with certificates from `pki`, and whether it asks
+/// clients for a certificate of the same CA.
+pub struct TlsPort {
+    pub port: u16,
+    pki_dir: PathBuf,
+    pub client_certificates: bool,
+}
+
 /// One `redis-server` on 127.0.0.1, with AOF fsynced on every write, in its own directory.
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
     cluster: bool,
+    tls: Option<TlsPort>,
 }
 
 impl RedisServer {
@@ -176,6 +243,26 @@ impl RedisServer {
             port,
             dir: dir.to_path_buf(),
             cluster,
+            tls: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// Starts a server that also speaks TLS, with `pki`'s certificates, on a free port;
+    /// [`RedisServer::url`] is then its `rediss://` URL. With `client_certificates`, it
+    /// refuses a TLS client without a certificate from `pki`'s CA.
+    pub async fn start_tls(dir: &Path, pki: &TestPki, client_certificates: bool) -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            cluster: false,
+            tls: Some(TlsPort {
+                port: free_port(),
+                pki_dir: pki.dir.clone(),
+                client_certificates,
+            }),
         };
         server.spawn().await;
         server
@@ -196,6 +283,19 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .args(["--protected-mode", "no", "--loglevel", "warning"]);
+        if let Some(tls) = &self.tls {
+            cmd.args(["--tls-port", &tls.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(tls.pki_dir.join("redis.pem"))
+                .arg("--tls-key-file")
+                .arg(tls.pki_dir.join("redis.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(tls.pki_dir.join("ca.pem"))
+                .args([
+                    "--tls-auth-clients",
+                    if tls.client_certificates { "yes" } else { "no" },
+                ]);
+        }
         if self.cluster {
             cmd.args([
                 "--cluster-enabled",
@@ -214,8 +314,12 @@ impl RedisServer {
         wait_for_pong(self.port).await;
     }
 
+    /// Its URL: `rediss://` on its TLS port when it has one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.tls {
+            Some(tls) => format!("rediss://127.0.0.1:{}/", tls.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
     }
 
     /// Kills the server at once (SIGKILL: nothing is flushed on the way out).

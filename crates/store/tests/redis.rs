@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use sessiond_core::policy::{OnLimit, UserLimit};
 use sessiond_core::{EndReason, SessionId, Timestamp};
 use sessiond_store::conformance::{self, OPTIONS};
-use sessiond_store::testkit::{RedisCluster, RedisSentinel, RedisServer, redis_available};
+use sessiond_store::testkit::{RedisCluster, RedisSentinel, RedisServer, TestPki, redis_available};
 use sessiond_store::{
     ChangeEvent, ChangeKind, Created, Ended, FeedItem, Lookup, RedisConfig, RedisStore,
-    RedisTarget, SessionStore,
+    RedisTarget, RedisTls, SessionStore, StoreError,
 };
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -26,7 +26,13 @@ fn fresh_prefix() -> String {
 }
 
 async fn open(target: RedisTarget, prefix: &str) -> RedisStore {
+    open_tls(target, RedisTls::default(), prefix).await
+}
+
+/// [`open`] with TLS settings.
+async fn open_tls(target: RedisTarget, tls: RedisTls, prefix: &str) -> RedisStore {
     let mut config = RedisConfig::new(target);
+    config.tls = tls;
     config.key_prefix = prefix.to_owned();
     RedisStore::connect(config, OPTIONS).await.unwrap()
 }
@@ -145,6 +151,93 @@ async fn redis_store_conforms_through_sentinel() {
     let a = open(target.clone(), &prefix).await;
     let b = open(target, &prefix).await;
     eprintln!("sentinel: {}", revocation_delay(&a, &b, "zoe").await);
+}
+
+/// Over TLS (`rediss://`, a private CA given as the store's trust), the store behaves the
+/// same, the invalidation subscription included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_conforms_over_tls() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let server = RedisServer::start_tls(&dir.path().join("redis"), &pki, false).await;
+    let target = RedisTarget::Url(server.url());
+    assert!(server.url().starts_with("rediss://"));
+    let tls = pki.tls(false);
+    conformance::run(|| {
+        let (target, tls) = (target.clone(), tls.clone());
+        async move { Arc::new(open_tls(target, tls, &fresh_prefix()).await) as Arc<dyn SessionStore> }
+    })
+    .await;
+    let prefix = fresh_prefix();
+    let a = open_tls(target.clone(), tls.clone(), &prefix).await;
+    let b = open_tls(target, tls, &prefix).await;
+    eprintln!("tls: {}", revocation_delay(&a, &b, "ursula").await);
+}
+
+/// TLS fails closed: a store that does not trust Redis's CA, one that speaks plain Redis
+/// to the TLS port, and one without the client certificate a Redis asks for, each get
+/// `Unavailable` and change nothing; with the certificate, the same Redis serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_refuses_an_unknown_ca_plain_redis_and_a_missing_client_certificate() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let stranger = TestPki::new(&dir.path().join("other-pki"));
+    let server = RedisServer::start_tls(&dir.path().join("redis"), &pki, true).await;
+    let target = RedisTarget::Url(server.url());
+    let prefix = fresh_prefix();
+    let plain = RedisTarget::Url(server.url().replacen("rediss://", "redis://", 1));
+    let refused = [
+        (
+            "another CA",
+            open_tls(target.clone(), stranger.tls(true), &prefix).await,
+        ),
+        (
+            "plain redis://",
+            open_tls(plain, RedisTls::default(), &prefix).await,
+        ),
+        (
+            "no client certificate",
+            open_tls(target.clone(), pki.tls(false), &prefix).await,
+        ),
+    ];
+    for (what, store) in &refused {
+        let made = store.create(conformance::session("tess", T0), UserLimit::UNLIMITED, T0);
+        assert!(
+            matches!(made.await, Err(StoreError::Unavailable(_))),
+            "{what}: a create must fail closed"
+        );
+        assert!(!store.near_cache_trusted(), "{what}: no subscription");
+    }
+    let store = open_tls(target, pki.tls(true), &prefix).await;
+    until_subscribed(&store).await;
+    assert_eq!(
+        store
+            .list(Some("tess"), None, 10, T0)
+            .await
+            .unwrap()
+            .sessions
+            .len(),
+        0,
+        "the refused creates left nothing"
+    );
+    let s = conformance::session("tess", T0);
+    let Created::Created { .. } = store
+        .create(s.clone(), UserLimit::UNLIMITED, T0)
+        .await
+        .unwrap()
+    else {
+        panic!("not created");
+    };
+    assert!(matches!(
+        store.validate(s.id, &s.verifier, true, T0).await.unwrap(),
+        Lookup::Live(_)
+    ));
 }
 
 /// A limit lowered below what a user holds: displace_oldest brings the user back to

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use sessiond_core::clock::parse_duration;
 use sessiond_core::token::MIN_KEY_LEN;
 use sessiond_core::{OnLimit, Policy};
+use sessiond_store::{RedisTarget, RedisTls};
 
 use crate::http::{EVENT_HEARTBEAT, Limits, Timeouts};
 
@@ -36,6 +37,18 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("SESSIOND_STORE_KIND", "store.kind"),
     ("SESSIOND_STORE_REDIS_URL", "store.redis.url"),
     ("SESSIOND_STORE_REDIS_KEY_PREFIX", "store.redis.key_prefix"),
+    (
+        "SESSIOND_STORE_REDIS_TLS_CA_FILE",
+        "store.redis.tls.ca_file",
+    ),
+    (
+        "SESSIOND_STORE_REDIS_TLS_CERT_FILE",
+        "store.redis.tls.cert_file",
+    ),
+    (
+        "SESSIOND_STORE_REDIS_TLS_KEY_FILE",
+        "store.redis.tls.key_file",
+    ),
     ("SESSIOND_USERS_FILE", "users.file"),
     ("SESSIOND_HTTP_HEADER_TIMEOUT", "http.header_timeout"),
     ("SESSIOND_HTTP_BODY_TIMEOUT", "http.body_timeout"),
@@ -206,6 +219,20 @@ pub struct RedisSection {
     pub near_cache_entries: Option<u64>,
     /// Longest a near-cache answer is used, even while invalidations flow.
     pub near_cache_max_age: Option<String>,
+    /// Trust and identity for `rediss://` URLs.
+    pub tls: Option<RedisTlsSection>,
+}
+
+/// `[store.redis.tls]`: PEM files. TLS itself is turned on by `rediss://` URLs.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTlsSection {
+    /// The CAs that sign Redis's certificate, trusted instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (chain), for a Redis with `tls-auth-clients yes`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub key_file: Option<PathBuf>,
 }
 
 /// Flags given to `sessiond serve`; they win over everything.
@@ -226,7 +253,7 @@ pub struct AgentCredential {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreKind {
     Embedded,
-    Redis(RedisSettings),
+    Redis(Box<RedisSettings>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,6 +266,61 @@ pub struct RedisSettings {
     /// `None`: the store's defaults (`RedisConfig::new`).
     pub near_cache_entries: Option<usize>,
     pub near_cache_max_age: Option<Duration>,
+    /// The PEM files of `[store.redis.tls]`, read at start.
+    pub tls: RedisTls,
+}
+
+impl RedisSettings {
+    /// Where the store is, from whichever of `url`, `cluster` and `sentinels` is given.
+    pub fn target(&self) -> Result<RedisTarget, ConfigError> {
+        if let Some(url) = &self.url {
+            Ok(RedisTarget::Url(url.clone()))
+        } else if !self.cluster.is_empty() {
+            Ok(RedisTarget::Cluster(self.cluster.clone()))
+        } else {
+            let master = self.sentinel_master.clone().ok_or_else(|| {
+                invalid("store.redis.sentinel_master: name the master the sentinels watch")
+            })?;
+            Ok(RedisTarget::Sentinel {
+                master,
+                sentinels: self.sentinels.clone(),
+            })
+        }
+    }
+}
+
+/// Reads the PEM files of `[store.redis.tls]` (relative paths from `base`); a file that
+/// cannot be read is refused under its key.
+fn redis_tls(base: &Path, section: Option<&RedisTlsSection>) -> Result<RedisTls, ConfigError> {
+    let Some(section) = section else {
+        return Ok(RedisTls::default());
+    };
+    let read = |key: &str, path: &Option<PathBuf>| -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let path = base.join(path);
+        std::fs::read(&path).map(Some).map_err(|e| {
+            invalid(format!(
+                "store.redis.tls.{key}: cannot read {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let ca_pem = read("ca_file", &section.ca_file)?;
+    let client_pem = match (
+        read("cert_file", &section.cert_file)?,
+        read("key_file", &section.key_file)?,
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "store.redis.tls: `cert_file` and `key_file` go together; give both or neither",
+            ));
+        }
+    };
+    Ok(RedisTls { ca_pem, client_pem })
 }
 
 /// More entries than this is a typo, not a cache (each holds a session record).
@@ -523,7 +605,8 @@ impl FileConfig {
                         )));
                     }
                 };
-                StoreKind::Redis(RedisSettings {
+                let tls = redis_tls(base, r.tls.as_ref())?;
+                let settings = RedisSettings {
                     url: r.url,
                     cluster: r.cluster.unwrap_or_default(),
                     sentinel_master: r.sentinel_master,
@@ -538,7 +621,12 @@ impl FileConfig {
                             Duration::ZERO,
                         )?),
                     },
-                })
+                    tls,
+                };
+                let target = settings.target()?;
+                sessiond_store::redis::check_target(&target, &settings.tls)
+                    .map_err(|why| invalid(format!("store.redis.{why}")))?;
+                StoreKind::Redis(Box::new(settings))
             }
             Some(other) => {
                 return Err(invalid(format!(
@@ -842,6 +930,9 @@ kind = "embedded"
             "url = \"redis+unix:///run/redis.sock\"",
             "cluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]",
             "sentinel_master = \"m\"\nsentinels = [\"redis://127.0.0.1:26379\"]",
+            "url = \"rediss://:pw@cache.example:6380/0\"",
+            "cluster = [\"rediss://127.0.0.1:7000\", \"rediss://127.0.0.1:7001\"]",
+            "sentinel_master = \"m\"\nsentinels = [\"rediss://127.0.0.1:26379\"]",
         ] {
             assert!(with(good).is_ok(), "{good}: {}", err(with(good)));
         }
@@ -852,9 +943,19 @@ kind = "embedded"
                 "not a Redis URL",
             ),
             (
-                "url = \"rediss://:secret@cache.example\"",
+                "url = \"rediss://:secret@cache.example/#insecure\"",
                 "store.redis.url:",
-                "TLS",
+                "always checked",
+            ),
+            (
+                "cluster = [\"rediss://:secret@127.0.0.1:7000\", \"redis://:secret@127.0.0.1:7001\"]",
+                "store.redis.cluster:",
+                "all use `rediss://`",
+            ),
+            (
+                "sentinels = [\"redis://127.0.0.1:26379\"]",
+                "store.redis.sentinel_master:",
+                "name the master",
             ),
             (
                 "cluster = [\"redis://127.0.0.1:7000\", \"http://secret\"]",
@@ -870,6 +971,97 @@ kind = "embedded"
             let e = err(with(bad));
             assert!(e.contains(key) && e.contains(why), "{bad}: {e}");
             assert!(!e.contains("secret"), "the URL is not repeated: {e}");
+        }
+    }
+
+    #[test]
+    fn redis_tls_files_are_read_from_beside_the_config_and_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = sessiond_store::testkit::TestPki::new(&dir.path().join("pki"));
+        std::fs::write(dir.path().join("not.pem"), "secret-bytes-not-pem").unwrap();
+        let head = "[[token.keys]]\nid = \"k\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n[store]\nkind = \"redis\"\n[store.redis]\n";
+        let with = |url: &str, tls: &str| {
+            let path = dir.path().join("sessiond.toml");
+            std::fs::write(&path, format!("{head}url = \"{url}\"\n{tls}")).unwrap();
+            Settings::load(Some(&path), &[], &Overrides::default())
+        };
+        let tls = |r: Settings| match r.store {
+            StoreKind::Redis(r) => r.tls,
+            StoreKind::Embedded => panic!("not redis"),
+        };
+        let tls_url = "rediss://127.0.0.1:6380";
+        let s = with(tls_url, "").unwrap();
+        assert_eq!(
+            tls(s),
+            RedisTls::default(),
+            "rediss:// alone: the system's roots"
+        );
+        let full = "[store.redis.tls]\nca_file = \"pki/ca.pem\"\ncert_file = \"pki/client.pem\"\nkey_file = \"pki/client.key\"\n";
+        let s = with(tls_url, full).unwrap();
+        assert_eq!(
+            tls(s),
+            pki.tls(true),
+            "paths are taken from the config's directory"
+        );
+        let env = [(
+            "SESSIOND_STORE_REDIS_TLS_CA_FILE".to_owned(),
+            pki.file("ca.pem").display().to_string(),
+        )];
+        let path = dir.path().join("env.toml");
+        std::fs::write(&path, format!("{head}url = \"{tls_url}\"\n")).unwrap();
+        let s = Settings::load(Some(&path), &env, &Overrides::default()).unwrap();
+        assert_eq!(tls(s), pki.tls(false), "the CA file from the environment");
+
+        for (url, section, key, why) in [
+            (
+                "redis://127.0.0.1",
+                "[store.redis.tls]\nca_file = \"pki/ca.pem\"\n",
+                "store.redis.tls:",
+                "use `rediss://`",
+            ),
+            (
+                tls_url,
+                "[store.redis.tls]\ncert_file = \"pki/client.pem\"\n",
+                "store.redis.tls:",
+                "give both or neither",
+            ),
+            (
+                tls_url,
+                "[store.redis.tls]\nca_file = \"pki/missing.pem\"\n",
+                "store.redis.tls.ca_file:",
+                "missing.pem",
+            ),
+            (
+                tls_url,
+                "[store.redis.tls]\nca_file = \"not.pem\"\n",
+                "store.redis.tls.ca_file:",
+                "no PEM certificate",
+            ),
+            (
+                tls_url,
+                "[store.redis.tls]\ncert_file = \"pki/client.pem\"\nkey_file = \"not.pem\"\n",
+                "store.redis.tls.key_file:",
+                "no PEM private key",
+            ),
+            (
+                tls_url,
+                "[store.redis.tls]\ncert_file = \"pki/client.key\"\nkey_file = \"pki/client.key\"\n",
+                "store.redis.tls.cert_file:",
+                "no PEM certificate",
+            ),
+            (
+                tls_url,
+                "[store.redis.tls]\nca = \"pki/ca.pem\"\n",
+                "ca",
+                "unknown field",
+            ),
+        ] {
+            let e = err(with(url, section));
+            assert!(e.contains(key) && e.contains(why), "{section}: {e}");
+            assert!(
+                !e.contains("secret-bytes"),
+                "a file's content is not repeated: {e}"
+            );
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use sessiond_store::testkit::RedisServer;
+use sessiond_store::testkit::{RedisServer, TestPki};
 
 use super::require;
 
@@ -17,6 +17,13 @@ impl Redis {
     pub async fn start(dir: &Path) -> Option<Redis> {
         require("redis-server")?;
         Some(Redis(RedisServer::start(dir).await))
+    }
+
+    /// A server that speaks TLS with certificates of `pki`'s CA and asks clients for one
+    /// of the same CA; [`Redis::url`] is then `rediss://`.
+    pub async fn start_tls(dir: &Path, pki: &TestPki) -> Option<Redis> {
+        require("redis-server")?;
+        Some(Redis(RedisServer::start_tls(dir, pki, true).await))
     }
 
     /// The URL nodes connect to.

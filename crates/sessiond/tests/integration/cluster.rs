@@ -2,7 +2,9 @@
 //! session, a logout on one is refused on the others within a measured bound, the per-user
 //! limit holds across nodes, `kill -9` of nodes (and of Redis, with its AOF) loses nothing
 //! acknowledged, a Redis outage fails closed and heals without restarts, and change events
-//! cross nodes. Skipped loudly without `redis-server` (fails under `CI=true`).
+//! cross nodes; and the same over TLS with client certificates, failing closed while the
+//! certificates do not match. Skipped loudly without `redis-server` (fails under
+//! `CI=true`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sessiond_client::{Client, EndReason, v1};
+use sessiond_store::testkit::TestPki;
 
 use crate::common::redis::Redis;
 use crate::common::{Server, code};
@@ -49,6 +52,21 @@ impl Cluster {
     async fn start(n: usize) -> Option<Cluster> {
         let tmp = tempfile::tempdir().expect("tempdir");
         let redis = Redis::start(&tmp.path().join("redis")).await?;
+        Some(Cluster::on(redis, "", n, tmp))
+    }
+
+    /// [`Cluster::start`] with Redis speaking TLS only to clients with a certificate of
+    /// its CA; the nodes trust and show what `[store.redis.tls]` in `tls` names (`pki`
+    /// holds the CA and the certificates of the test's own).
+    async fn start_tls(n: usize, tls: impl Fn(&TestPki) -> String) -> Option<Cluster> {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pki = TestPki::new(&tmp.path().join("pki"));
+        let redis = Redis::start_tls(&tmp.path().join("redis"), &pki).await?;
+        Some(Cluster::on(redis, &tls(&pki), n, tmp))
+    }
+
+    /// `n` nodes on `redis`, with `extra` added to their config.
+    fn on(redis: Redis, extra: &str, n: usize, tmp: tempfile::TempDir) -> Cluster {
         let agent_key = random_hex();
         let admin_token = random_hex();
         // 256 bits of token key, shared by every node.
@@ -80,6 +98,7 @@ key = "{agent_key}"
 
 [admin]
 token = "{admin_token}"
+{extra}
 "#,
             url = redis.url(),
             prefix = &random_hex()[..12],
@@ -91,7 +110,7 @@ token = "{admin_token}"
             .iter()
             .map(|d| Some(Server::start(d, Some(&config))))
             .collect();
-        Some(Cluster {
+        Cluster {
             nodes,
             redis,
             dirs,
@@ -99,7 +118,7 @@ token = "{admin_token}"
             agent_key,
             admin_token,
             _tmp: tmp,
-        })
+        }
     }
 
     fn node(&self, i: usize) -> &Server {
@@ -189,6 +208,76 @@ async fn a_session_serves_on_every_node_and_a_logout_is_refused_elsewhere_within
         worst = worst.max(d);
     }
     assert!(worst <= Duration::from_secs(1), "worst delay {worst:?}");
+}
+
+/// `[store.redis.tls]` naming `pki`'s CA and, with `client`, its client certificate.
+fn tls_section(pki: &TestPki, client: bool) -> String {
+    let mut section = format!(
+        "[store.redis.tls]\nca_file = \"{}\"\n",
+        pki.file("ca.pem").display()
+    );
+    if client {
+        section += &format!(
+            "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+            pki.file("client.pem").display(),
+            pki.file("client.key").display()
+        );
+    }
+    section
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_client_certificates_nodes_share_sessions_and_logouts() {
+    let Some(cluster) = Cluster::start_tls(2, |pki| tls_section(pki, true)).await else {
+        return;
+    };
+    assert!(cluster.redis.url().starts_with("rediss://"));
+    let (a, b) = (cluster.agent(0), cluster.agent(1));
+    cluster
+        .node(0)
+        .client("")
+        .readyz()
+        .await
+        .expect("ready over TLS");
+    let made = a.create_session(&req("tilda")).await.unwrap();
+    assert_eq!(
+        b.validate(&made.token, true).await.unwrap().id,
+        made.session.id
+    );
+    let started = Instant::now();
+    b.logout(&made.token).await.unwrap();
+    let d = refused_on(&a, &made.token, started).await;
+    eprintln!("over TLS, revocation seen on A after {d:?}");
+    assert_eq!(
+        ended_reason(a.validate(&made.token, true).await),
+        EndReason::LoggedOut
+    );
+}
+
+/// A node that does not trust Redis's CA, or has no client certificate for a Redis that
+/// asks for one, starts but is not ready, and every call fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_node_without_the_right_certificates_fails_closed() {
+    let other = tempfile::tempdir().expect("tempdir");
+    let stranger = TestPki::new(other.path());
+    for (what, other_ca) in [("another CA", true), ("no client certificate", false)] {
+        let tls = |pki: &TestPki| match other_ca {
+            true => tls_section(&stranger, true),
+            false => tls_section(pki, false),
+        };
+        let Some(cluster) = Cluster::start_tls(1, tls).await else {
+            return;
+        };
+        let node = cluster.node(0);
+        let err = node.client("").readyz().await.unwrap_err();
+        assert_eq!(err.status(), Some(503), "{what}: /readyz: {err}");
+        let err = cluster
+            .agent(0)
+            .create_session(&req("ulla"))
+            .await
+            .unwrap_err();
+        assert_eq!(code(&err), "store_unavailable", "{what}: create: {err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,10 @@
 //! call after a failure, so the store recovers without a restart. Through Sentinel, a
 //! failure that hints at a failover (I/O error, `READONLY`) makes the next call ask the
 //! sentinels for the master again.
+//!
+//! TLS: a `rediss://` URL connects over TLS (rustls), and checks Redis's certificate and
+//! name against the system's roots, or against the CAs of [`Tls::ca_pem`]. There is no way
+//! to turn the check off: the URL fragment `#insecure` is refused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +20,13 @@ use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelServerType};
-use redis::{Client, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    Client, ClientTlsConfig, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
+    ServerErrorKind, TlsCertificates, TlsMode, Value,
+};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::scripts::Call;
 use crate::StoreError;
@@ -41,6 +50,28 @@ pub enum Target {
     },
 }
 
+impl Target {
+    /// Every URL it names.
+    fn urls(&self) -> &[String] {
+        match self {
+            Target::Url(url) => std::slice::from_ref(url),
+            Target::Cluster(urls)
+            | Target::Sentinel {
+                sentinels: urls, ..
+            } => urls,
+        }
+    }
+
+    /// Whether its URLs ask for TLS (`rediss://`). [`check_target`] makes sure they agree.
+    fn uses_tls(&self) -> bool {
+        self.urls().iter().any(|u| is_tls(u))
+    }
+}
+
+fn is_tls(url: &str) -> bool {
+    url.starts_with("rediss://")
+}
+
 /// A connection to the store, whatever its shape. Cheap to clone; clones share sockets.
 #[derive(Clone)]
 pub(super) enum Conn {
@@ -59,20 +90,125 @@ pub(super) struct SentinelConn {
     response_timeout: Duration,
 }
 
+/// What TLS to Redis trusts and shows, beyond the `rediss://` scheme that turns it on.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// PEM certificates of the CAs that sign Redis's certificates, trusted instead of the
+    /// system's roots (a private CA). `None`: the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A PEM certificate chain and its PEM private key, shown to a Redis that asks clients
+    /// for one (`tls-auth-clients yes`).
+    pub client_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key; the certificates say nothing useful in a log either.
+        f.debug_struct("Tls")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<given>"))
+            .field("client_pem", &self.client_pem.as_ref().map(|_| "<given>"))
+            .finish()
+    }
+}
+
+impl Tls {
+    /// The certificates in the redis crate's form, or `None` when nothing is given.
+    fn certificates(&self) -> Option<TlsCertificates> {
+        if *self == Tls::default() {
+            return None;
+        }
+        Some(TlsCertificates {
+            client_tls: self.client_pem.as_ref().map(|(cert, key)| ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            root_cert: self.ca_pem.clone(),
+        })
+    }
+}
+
+/// Where the store connects, and how: what its connections are made from.
+#[derive(Clone)]
+pub(super) struct Endpoint {
+    target: Target,
+    certificates: Option<TlsCertificates>,
+}
+
+impl Endpoint {
+    pub(super) fn new(target: Target, tls: &Tls) -> Endpoint {
+        Endpoint {
+            target,
+            certificates: tls.certificates(),
+        }
+    }
+
+    /// A client for one of its URLs.
+    fn client(&self, url: &str) -> redis::RedisResult<Client> {
+        match &self.certificates {
+            Some(certs) => Client::build_with_tls(url, certs.clone()),
+            None => Client::open(url),
+        }
+    }
+}
+
 /// Whether `url` is a Redis URL this build can connect to, or what is wrong with it, so
 /// that the configuration refuses it at start under its key's name. The answer never
 /// repeats the URL, which may hold a password.
 pub fn check_url(url: &str) -> Result<(), &'static str> {
-    if url.starts_with("rediss://") {
+    if is_tls(url) && url.contains('#') {
         return Err(
-            "TLS (`rediss://`) is not supported by this build; use `redis://` \
-                    on a trusted network, or a TLS tunnel",
+            "a `rediss://` URL takes no fragment: Redis's certificate is always checked \
+             (`#insecure` cannot turn that off); for a private CA, set store.redis.tls.ca_file",
         );
     }
     Client::open(url).map(|_| ()).map_err(|_| {
-        "not a Redis URL: redis://[[user]:password@]host[:port][/db], or \
-         redis+unix:///path/to/socket"
+        "not a Redis URL: redis://[[user]:password@]host[:port][/db], \
+         rediss://… for TLS, or redis+unix:///path/to/socket"
     })
+}
+
+/// Whether `target` and `tls` go together, or what is wrong, for the configuration to
+/// refuse at start (each URL has passed [`check_url`]): the URLs must all ask for TLS or
+/// none, TLS settings need `rediss://`, the PEM files must hold what they are for, and a
+/// client certificate needs its key. The answer starts with the setting at fault, named as
+/// under `store.redis` (`cluster: …`, `tls.ca_file: …`).
+pub fn check_target(target: &Target, tls: &Tls) -> Result<(), String> {
+    let urls = target.urls();
+    if urls.iter().any(|u| is_tls(u)) && !urls.iter().all(|u| is_tls(u)) {
+        let key = match target {
+            Target::Url(_) => "url",
+            Target::Cluster(_) => "cluster",
+            Target::Sentinel { .. } => "sentinels",
+        };
+        return Err(format!(
+            "{key}: the URLs must all use `rediss://` (TLS) or all `redis://`, not both"
+        ));
+    }
+    if *tls != Tls::default() && !target.uses_tls() {
+        return Err("tls: TLS settings are given, but the URLs use `redis://`; \
+                    use `rediss://` to connect over TLS"
+            .into());
+    }
+    if let Some(ca) = &tls.ca_pem {
+        let certs = CertificateDer::pem_slice_iter(ca)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("tls.ca_file: not PEM certificates ({e})"))?;
+        if certs.is_empty() {
+            return Err("tls.ca_file: holds no PEM certificate".into());
+        }
+    }
+    if let Some((cert, key)) = &tls.client_pem {
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("tls.cert_file: not PEM certificates ({e})"))?;
+        if chain.is_empty() {
+            return Err("tls.cert_file: holds no PEM certificate".into());
+        }
+        // The error's text could quote the key's bytes; say only what is wrong.
+        PrivateKeyDer::from_pem_slice(key)
+            .map_err(|_| "tls.key_file: holds no PEM private key".to_owned())?;
+    }
+    Ok(())
 }
 
 fn unavailable(e: RedisError) -> StoreError {
@@ -88,28 +224,31 @@ fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
         .set_max_delay(Duration::from_millis(500))
 }
 
-/// Opens the connection for `target` and says where to subscribe. A single Redis is
+/// Opens the connection to `endpoint` and says where to subscribe. A single Redis is
 /// connected lazily, so a node starts (not ready) while Redis is down.
-pub(super) async fn connect(target: &Target) -> Result<(Conn, PubSubSource), StoreError> {
-    match target {
+pub(super) async fn connect(endpoint: &Endpoint) -> Result<(Conn, PubSubSource), StoreError> {
+    // rustls needs its crypto chosen once per process; with one provider built in, this
+    // only makes sure, and a second call changes nothing.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match &endpoint.target {
         Target::Url(url) => {
-            let client = Client::open(url.as_str()).map_err(unavailable)?;
+            let client = endpoint.client(url).map_err(unavailable)?;
             let manager =
                 ConnectionManager::new_lazy_with_config(client.clone(), manager_config(OP_TIMEOUT))
                     .map_err(unavailable)?;
             Ok((Conn::Single(manager), PubSubSource::Nodes(vec![client])))
         }
         Target::Cluster(urls) => {
-            let conn = connect_cluster(urls, OP_TIMEOUT).await?;
+            let conn = connect_cluster(endpoint, urls, OP_TIMEOUT).await?;
             // Classic PUBLISH reaches every node of a cluster: any node will do.
             let nodes = urls
                 .iter()
-                .map(|u| Client::open(u.as_str()).map_err(unavailable))
+                .map(|u| endpoint.client(u).map_err(unavailable))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((Conn::Cluster(conn), PubSubSource::Nodes(nodes)))
         }
         Target::Sentinel { master, sentinels } => {
-            let sentinel = sentinel(master, sentinels, OP_TIMEOUT)?;
+            let sentinel = sentinel(endpoint, master, sentinels, OP_TIMEOUT)?;
             Ok((
                 Conn::Sentinel(sentinel.clone()),
                 PubSubSource::Sentinel(sentinel),
@@ -118,18 +257,47 @@ pub(super) async fn connect(target: &Target) -> Result<(Conn, PubSubSource), Sto
     }
 }
 
-/// The primary of `master` as the `sentinels` name it, answers allowed `timeout`.
+/// The primary of `master` as the `sentinels` name it, answers allowed `timeout`. Over
+/// TLS, the sentinels and the master are both reached by TLS, with the same trust, and the
+/// sentinels with the first URL's credentials.
 fn sentinel(
+    endpoint: &Endpoint,
     master: &str,
     sentinels: &[String],
     timeout: Duration,
 ) -> Result<Arc<SentinelConn>, StoreError> {
-    let client = SentinelClient::build(
-        sentinels.iter().map(String::as_str).collect(),
-        master.to_owned(),
-        None,
-        SentinelServerType::Master,
-    )
+    let client = if endpoint.target.uses_tls() {
+        let infos = sentinels
+            .iter()
+            .map(|u| u.as_str().into_connection_info())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        let addrs = infos.iter().map(|i| i.addr().clone());
+        let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
+            .map_err(unavailable)?
+            .set_client_to_redis_tls_mode(TlsMode::Secure);
+        if let Some(first) = infos.first().map(|i| i.redis_settings()) {
+            if let Some(user) = first.username() {
+                builder = builder.set_client_to_sentinel_username(user);
+            }
+            if let Some(password) = first.password() {
+                builder = builder.set_client_to_sentinel_password(password);
+            }
+        }
+        if let Some(certs) = &endpoint.certificates {
+            builder = builder
+                .set_client_to_sentinel_certificates(certs.clone())
+                .set_client_to_redis_certificates(certs.clone());
+        }
+        builder.build()
+    } else {
+        SentinelClient::build(
+            sentinels.iter().map(String::as_str).collect(),
+            master,
+            None,
+            SentinelServerType::Master,
+        )
+    }
     .map_err(unavailable)?;
     Ok(Arc::new(SentinelConn::new(client, timeout)))
 }
@@ -137,20 +305,24 @@ fn sentinel(
 /// Opens a connection of its own, for blocking reads (`XREAD BLOCK`) that would stall the
 /// shared, multiplexed one: its answers may take `wait` longer than [`OP_TIMEOUT`]. Lazy
 /// for a single Redis and through Sentinel; a Cluster is asked for its slots at once.
-pub(super) async fn connect_dedicated(target: &Target, wait: Duration) -> Result<Conn, StoreError> {
+pub(super) async fn connect_dedicated(
+    endpoint: &Endpoint,
+    wait: Duration,
+) -> Result<Conn, StoreError> {
     let response_timeout = OP_TIMEOUT + wait;
-    match target {
+    match &endpoint.target {
         Target::Url(url) => {
-            let client = Client::open(url.as_str()).map_err(unavailable)?;
+            let client = endpoint.client(url).map_err(unavailable)?;
             let manager =
                 ConnectionManager::new_lazy_with_config(client, manager_config(response_timeout))
                     .map_err(unavailable)?;
             Ok(Conn::Single(manager))
         }
         Target::Cluster(urls) => Ok(Conn::Cluster(
-            connect_cluster(urls, response_timeout).await?,
+            connect_cluster(endpoint, urls, response_timeout).await?,
         )),
         Target::Sentinel { master, sentinels } => Ok(Conn::Sentinel(sentinel(
+            endpoint,
             master,
             sentinels,
             response_timeout,
@@ -159,15 +331,18 @@ pub(super) async fn connect_dedicated(target: &Target, wait: Duration) -> Result
 }
 
 async fn connect_cluster(
+    endpoint: &Endpoint,
     urls: &[String],
     response_timeout: Duration,
 ) -> Result<ClusterConnection, StoreError> {
-    let cluster = ClusterClient::builder(urls.iter().map(String::as_str))
+    let mut builder = ClusterClient::builder(urls.iter().map(String::as_str))
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(response_timeout)
-        .retries(2)
-        .build()
-        .map_err(unavailable)?;
+        .retries(2);
+    if let Some(certs) = &endpoint.certificates {
+        builder = builder.certs(certs.clone());
+    }
+    let cluster = builder.build().map_err(unavailable)?;
     tokio::time::timeout(OP_TIMEOUT, cluster.get_async_connection())
         .await
         .map_err(|_| StoreError::Unavailable("redis cluster: connect timed out".into()))?

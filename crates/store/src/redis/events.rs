@@ -36,7 +36,7 @@ use sessiond_core::{EndReason, SessionId, Timestamp};
 use tokio::sync::{mpsc, watch};
 
 use super::cache::NearCache;
-use super::conn::{self, Conn, Target};
+use super::conn::{self, Conn, Endpoint};
 use super::scripts::Call;
 use super::{RedisStore, codec};
 use crate::StoreError;
@@ -101,7 +101,7 @@ impl RedisStore {
         let (tx, rx) = mpsc::channel(FEED_BUFFER);
         let follower = Follower {
             cache: self.cache.clone(),
-            target: self.target.clone(),
+            endpoint: self.endpoint.clone(),
             stream,
             read: self.scripts.events_read.clone(),
             last: start,
@@ -154,7 +154,7 @@ struct Follower {
     /// This node's near cache: a change is evicted from it before the change is relayed,
     /// so nobody who saw the event can get the old answer from this node.
     cache: Arc<NearCache>,
-    target: Target,
+    endpoint: Arc<Endpoint>,
     stream: String,
     read: Script,
     /// The newest id delivered (or the starting point).
@@ -209,7 +209,7 @@ impl Follower {
             Some(c) => c.clone(),
             None => match self
                 .guard
-                .until_stop(conn::connect_dedicated(&self.target, BLOCK))
+                .until_stop(conn::connect_dedicated(&self.endpoint, BLOCK))
                 .await?
             {
                 Ok(c) => conn.insert(c).clone(),

@@ -52,8 +52,8 @@ use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Ver
 
 use self::cache::{Cached, NearCache, TagTouches};
 use self::codec::Fields;
-use self::conn::Conn;
-pub use self::conn::{Target, check_url};
+use self::conn::{Conn, Endpoint};
+pub use self::conn::{Target, Tls, check_target, check_url};
 use self::keys::Keys;
 use self::scripts::{Call, Header, Scripts};
 use crate::intern::Interner;
@@ -99,6 +99,8 @@ fn chunk_groups<K, G: AsRef<[T]>, T>(groups: Vec<(K, G)>, max: usize) -> Vec<Vec
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
     pub target: Target,
+    /// What TLS trusts and shows, for `rediss://` URLs (see [`check_target`]).
+    pub tls: Tls,
     /// Prepended to every key and channel, so several deployments can share one Redis.
     pub key_prefix: String,
     /// Most validate answers kept in memory.
@@ -112,6 +114,7 @@ impl RedisConfig {
     pub fn new(target: Target) -> RedisConfig {
         RedisConfig {
             target,
+            tls: Tls::default(),
             key_prefix: "sessiond:".into(),
             cache_capacity: 100_000,
             cache_max_age: Duration::from_secs(30),
@@ -133,8 +136,8 @@ impl Drop for Tasks {
 /// Sessions in Redis, shared by every node on it. See the module docs.
 pub struct RedisStore {
     conn: Conn,
-    /// Where Redis is: event feeds open connections of their own there.
-    target: Target,
+    /// Where Redis is, and how to reach it: event feeds open connections of their own.
+    endpoint: Arc<Endpoint>,
     keys: Keys,
     scripts: Scripts,
     /// Validate answers known locally, and the touches not yet in Redis (laid over every
@@ -187,7 +190,8 @@ impl RedisStore {
         options: StoreOptions,
     ) -> Result<RedisStore, StoreError> {
         let keys = Keys::new(&config.key_prefix)?;
-        let (conn, source) = conn::connect(&config.target).await?;
+        let endpoint = Arc::new(Endpoint::new(config.target, &config.tls));
+        let (conn, source) = conn::connect(&endpoint).await?;
         let cache = Arc::new(NearCache::new(config.cache_capacity, config.cache_max_age));
         let channel = keys.channel();
         let node = SessionId::random()
@@ -208,7 +212,7 @@ impl RedisStore {
         }
         Ok(RedisStore {
             conn,
-            target: config.target,
+            endpoint,
             keys,
             scripts: Scripts::new(),
             cache,
