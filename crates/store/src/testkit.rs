@@ -221,6 +221,16 @@ pub struct TlsPort {
     pub client_certificates: bool,
 }
 
+impl TlsPort {
+    fn new(pki: &TestPki, client_certificates: bool) -> TlsPort {
+        TlsPort {
+            port: free_port(),
+            pki_dir: pki.dir.clone(),
+            client_certificates,
+        }
+    }
+}
+
 /// One `redis-server` on 127.0.0.1, with AOF fsynced on every write, in its own directory.
 pub struct RedisServer {
     child: Option<Child>,
@@ -238,31 +248,24 @@ impl RedisServer {
 
     /// Starts a server on `port` (a restart reuses the port it had).
     pub async fn start_on(dir: &Path, port: u16, cluster: bool) -> RedisServer {
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir: dir.to_path_buf(),
-            cluster,
-            tls: None,
-        };
-        server.spawn().await;
-        server
+        Self::start_with(dir, port, cluster, None).await
     }
 
     /// Starts a server that also speaks TLS, with `pki`'s certificates, on a free port;
     /// [`RedisServer::url`] is then its `rediss://` URL. With `client_certificates`, it
     /// refuses a TLS client without a certificate from `pki`'s CA.
     pub async fn start_tls(dir: &Path, pki: &TestPki, client_certificates: bool) -> RedisServer {
+        let tls = TlsPort::new(pki, client_certificates);
+        Self::start_with(dir, free_port(), false, Some(tls)).await
+    }
+
+    async fn start_with(dir: &Path, port: u16, cluster: bool, tls: Option<TlsPort>) -> RedisServer {
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
+            port,
             dir: dir.to_path_buf(),
-            cluster: false,
-            tls: Some(TlsPort {
-                port: free_port(),
-                pki_dir: pki.dir.clone(),
-                client_certificates,
-            }),
+            cluster,
+            tls,
         };
         server.spawn().await;
         server
@@ -297,6 +300,11 @@ impl RedisServer {
                 ]);
         }
         if self.cluster {
+            if self.tls.is_some() {
+                // The cluster bus and replication speak TLS too; each node tells a client
+                // the ports of the kind (TLS or plain) it connected with.
+                cmd.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+            }
             cmd.args([
                 "--cluster-enabled",
                 "yes",
@@ -387,6 +395,17 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// `None` (after saying why) when `redis-cli` is missing and we are not under CI.
     pub async fn start() -> Option<RedisCluster> {
+        Self::start_with(None).await
+    }
+
+    /// [`RedisCluster::start`] with every node speaking TLS with `pki`'s certificates on
+    /// its bus and to clients (which need no certificate); [`RedisCluster::urls`] are then
+    /// `rediss://`.
+    pub async fn start_tls(pki: &TestPki) -> Option<RedisCluster> {
+        Self::start_with(Some(pki)).await
+    }
+
+    async fn start_with(pki: Option<&TestPki>) -> Option<RedisCluster> {
         if !on_path("redis-cli") {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("redis-cli not found: CI must install redis-tools");
@@ -397,9 +416,9 @@ impl RedisCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         for i in 0..3 {
-            nodes.push(
-                RedisServer::start_on(&dir.path().join(format!("n{i}")), free_port(), true).await,
-            );
+            let tls = pki.map(|pki| TlsPort::new(pki, false));
+            let node_dir = dir.path().join(format!("n{i}"));
+            nodes.push(RedisServer::start_with(&node_dir, free_port(), true, tls).await);
         }
         let addrs: Vec<String> = nodes
             .iter()
@@ -457,23 +476,46 @@ impl RedisCluster {
 pub struct RedisSentinel {
     child: Option<Child>,
     pub port: u16,
+    /// The port it speaks TLS on, when it does.
+    tls_port: Option<u16>,
 }
 
 impl RedisSentinel {
     pub async fn start(dir: &Path, master_port: u16) -> RedisSentinel {
+        Self::start_with(dir, master_port, None).await
+    }
+
+    /// A sentinel that speaks TLS with `pki`'s certificates, to clients (which need no
+    /// certificate) and to the master, watching `master`'s TLS port;
+    /// [`RedisSentinel::url`] is then `rediss://`.
+    pub async fn start_tls(dir: &Path, master: &RedisServer, pki: &TestPki) -> RedisSentinel {
+        let master_port = master.tls.as_ref().expect("a master that speaks TLS").port;
+        Self::start_with(dir, master_port, Some(pki)).await
+    }
+
+    async fn start_with(dir: &Path, master_port: u16, pki: Option<&TestPki>) -> RedisSentinel {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let conf = dir.join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "bind 127.0.0.1\nport {port}\ndir {}\n\
-                 sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
-                 sentinel down-after-milliseconds mymaster 1000\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "bind 127.0.0.1\nport {port}\ndir {}\n\
+             sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+             sentinel down-after-milliseconds mymaster 1000\n",
+            dir.display()
+        );
+        let tls_port = pki.map(|pki| {
+            let tls_port = free_port();
+            let file = |name: &str| pki.file(name).display().to_string();
+            text += &format!(
+                "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\n\
+                 tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                file("redis.pem"),
+                file("redis.key"),
+                file("ca.pem")
+            );
+            tls_port
+        });
+        std::fs::write(&conf, text).unwrap();
         let child = Command::new("redis-server")
             .arg(&conf)
             .arg("--sentinel")
@@ -484,13 +526,18 @@ impl RedisSentinel {
         let sentinel = RedisSentinel {
             child: Some(child),
             port,
+            tls_port,
         };
         wait_for_pong(port).await;
         sentinel
     }
 
+    /// Its URL: `rediss://` on its TLS port when it has one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match self.tls_port {
+            Some(port) => format!("rediss://127.0.0.1:{port}/"),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
     }
 }
 

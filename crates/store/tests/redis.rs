@@ -129,6 +129,36 @@ async fn redis_cluster_store_conforms() {
     eprintln!("cluster: {}", revocation_delay(&a, &b, "yuri").await);
 }
 
+/// A Cluster over TLS: the store learns the nodes' TLS ports from the Cluster itself and
+/// reaches every shard with the CA it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_conforms_over_tls() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path());
+    let Some(cluster) = RedisCluster::start_tls(&pki).await else {
+        return;
+    };
+    let urls = cluster.urls();
+    assert!(urls.iter().all(|u| u.starts_with("rediss://")));
+    let target = RedisTarget::Cluster(urls);
+    conformance::run(|| {
+        let target = target.clone();
+        let tls = pki.tls(false);
+        async move { Arc::new(open_tls(target, tls, &fresh_prefix()).await) as Arc<dyn SessionStore> }
+    })
+    .await;
+    let prefix = fresh_prefix();
+    let a = open_tls(target.clone(), pki.tls(false), &prefix).await;
+    let b = open_tls(target, pki.tls(false), &prefix).await;
+    eprintln!(
+        "cluster over tls: {}",
+        revocation_delay(&a, &b, "yvette").await
+    );
+}
+
 /// Through Sentinel: the store asks the sentinel for the master, then behaves the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_conforms_through_sentinel() {
@@ -238,6 +268,37 @@ async fn tls_refuses_an_unknown_ca_plain_redis_and_a_missing_client_certificate(
         store.validate(s.id, &s.verifier, true, T0).await.unwrap(),
         Lookup::Live(_)
     ));
+}
+
+/// Through Sentinel over TLS: the sentinels and the master they name are both reached by
+/// TLS, with the CA the store was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_conforms_through_sentinel_over_tls() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let master = RedisServer::start_tls(&dir.path().join("master"), &pki, false).await;
+    let sentinel = RedisSentinel::start_tls(&dir.path().join("sentinel"), &master, &pki).await;
+    assert!(sentinel.url().starts_with("rediss://"));
+    let target = RedisTarget::Sentinel {
+        master: "mymaster".into(),
+        sentinels: vec![sentinel.url()],
+    };
+    conformance::run(|| {
+        let target = target.clone();
+        let tls = pki.tls(false);
+        async move { Arc::new(open_tls(target, tls, &fresh_prefix()).await) as Arc<dyn SessionStore> }
+    })
+    .await;
+    let prefix = fresh_prefix();
+    let a = open_tls(target.clone(), pki.tls(false), &prefix).await;
+    let b = open_tls(target, pki.tls(false), &prefix).await;
+    eprintln!(
+        "sentinel over tls: {}",
+        revocation_delay(&a, &b, "zelda").await
+    );
 }
 
 /// A limit lowered below what a user holds: displace_oldest brings the user back to
