@@ -1017,7 +1017,7 @@ kind = "embedded"
                 "redis://127.0.0.1",
                 "[store.redis.tls]\nca_file = \"pki/ca.pem\"\n",
                 "store.redis.tls:",
-                "use `rediss://`",
+                "do not use `rediss://`",
             ),
             (
                 tls_url,

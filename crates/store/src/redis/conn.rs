@@ -185,9 +185,11 @@ pub fn check_target(target: &Target, tls: &Tls) -> Result<(), String> {
         ));
     }
     if *tls != Tls::default() && !target.uses_tls() {
-        return Err("tls: TLS settings are given, but the URLs use `redis://`; \
-                    use `rediss://` to connect over TLS"
-            .into());
+        return Err(
+            "tls: TLS settings are given, but the URLs do not use `rediss://`, which \
+             connects over TLS"
+                .into(),
+        );
     }
     if let Some(ca) = &tls.ca_pem {
         let certs = CertificateDer::pem_slice_iter(ca)
