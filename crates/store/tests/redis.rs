@@ -64,6 +64,20 @@ async fn until_subscribed(store: &RedisStore) {
     panic!("the invalidation subscription did not come up");
 }
 
+/// The conformance suite on `target` with `tls`, then the revocation delay between two
+/// stores there, printed under `label`.
+async fn conforms(target: RedisTarget, tls: RedisTls, label: &str, user: &str) {
+    conformance::run(|| {
+        let (target, tls) = (target.clone(), tls.clone());
+        async move { Arc::new(open_tls(target, tls, &fresh_prefix()).await) as Arc<dyn SessionStore> }
+    })
+    .await;
+    let prefix = fresh_prefix();
+    let a = open_tls(target.clone(), tls.clone(), &prefix).await;
+    let b = open_tls(target, tls, &prefix).await;
+    eprintln!("{label}: {}", revocation_delay(&a, &b, user).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_conforms() {
     let Some((_dir, server)) = redis_server().await else {
@@ -114,19 +128,8 @@ async fn redis_cluster_store_conforms() {
     let Some(cluster) = RedisCluster::start().await else {
         return;
     };
-    let urls = cluster.urls();
-    conformance::run(|| {
-        let urls = urls.clone();
-        async move {
-            Arc::new(open(RedisTarget::Cluster(urls), &fresh_prefix()).await)
-                as Arc<dyn SessionStore>
-        }
-    })
-    .await;
-    let prefix = fresh_prefix();
-    let a = open(RedisTarget::Cluster(urls.clone()), &prefix).await;
-    let b = open(RedisTarget::Cluster(urls), &prefix).await;
-    eprintln!("cluster: {}", revocation_delay(&a, &b, "yuri").await);
+    let target = RedisTarget::Cluster(cluster.urls());
+    conforms(target, RedisTls::default(), "cluster", "yuri").await;
 }
 
 /// A Cluster over TLS: the store learns the nodes' TLS ports from the Cluster itself and
@@ -143,20 +146,13 @@ async fn redis_cluster_store_conforms_over_tls() {
     };
     let urls = cluster.urls();
     assert!(urls.iter().all(|u| u.starts_with("rediss://")));
-    let target = RedisTarget::Cluster(urls);
-    conformance::run(|| {
-        let target = target.clone();
-        let tls = pki.tls(false);
-        async move { Arc::new(open_tls(target, tls, &fresh_prefix()).await) as Arc<dyn SessionStore> }
-    })
+    conforms(
+        RedisTarget::Cluster(urls),
+        pki.tls(false),
+        "cluster over tls",
+        "yvette",
+    )
     .await;
-    let prefix = fresh_prefix();
-    let a = open_tls(target.clone(), pki.tls(false), &prefix).await;
-    let b = open_tls(target, pki.tls(false), &prefix).await;
-    eprintln!(
-        "cluster over tls: {}",
-        revocation_delay(&a, &b, "yvette").await
-    );
 }
 
 /// Through Sentinel: the store asks the sentinel for the master, then behaves the same.
@@ -172,15 +168,7 @@ async fn redis_store_conforms_through_sentinel() {
         master: "mymaster".into(),
         sentinels: vec![sentinel.url()],
     };
-    conformance::run(|| {
-        let target = target.clone();
-        async move { Arc::new(open(target, &fresh_prefix()).await) as Arc<dyn SessionStore> }
-    })
-    .await;
-    let prefix = fresh_prefix();
-    let a = open(target.clone(), &prefix).await;
-    let b = open(target, &prefix).await;
-    eprintln!("sentinel: {}", revocation_delay(&a, &b, "zoe").await);
+    conforms(target, RedisTls::default(), "sentinel", "zoe").await;
 }
 
 /// Over TLS (`rediss://`, a private CA given as the store's trust), the store behaves the
@@ -195,16 +183,7 @@ async fn redis_store_conforms_over_tls() {
     let server = RedisServer::start_tls(&dir.path().join("redis"), &pki, false).await;
     let target = RedisTarget::Url(server.url());
     assert!(server.url().starts_with("rediss://"));
-    let tls = pki.tls(false);
-    conformance::run(|| {
-        let (target, tls) = (target.clone(), tls.clone());
-        async move { Arc::new(open_tls(target, tls, &fresh_prefix()).await) as Arc<dyn SessionStore> }
-    })
-    .await;
-    let prefix = fresh_prefix();
-    let a = open_tls(target.clone(), tls.clone(), &prefix).await;
-    let b = open_tls(target, tls, &prefix).await;
-    eprintln!("tls: {}", revocation_delay(&a, &b, "ursula").await);
+    conforms(target, pki.tls(false), "tls", "ursula").await;
 }
 
 /// TLS fails closed: a store that does not trust Redis's CA, one that speaks plain Redis
@@ -286,19 +265,7 @@ async fn redis_store_conforms_through_sentinel_over_tls() {
         master: "mymaster".into(),
         sentinels: vec![sentinel.url()],
     };
-    conformance::run(|| {
-        let target = target.clone();
-        let tls = pki.tls(false);
-        async move { Arc::new(open_tls(target, tls, &fresh_prefix()).await) as Arc<dyn SessionStore> }
-    })
-    .await;
-    let prefix = fresh_prefix();
-    let a = open_tls(target.clone(), pki.tls(false), &prefix).await;
-    let b = open_tls(target, pki.tls(false), &prefix).await;
-    eprintln!(
-        "sentinel over tls: {}",
-        revocation_delay(&a, &b, "zelda").await
-    );
+    conforms(target, pki.tls(false), "sentinel over tls", "zelda").await;
 }
 
 /// A limit lowered below what a user holds: displace_oldest brings the user back to
