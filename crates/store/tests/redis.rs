@@ -268,6 +268,90 @@ async fn redis_store_conforms_through_sentinel_over_tls() {
     conforms(target, pki.tls(false), "sentinel over tls", "zelda").await;
 }
 
+/// Over TLS the store sends concurrent scripts in batches: each caller still gets its own
+/// answer (the limit holds; a `NOSCRIPT` in a batch is each caller's to retry), an outage
+/// fails every caller of a batch closed, and the batches resume when Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_batches_answer_each_caller_and_fail_closed_together() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let mut server = RedisServer::start_tls(&dir.path().join("redis"), &pki, false).await;
+    let target = RedisTarget::Url(server.url());
+    let store = Arc::new(open_tls(target, pki.tls(false), &fresh_prefix()).await);
+    let concurrently = |user: &'static str, limit: UserLimit| {
+        let store = store.clone();
+        async move {
+            let calls: Vec<_> = (0..64)
+                .map(|_| {
+                    let (store, s) = (store.clone(), conformance::session(user, T0));
+                    tokio::spawn(async move { store.create(s, limit, T0).await })
+                })
+                .collect();
+            let mut results = Vec::new();
+            for c in calls {
+                results.push(c.await.unwrap());
+            }
+            results
+        }
+    };
+    let limit = UserLimit {
+        max: 3,
+        on_limit: OnLimit::Deny,
+    };
+    let made = concurrently("wes", limit).await;
+    let created = made
+        .iter()
+        .filter(|r| matches!(r, Ok(Created::Created { .. })))
+        .count();
+    assert_eq!(created, 3, "the limit holds across a batch: {made:?}");
+    assert!(made.iter().all(Result::is_ok), "{made:?}");
+
+    // Redis forgets the scripts: every call of the next batch gets NOSCRIPT, and each
+    // caller loads the script and runs again.
+    let plain = redis::Client::open(format!("redis://127.0.0.1:{}/", server.port)).unwrap();
+    let mut raw = plain.get_multiplexed_async_connection().await.unwrap();
+    run::<()>(&mut raw, redis::cmd("SCRIPT").arg("FLUSH")).await;
+    let made = concurrently("xavier", UserLimit::UNLIMITED).await;
+    assert!(
+        made.iter()
+            .all(|r| matches!(r, Ok(Created::Created { .. }))),
+        "{made:?}"
+    );
+
+    server.kill();
+    let made = concurrently("yann", UserLimit::UNLIMITED).await;
+    assert!(
+        made.iter()
+            .all(|r| matches!(r, Err(StoreError::Unavailable(_)))),
+        "every caller fails closed: {made:?}"
+    );
+    server.restart().await;
+    let back = Instant::now();
+    loop {
+        let s = conformance::session("zack", T0);
+        if store.create(s, UserLimit::UNLIMITED, T0).await.is_ok() {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(15), "no recovery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let made = concurrently("zack", UserLimit::UNLIMITED).await;
+    assert!(made.iter().all(Result::is_ok), "{made:?}");
+    assert_eq!(
+        store
+            .list(Some("yann"), None, 100, T0)
+            .await
+            .unwrap()
+            .sessions
+            .len(),
+        0,
+        "the failed batch made nothing"
+    );
+}
+
 /// A limit lowered below what a user holds: displace_oldest brings the user back to
 /// `max - 1` before adding, as `UserLimit::to_displace` says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

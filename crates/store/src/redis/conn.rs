@@ -78,6 +78,8 @@ pub(super) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
     Sentinel(Arc<SentinelConn>),
+    /// A single Redis or a Sentinel's master over TLS, its scripts sent in batches.
+    Batched(Arc<Batches>),
 }
 
 /// The Sentinel-found master, looked up again after a failure that hints at a failover.
@@ -88,6 +90,97 @@ pub(super) struct SentinelConn {
     current: parking_lot::RwLock<Option<ConnectionManager>>,
     /// How long one answer may take on the master's connection.
     response_timeout: Duration,
+}
+
+/// Most scripts sent in one batch.
+const MAX_BATCH: usize = 128;
+
+/// Scripts from concurrent callers, sent to Redis as one pipeline at a time, each batch
+/// taking what queued while the one before was out: a group commit.
+///
+/// Over TLS this is what keeps `appendfsync always` from costing one fsync per write.
+/// Redis reads one TLS record per client per turn of its event loop and fsyncs the AOF
+/// before the next, while a multiplexed connection sends each caller's command as soon as
+/// it comes, often one record each. Plain TCP is spared: one read takes every command
+/// queued on the socket. `examples/redis_tls.rs` measures it (docs/redis.md, TLS).
+pub(super) struct Batches {
+    inner: Conn,
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
+}
+
+/// One script of a batch and where its answer goes.
+struct Job {
+    cmd: Cmd,
+    reply: tokio::sync::oneshot::Sender<redis::RedisResult<Value>>,
+}
+
+impl Batches {
+    /// Wraps `inner` and starts the task that sends its batches; the task ends when the
+    /// last clone of the returned connection is dropped.
+    fn start(inner: Conn) -> Conn {
+        let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(send_batches(inner.clone(), queue));
+        Conn::Batched(Arc::new(Batches { inner, jobs }))
+    }
+
+    /// Runs `cmd` in the next batch. The outer error: the batches are no longer sent.
+    async fn run(&self, cmd: &Cmd) -> Result<redis::RedisResult<Value>, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job {
+            cmd: cmd.clone(),
+            reply,
+        };
+        let gone = || StoreError::Unavailable("redis: the connection's batches stopped".into());
+        self.jobs.send(job).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
+    }
+}
+
+/// Sends the queued scripts as pipelines, one in flight at a time, and hands each caller
+/// its own answer (a script's error goes to its caller alone; a failed round trip to every
+/// caller of the batch).
+async fn send_batches(inner: Conn, mut queue: tokio::sync::mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up (its time ran out) has nothing to wait for.
+        jobs.retain(|job| !job.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for job in &mut jobs {
+            pipe.add_command(std::mem::take(&mut job.cmd));
+        }
+        let mut c = inner.clone();
+        let sent = tokio::time::timeout(
+            OP_TIMEOUT,
+            pipe.query_async::<Vec<redis::RedisResult<Value>>>(&mut c),
+        )
+        .await;
+        let failed = |e: RedisError| -> Vec<redis::RedisResult<Value>> {
+            std::iter::repeat_n(Err(e), jobs.len()).collect()
+        };
+        let answers = match sent {
+            Ok(Ok(answers)) if answers.len() == jobs.len() => answers,
+            Ok(Ok(_)) => failed(RedisError::from((
+                ErrorKind::Client,
+                "a batch got a different number of answers",
+            ))),
+            Ok(Err(e)) => failed(e),
+            Err(_) => failed(RedisError::from((ErrorKind::Io, "no answer in time"))),
+        };
+        for (job, answer) in jobs.into_iter().zip(answers) {
+            // A caller that stopped waiting no longer wants it.
+            let _ = job.reply.send(answer);
+        }
+    }
 }
 
 /// What TLS to Redis trusts and shows, beyond the `rediss://` scheme that turns it on.
@@ -139,6 +232,15 @@ impl Endpoint {
         Endpoint {
             target,
             certificates: tls.certificates(),
+        }
+    }
+
+    /// `conn`, with its scripts sent in batches when it speaks TLS (see [`Batches`]).
+    fn batched(&self, conn: Conn) -> Conn {
+        if self.target.uses_tls() {
+            Batches::start(conn)
+        } else {
+            conn
         }
     }
 
@@ -238,7 +340,8 @@ pub(super) async fn connect(endpoint: &Endpoint) -> Result<(Conn, PubSubSource),
             let manager =
                 ConnectionManager::new_lazy_with_config(client.clone(), manager_config(OP_TIMEOUT))
                     .map_err(unavailable)?;
-            Ok((Conn::Single(manager), PubSubSource::Nodes(vec![client])))
+            let conn = endpoint.batched(Conn::Single(manager));
+            Ok((conn, PubSubSource::Nodes(vec![client])))
         }
         Target::Cluster(urls) => {
             let conn = connect_cluster(endpoint, urls, OP_TIMEOUT).await?;
@@ -251,10 +354,8 @@ pub(super) async fn connect(endpoint: &Endpoint) -> Result<(Conn, PubSubSource),
         }
         Target::Sentinel { master, sentinels } => {
             let sentinel = sentinel(endpoint, master, sentinels, OP_TIMEOUT)?;
-            Ok((
-                Conn::Sentinel(sentinel.clone()),
-                PubSubSource::Sentinel(sentinel),
-            ))
+            let conn = endpoint.batched(Conn::Sentinel(sentinel.clone()));
+            Ok((conn, PubSubSource::Sentinel(sentinel)))
         }
     }
 }
@@ -403,6 +504,10 @@ impl ConnectionLike for Conn {
                 }
                 r
             }),
+            Conn::Batched(b) => Box::pin(async move {
+                let mut c = b.inner.clone();
+                c.req_packed_command(cmd).await
+            }),
         }
     }
 
@@ -423,6 +528,10 @@ impl ConnectionLike for Conn {
                 }
                 r
             }),
+            Conn::Batched(b) => Box::pin(async move {
+                let mut c = b.inner.clone();
+                c.req_packed_commands(pipeline, offset, count).await
+            }),
         }
     }
 
@@ -431,6 +540,7 @@ impl ConnectionLike for Conn {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
             Conn::Sentinel(_) => 0,
+            Conn::Batched(b) => b.inner.get_db(),
         }
     }
 }
@@ -487,16 +597,24 @@ impl Conn {
     pub(super) async fn eval(&self, call: &Call<'_>) -> Result<Value, StoreError> {
         let cmd = call.cmd();
         let mut c = self.clone();
-        bounded(async {
-            match cmd.query_async::<Value>(&mut c).await {
+        let run = async {
+            let first = match self {
+                Conn::Batched(b) => b.run(cmd).await?,
+                _ => cmd.query_async::<Value>(&mut c).await,
+            };
+            match first {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    call.script.prepare_invoke().load_async(&mut c).await?;
-                    cmd.query_async(&mut c).await
+                    let load = call.script.prepare_invoke().load_async(&mut c).await;
+                    load.map_err(unavailable)?;
+                    cmd.query_async(&mut c).await.map_err(unavailable)
                 }
-                other => other,
+                other => other.map_err(unavailable),
             }
-        })
-        .await
+        };
+        match tokio::time::timeout(OP_TIMEOUT, run).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable("redis: no answer in time".into())),
+        }
     }
 }
 
