@@ -67,6 +67,7 @@ fn redis_config(r: &RedisSettings) -> Result<RedisConfig, StoreError> {
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     let mut config = RedisConfig::new(target);
     config.tls = r.tls.clone();
+    config.master_auth = r.master_auth.clone();
     config.key_prefix = r.key_prefix.clone();
     if let Some(n) = r.near_cache_entries {
         config.cache_capacity = n;
@@ -148,7 +149,7 @@ pub async fn serve(
 mod tests {
     use std::time::Duration;
 
-    use sessiond_store::{RedisTarget, RedisTls};
+    use sessiond_store::{RedisMasterAuth, RedisTarget, RedisTls};
 
     use super::*;
 
@@ -163,6 +164,7 @@ mod tests {
             near_cache_entries: None,
             near_cache_max_age: None,
             tls: RedisTls::default(),
+            master_auth: RedisMasterAuth::default(),
         };
         let defaults = RedisConfig::new(RedisTarget::Url("redis://127.0.0.1:6379/0".into()));
         let c = redis_config(&r).unwrap();
@@ -182,5 +184,13 @@ mod tests {
         r.url = None;
         r.sentinels = vec!["redis://127.0.0.1:26379".into()];
         assert!(redis_config(&r).is_err(), "sentinels without a master name");
+        r.sentinel_master = Some("mymaster".into());
+        r.master_auth = RedisMasterAuth {
+            username: Some("sessiond".into()),
+            password: Some("pw".into()),
+        };
+        let c = redis_config(&r).unwrap();
+        assert_eq!(c.master_auth, r.master_auth);
+        assert!(matches!(c.target, RedisTarget::Sentinel { .. }));
     }
 }

@@ -37,7 +37,9 @@ use async_trait::async_trait;
 use sessiond_core::policy::UserLimit;
 use sessiond_core::{EndReason, Session, SessionId, Timestamp, Verifier};
 
-pub use self::redis::{RedisConfig, RedisStore, Target as RedisTarget, Tls as RedisTls};
+pub use self::redis::{
+    MasterAuth as RedisMasterAuth, RedisConfig, RedisStore, Target as RedisTarget, Tls as RedisTls,
+};
 pub use events::{ChangeEvent, ChangeKind, Feed, FeedItem};
 pub use local::LocalStore;
 pub use outcome::{Checked, Created, Ended, Lookup, Page, StoreStats, SweepReport, Updated};

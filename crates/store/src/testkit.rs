@@ -238,6 +238,8 @@ pub struct RedisServer {
     dir: PathBuf,
     cluster: bool,
     tls: Option<TlsPort>,
+    /// Its `requirepass`, when it has one.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -248,7 +250,13 @@ impl RedisServer {
 
     /// Starts a server on `port` (a restart reuses the port it had).
     pub async fn start_on(dir: &Path, port: u16, cluster: bool) -> RedisServer {
-        Self::start_with(dir, port, cluster, None).await
+        Self::start_with(dir, port, cluster, None, None).await
+    }
+
+    /// Starts a server that asks every client for `password` (`requirepass`), on a free
+    /// port; [`RedisServer::url`] does not carry it.
+    pub async fn start_with_password(dir: &Path, password: &str) -> RedisServer {
+        Self::start_with(dir, free_port(), false, None, Some(password.to_owned())).await
     }
 
     /// Starts a server that also speaks TLS, with `pki`'s certificates, on a free port;
@@ -256,16 +264,23 @@ impl RedisServer {
     /// refuses a TLS client without a certificate from `pki`'s CA.
     pub async fn start_tls(dir: &Path, pki: &TestPki, client_certificates: bool) -> RedisServer {
         let tls = TlsPort::new(pki, client_certificates);
-        Self::start_with(dir, free_port(), false, Some(tls)).await
+        Self::start_with(dir, free_port(), false, Some(tls), None).await
     }
 
-    async fn start_with(dir: &Path, port: u16, cluster: bool, tls: Option<TlsPort>) -> RedisServer {
+    async fn start_with(
+        dir: &Path,
+        port: u16,
+        cluster: bool,
+        tls: Option<TlsPort>,
+        password: Option<String>,
+    ) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port,
             dir: dir.to_path_buf(),
             cluster,
             tls,
+            password,
         };
         server.spawn().await;
         server
@@ -286,6 +301,9 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .args(["--protected-mode", "no", "--loglevel", "warning"]);
+        if let Some(password) = &self.password {
+            cmd.args(["--requirepass", password]);
+        }
         if let Some(tls) = &self.tls {
             cmd.args(["--tls-port", &tls.port.to_string()])
                 .arg("--tls-cert-file")
@@ -351,7 +369,8 @@ impl Drop for RedisServer {
     }
 }
 
-/// Waits until the server on `port` answers PING with PONG (not LOADING), bounded.
+/// Waits until the server on `port` answers PING with PONG (not LOADING), or asks for
+/// its password (`NOAUTH`), bounded.
 async fn wait_for_pong(port: u16) {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     for _ in 0..1000 {
@@ -382,7 +401,7 @@ async fn pong(port: u16) -> bool {
     let mut buf = [0u8; 64];
     matches!(
         tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await,
-        Ok(Ok(n)) if buf[..n].starts_with(b"+PONG")
+        Ok(Ok(n)) if buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH")
     )
 }
 
@@ -418,7 +437,7 @@ impl RedisCluster {
         for i in 0..3 {
             let tls = pki.map(|pki| TlsPort::new(pki, false));
             let node_dir = dir.path().join(format!("n{i}"));
-            nodes.push(RedisServer::start_with(&node_dir, free_port(), true, tls).await);
+            nodes.push(RedisServer::start_with(&node_dir, free_port(), true, tls, None).await);
         }
         let addrs: Vec<String> = nodes
             .iter()
@@ -482,7 +501,12 @@ pub struct RedisSentinel {
 
 impl RedisSentinel {
     pub async fn start(dir: &Path, master_port: u16) -> RedisSentinel {
-        Self::start_with(dir, master_port, None).await
+        Self::start_with(dir, master_port, None, None).await
+    }
+
+    /// A sentinel watching `master`, which asks for `password` (`sentinel auth-pass`).
+    pub async fn start_authed(dir: &Path, master: &RedisServer, password: &str) -> RedisSentinel {
+        Self::start_with(dir, master.port, None, Some(password)).await
     }
 
     /// A sentinel that speaks TLS with `pki`'s certificates, to clients (which need no
@@ -490,10 +514,15 @@ impl RedisSentinel {
     /// [`RedisSentinel::url`] is then `rediss://`.
     pub async fn start_tls(dir: &Path, master: &RedisServer, pki: &TestPki) -> RedisSentinel {
         let master_port = master.tls.as_ref().expect("a master that speaks TLS").port;
-        Self::start_with(dir, master_port, Some(pki)).await
+        Self::start_with(dir, master_port, Some(pki), None).await
     }
 
-    async fn start_with(dir: &Path, master_port: u16, pki: Option<&TestPki>) -> RedisSentinel {
+    async fn start_with(
+        dir: &Path,
+        master_port: u16,
+        pki: Option<&TestPki>,
+        master_password: Option<&str>,
+    ) -> RedisSentinel {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let conf = dir.join("sentinel.conf");
@@ -503,6 +532,9 @@ impl RedisSentinel {
              sentinel down-after-milliseconds mymaster 1000\n",
             dir.display()
         );
+        if let Some(password) = master_password {
+            text += &format!("sentinel auth-pass mymaster {password}\n");
+        }
         let tls_port = pki.map(|pki| {
             let tls_port = free_port();
             let file = |name: &str| pki.file(name).display().to_string();

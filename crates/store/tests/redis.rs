@@ -15,8 +15,8 @@ use sessiond_core::{EndReason, SessionId, Timestamp};
 use sessiond_store::conformance::{self, OPTIONS};
 use sessiond_store::testkit::{RedisCluster, RedisSentinel, RedisServer, TestPki, redis_available};
 use sessiond_store::{
-    ChangeEvent, ChangeKind, Created, Ended, FeedItem, Lookup, RedisConfig, RedisStore,
-    RedisTarget, RedisTls, SessionStore, StoreError,
+    ChangeEvent, ChangeKind, Created, Ended, FeedItem, Lookup, RedisConfig, RedisMasterAuth,
+    RedisStore, RedisTarget, RedisTls, SessionStore, StoreError,
 };
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -169,6 +169,50 @@ async fn redis_store_conforms_through_sentinel() {
         sentinels: vec![sentinel.url()],
     };
     conforms(target, RedisTls::default(), "sentinel", "zoe").await;
+}
+
+/// Through Sentinel to a master that asks for a password: the store logs in with the
+/// master's credentials, which the sentinels' URLs do not carry; without them, every call
+/// fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_sentinel_the_master_gets_its_own_password() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let master = RedisServer::start_with_password(&dir.path().join("master"), "m-secret").await;
+    let sentinel =
+        RedisSentinel::start_authed(&dir.path().join("sentinel"), &master, "m-secret").await;
+    let target = RedisTarget::Sentinel {
+        master: "mymaster".into(),
+        sentinels: vec![sentinel.url()],
+    };
+    let anonymous = {
+        let mut config = RedisConfig::new(target.clone());
+        config.key_prefix = fresh_prefix();
+        RedisStore::connect(config, OPTIONS).await.unwrap()
+    };
+    let made = anonymous
+        .create(conformance::session("vic", T0), UserLimit::UNLIMITED, T0)
+        .await;
+    assert!(
+        matches!(made, Err(StoreError::Unavailable(_))),
+        "no password: {made:?}"
+    );
+    assert!(anonymous.ping().await.is_err(), "not ready without it");
+    conformance::run(|| {
+        let target = target.clone();
+        async move {
+            let mut config = RedisConfig::new(target);
+            config.key_prefix = fresh_prefix();
+            config.master_auth = RedisMasterAuth {
+                username: None,
+                password: Some("m-secret".into()),
+            };
+            Arc::new(RedisStore::connect(config, OPTIONS).await.unwrap()) as Arc<dyn SessionStore>
+        }
+    })
+    .await;
 }
 
 /// Over TLS (`rediss://`, a private CA given as the store's trust), the store behaves the

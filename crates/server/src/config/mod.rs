@@ -16,7 +16,7 @@ use serde::Deserialize;
 use sessiond_core::clock::parse_duration;
 use sessiond_core::token::MIN_KEY_LEN;
 use sessiond_core::{OnLimit, Policy};
-use sessiond_store::{RedisTarget, RedisTls};
+use sessiond_store::{RedisMasterAuth, RedisTarget, RedisTls};
 
 use crate::http::{EVENT_HEARTBEAT, Limits, Timeouts};
 
@@ -214,6 +214,9 @@ pub struct RedisSection {
     pub cluster: Option<Vec<String>>,
     pub sentinel_master: Option<String>,
     pub sentinels: Option<Vec<String>>,
+    /// The Sentinel-named master's ACL user and password (the sentinels' URLs carry theirs).
+    pub master_username: Option<String>,
+    pub master_password: Option<String>,
     pub key_prefix: Option<String>,
     /// Most validate answers a node keeps in its near cache.
     pub near_cache_entries: Option<u64>,
@@ -268,6 +271,8 @@ pub struct RedisSettings {
     pub near_cache_max_age: Option<Duration>,
     /// The PEM files of `[store.redis.tls]`, read at start.
     pub tls: RedisTls,
+    /// Through Sentinel: the master's credentials.
+    pub master_auth: RedisMasterAuth,
 }
 
 impl RedisSettings {
@@ -606,6 +611,16 @@ impl FileConfig {
                     }
                 };
                 let tls = redis_tls(base, r.tls.as_ref())?;
+                let master_auth = RedisMasterAuth {
+                    username: r.master_username.clone(),
+                    password: r.master_password.clone(),
+                };
+                if master_auth != RedisMasterAuth::default() && r.sentinels.is_none() {
+                    return Err(invalid(
+                        "store.redis.master_password: only for a master found through \
+                         `sentinels`; with `url` or `cluster`, the URL carries the password",
+                    ));
+                }
                 let settings = RedisSettings {
                     url: r.url,
                     cluster: r.cluster.unwrap_or_default(),
@@ -622,6 +637,7 @@ impl FileConfig {
                         )?),
                     },
                     tls,
+                    master_auth,
                 };
                 let target = settings.target()?;
                 sessiond_store::redis::check_target(&target, &settings.tls)
@@ -933,6 +949,7 @@ kind = "embedded"
             "url = \"rediss://:pw@cache.example:6380/0\"",
             "cluster = [\"rediss://127.0.0.1:7000\", \"rediss://127.0.0.1:7001\"]",
             "sentinel_master = \"m\"\nsentinels = [\"rediss://127.0.0.1:26379\"]",
+            "sentinel_master = \"m\"\nsentinels = [\"redis://127.0.0.1:26379\"]\nmaster_password = \"pw\"",
         ] {
             assert!(with(good).is_ok(), "{good}: {}", err(with(good)));
         }
@@ -956,6 +973,11 @@ kind = "embedded"
                 "sentinels = [\"redis://127.0.0.1:26379\"]",
                 "store.redis.sentinel_master:",
                 "name the master",
+            ),
+            (
+                "url = \"redis://127.0.0.1\"\nmaster_password = \"secret\"",
+                "store.redis.master_password:",
+                "only for a master found through",
             ),
             (
                 "cluster = [\"redis://127.0.0.1:7000\", \"http://secret\"]",

@@ -20,10 +20,12 @@ use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::sentinel::{
+    SentinelClient, SentinelClientBuilder, SentinelNodeConnectionInfo, SentinelServerType,
+};
 use redis::{
-    Client, ClientTlsConfig, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
-    ServerErrorKind, TlsCertificates, TlsMode, Value,
+    Client, ClientTlsConfig, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
+    RedisError, RedisFuture, ServerErrorKind, TlsCertificates, TlsMode, Value,
 };
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -220,18 +222,54 @@ impl Tls {
     }
 }
 
+/// The credentials of the master a Sentinel names (its `requirepass`, or an ACL user),
+/// which the sentinels' own URLs do not carry.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct MasterAuth {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for MasterAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<given>"))
+            .finish()
+    }
+}
+
+impl MasterAuth {
+    /// As the redis crate says it, or `None` when nothing is given.
+    fn connection_info(&self) -> Option<RedisConnectionInfo> {
+        if *self == MasterAuth::default() {
+            return None;
+        }
+        let mut info = RedisConnectionInfo::default();
+        if let Some(user) = &self.username {
+            info = info.set_username(user);
+        }
+        if let Some(password) = &self.password {
+            info = info.set_password(password);
+        }
+        Some(info)
+    }
+}
+
 /// Where the store connects, and how: what its connections are made from.
 #[derive(Clone)]
 pub(super) struct Endpoint {
     target: Target,
     certificates: Option<TlsCertificates>,
+    master_auth: MasterAuth,
 }
 
 impl Endpoint {
-    pub(super) fn new(target: Target, tls: &Tls) -> Endpoint {
+    pub(super) fn new(target: Target, tls: &Tls, master_auth: &MasterAuth) -> Endpoint {
         Endpoint {
             target,
             certificates: tls.certificates(),
+            master_auth: master_auth.clone(),
         }
     }
 
@@ -360,9 +398,10 @@ pub(super) async fn connect(endpoint: &Endpoint) -> Result<(Conn, PubSubSource),
     }
 }
 
-/// The primary of `master` as the `sentinels` name it, answers allowed `timeout`. Over
-/// TLS, the sentinels and the master are both reached by TLS, with the same trust, and the
-/// sentinels with the first URL's credentials.
+/// The primary of `master` as the `sentinels` name it, answers allowed `timeout`, logged
+/// in to with the endpoint's [`MasterAuth`]. Over TLS, the sentinels and the master are
+/// both reached by TLS, with the same trust, and the sentinels with the first URL's
+/// credentials.
 fn sentinel(
     endpoint: &Endpoint,
     master: &str,
@@ -392,12 +431,23 @@ fn sentinel(
                 .set_client_to_sentinel_certificates(certs.clone())
                 .set_client_to_redis_certificates(certs.clone());
         }
+        let auth = &endpoint.master_auth;
+        if let Some(user) = &auth.username {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        if let Some(password) = &auth.password {
+            builder = builder.set_client_to_redis_password(password);
+        }
         builder.build()
     } else {
+        let master_info = endpoint
+            .master_auth
+            .connection_info()
+            .map(|info| SentinelNodeConnectionInfo::default().set_redis_connection_info(info));
         SentinelClient::build(
             sentinels.iter().map(String::as_str).collect(),
             master,
-            None,
+            master_info,
             SentinelServerType::Master,
         )
     }

@@ -53,7 +53,7 @@ use sessiond_core::{EndReason, Session, SessionId, SessionStatus, Timestamp, Ver
 use self::cache::{Cached, NearCache, TagTouches};
 use self::codec::Fields;
 use self::conn::{Conn, Endpoint};
-pub use self::conn::{Target, Tls, check_target, check_url};
+pub use self::conn::{MasterAuth, Target, Tls, check_target, check_url};
 use self::keys::Keys;
 use self::scripts::{Call, Header, Scripts};
 use crate::intern::Interner;
@@ -101,6 +101,8 @@ pub struct RedisConfig {
     pub target: Target,
     /// What TLS trusts and shows, for `rediss://` URLs (see [`check_target`]).
     pub tls: Tls,
+    /// Through Sentinel: how to log in to the master it names.
+    pub master_auth: MasterAuth,
     /// Prepended to every key and channel, so several deployments can share one Redis.
     pub key_prefix: String,
     /// Most validate answers kept in memory.
@@ -115,6 +117,7 @@ impl RedisConfig {
         RedisConfig {
             target,
             tls: Tls::default(),
+            master_auth: MasterAuth::default(),
             key_prefix: "sessiond:".into(),
             cache_capacity: 100_000,
             cache_max_age: Duration::from_secs(30),
@@ -190,7 +193,11 @@ impl RedisStore {
         options: StoreOptions,
     ) -> Result<RedisStore, StoreError> {
         let keys = Keys::new(&config.key_prefix)?;
-        let endpoint = Arc::new(Endpoint::new(config.target, &config.tls));
+        let endpoint = Arc::new(Endpoint::new(
+            config.target,
+            &config.tls,
+            &config.master_auth,
+        ));
         let (conn, source) = conn::connect(&endpoint).await?;
         let cache = Arc::new(NearCache::new(config.cache_capacity, config.cache_max_age));
         let channel = keys.channel();
