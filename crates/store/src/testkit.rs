@@ -1,6 +1,7 @@
 //! Real `redis-server` processes for tests (feature `conformance`): on loopback ports,
-//! started by the tests themselves and killed when dropped, even on panic. Used by this
-//! crate's Redis tests and by the binary's multi-node tests, so there is one harness. And
+//! started by the tests themselves and killed when dropped, even on panic, plainly or over
+//! TLS with a CA of the test's own ([`TestPki`]). Used by this crate's Redis tests and by
+//! the binary's multi-node tests, so there is one harness. And
 //! [`write_unreadable_record`], for the tests of a failed load, and [`SessionData`], the
 //! synthetic population the benchmark and the examples share.
 
@@ -215,10 +216,10 @@ impl TestPki {
 /// How a test Redis speaks TLS: on a port of its own beside the plain one (which the
 /// harness uses to see that it is up), with certificates from `pki`, and whether it asks
 /// clients for a certificate of the same CA.
-pub struct TlsPort {
-    pub port: u16,
+struct TlsPort {
+    port: u16,
     pki_dir: PathBuf,
-    pub client_certificates: bool,
+    client_certificates: bool,
 }
 
 impl TlsPort {

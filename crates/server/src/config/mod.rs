@@ -617,8 +617,9 @@ impl FileConfig {
                 };
                 if master_auth != RedisMasterAuth::default() && r.sentinels.is_none() {
                     return Err(invalid(
-                        "store.redis.master_password: only for a master found through \
-                         `sentinels`; with `url` or `cluster`, the URL carries the password",
+                        "store.redis.master_username, master_password: only for a master \
+                         found through `sentinels`; with `url` or `cluster`, the URL carries \
+                         the credentials",
                     ));
                 }
                 let settings = RedisSettings {
@@ -976,8 +977,8 @@ kind = "embedded"
             ),
             (
                 "url = \"redis://127.0.0.1\"\nmaster_password = \"secret\"",
-                "store.redis.master_password:",
-                "only for a master found through",
+                "store.redis.master_username, master_password:",
+                "only for a master",
             ),
             (
                 "cluster = [\"redis://127.0.0.1:7000\", \"http://secret\"]",
