@@ -5,9 +5,10 @@
 //! rates and the TLS/plain ratio of each pair. Needs `redis-server`; not a test.
 //!
 //! ```sh
-//! cargo run --release -p sessiond-store --example redis_tls -- 20000 3
+//! cargo run --release -p sessiond-store --example redis_tls -- 20000 3 [cluster]
 //! ```
-//! Arguments: sessions per round (default 20,000) and pairs of rounds (default 3). Each
+//! Arguments: sessions per round (default 20,000), pairs of rounds (default 3), and
+//! `cluster` for a three-master Cluster (`tls-cluster yes`) instead of one Redis. Each
 //! round makes its sessions with 64 concurrent callers, then validates each once from a
 //! second store whose near cache never answers, so every validate is a Redis round trip.
 
@@ -17,14 +18,14 @@ use std::time::{Duration, Instant};
 use sessiond_core::policy::UserLimit;
 use sessiond_core::{Session, SessionId, Timestamp};
 use sessiond_store::conformance::{self, OPTIONS};
-use sessiond_store::testkit::{RedisServer, TestPki, redis_available};
+use sessiond_store::testkit::{RedisCluster, RedisServer, TestPki, redis_available};
 use sessiond_store::{Lookup, RedisConfig, RedisStore, RedisTarget, RedisTls, SessionStore};
 
 const NOW: Timestamp = Timestamp(1_800_000_000_000);
 const CALLERS: usize = 64;
 
-async fn open(url: &str, tls: &RedisTls, prefix: &str, cached: bool) -> Arc<RedisStore> {
-    let mut config = RedisConfig::new(RedisTarget::Url(url.to_owned()));
+async fn open(target: &RedisTarget, tls: &RedisTls, prefix: &str, cached: bool) -> Arc<RedisStore> {
+    let mut config = RedisConfig::new(target.clone());
     config.tls = tls.clone();
     config.key_prefix = prefix.to_owned();
     if !cached {
@@ -88,22 +89,30 @@ async fn counters(plain_url: &str) -> (u64, u64) {
     )
 }
 
-/// One round on `url`: creates per second, then uncached validates per second. Prints how
-/// many commands Redis took per read from a client while the creates ran: the batching
-/// that lets one AOF fsync serve many writes.
-async fn round(url: &str, tls: &RedisTls, n: usize, plain_url: &str) -> (f64, f64) {
+/// One round on `target`: creates per second, then uncached validates per second. With
+/// `plain_url` (a single Redis), prints how many commands Redis took per read from a
+/// client while the creates ran: the batching that lets one AOF fsync serve many writes.
+async fn round(
+    target: &RedisTarget,
+    tls: &RedisTls,
+    n: usize,
+    plain_url: Option<&str>,
+) -> (f64, f64) {
     let prefix = format!(
         "bench{}:",
         &SessionId::random().expect("random").to_string()[..8]
     );
-    let writer = open(url, tls, &prefix, true).await;
-    let reader = open(url, tls, &prefix, false).await;
+    let writer = open(target, tls, &prefix, true).await;
+    let reader = open(target, tls, &prefix, false).await;
     let sessions: Vec<Session> = (0..n)
         .map(|i| conformance::session(&format!("user{i}"), NOW))
         .collect();
     let keys: Vec<_> = sessions.iter().map(|s| (s.id, s.verifier)).collect();
     let w = writer.clone();
-    let before = counters(plain_url).await;
+    let before = match plain_url {
+        Some(url) => Some(counters(url).await),
+        None => None,
+    };
     let creates = rate(sessions, move |s| {
         let w = w.clone();
         async move {
@@ -113,11 +122,14 @@ async fn round(url: &str, tls: &RedisTls, n: usize, plain_url: &str) -> (f64, f6
         }
     })
     .await;
-    let after = counters(plain_url).await;
-    println!(
-        "  {url}: {:.0} commands per read from a client while creating",
-        (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64
-    );
+    if let (Some(url), Some(before)) = (plain_url, before) {
+        let after = counters(url).await;
+        println!(
+            "  {}: {:.0} commands per read from a client while creating",
+            if tls.ca_pem.is_some() { "TLS" } else { "plain" },
+            (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64
+        );
+    }
     let r = reader.clone();
     let validates = rate(keys, move |(id, verifier)| {
         let r = r.clone();
@@ -143,17 +155,36 @@ async fn main() {
     if !redis_available() {
         return;
     }
+    let cluster = args.next().as_deref() == Some("cluster");
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = TestPki::new(&dir.path().join("pki"));
-    let server = RedisServer::start_tls(&dir.path().join("redis"), &pki, false).await;
-    let plain = format!("redis://127.0.0.1:{}/", server.port);
-    let tls_url = server.url();
+    let plain_url = |port: u16| format!("redis://127.0.0.1:{port}/");
+    // Kept alive to the end of the run.
+    let (_server, _cluster, plain, tls_target, counted) = if cluster {
+        let Some(c) = RedisCluster::start_tls(&pki).await else {
+            return;
+        };
+        let plain = RedisTarget::Cluster(c.nodes.iter().map(|s| plain_url(s.port)).collect());
+        let tls_target = RedisTarget::Cluster(c.urls());
+        (None, Some(c), plain, tls_target, None)
+    } else {
+        let server = RedisServer::start_tls(&dir.path().join("redis"), &pki, false).await;
+        let plain = RedisTarget::Url(plain_url(server.port));
+        let tls_target = RedisTarget::Url(server.url());
+        let counted = Some(plain_url(server.port));
+        (Some(server), None, plain, tls_target, counted)
+    };
     let tls = pki.tls(false);
-    println!("{n} sessions per round, {CALLERS} callers, {pairs} pairs of rounds");
+    let shape = if cluster {
+        "a 3-master Cluster"
+    } else {
+        "one Redis"
+    };
+    println!("{n} sessions per round on {shape}, {CALLERS} callers, {pairs} pairs of rounds");
     let mut ratios = (Vec::new(), Vec::new());
     for pair in 1..=pairs {
-        let (pc, pv) = round(&plain, &RedisTls::default(), n, &plain).await;
-        let (tc, tv) = round(&tls_url, &tls, n, &plain).await;
+        let (pc, pv) = round(&plain, &RedisTls::default(), n, counted.as_deref()).await;
+        let (tc, tv) = round(&tls_target, &tls, n, counted.as_deref()).await;
         println!(
             "pair {pair}: creates/s plain {pc:.0}, TLS {tc:.0} ({:.2}x); \
              uncached validates/s plain {pv:.0}, TLS {tv:.0} ({:.2}x)",
