@@ -80,7 +80,8 @@ pub(super) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
     Sentinel(Arc<SentinelConn>),
-    /// A single Redis or a Sentinel's master over TLS, its scripts sent in batches.
+    /// A single Redis or a Sentinel's master over TLS, its scripts sent in batches; or a
+    /// Cluster's connection for its `{global}` steps alone.
     Batched(Arc<Batches>),
 }
 
@@ -104,7 +105,9 @@ const MAX_BATCH: usize = 128;
 /// Redis reads one TLS record per client per turn of its event loop and fsyncs the AOF
 /// before the next, while a multiplexed connection sends each caller's command as soon as
 /// it comes, often one record each. Plain TCP is spared: one read takes every command
-/// queued on the socket. `examples/redis_tls.rs` measures it (docs/redis.md, TLS).
+/// queued on the socket. In a Cluster, only the `{global}` steps share a slot and so can
+/// share a pipeline ([`Endpoint::batched_globals`]). `examples/redis_tls.rs` measures it
+/// (docs/redis.md, TLS).
 pub(super) struct Batches {
     inner: Conn,
     jobs: tokio::sync::mpsc::UnboundedSender<Job>,
@@ -279,6 +282,17 @@ impl Endpoint {
             Batches::start(conn)
         } else {
             conn
+        }
+    }
+
+    /// Where a Cluster's `{global}` steps go: over TLS, `conn` with them sent in batches
+    /// (they all share one slot, so one pipeline can carry them, which a Cluster's other
+    /// scripts cannot); otherwise `conn` itself.
+    pub(super) fn batched_globals(&self, conn: &Conn) -> Conn {
+        if conn.is_cluster() && self.target.uses_tls() {
+            Batches::start(conn.clone())
+        } else {
+            conn.clone()
         }
     }
 

@@ -139,6 +139,9 @@ impl Drop for Tasks {
 /// Sessions in Redis, shared by every node on it. See the module docs.
 pub struct RedisStore {
     conn: Conn,
+    /// Where a Cluster's second steps (the `{global}` keys) go: `conn`, or over TLS the
+    /// same connection with those steps sent in batches (they share one slot).
+    globals_conn: Conn,
     /// Where Redis is, and how to reach it: event feeds open connections of their own.
     endpoint: Arc<Endpoint>,
     keys: Keys,
@@ -207,6 +210,7 @@ impl RedisStore {
         let subscription = tokio::spawn(cache::subscribe(source, channel.clone(), cache.clone()));
         let heartbeat = tokio::spawn(nodes::heartbeat(conn.clone(), keys.clone(), node.clone()));
         let inline_globals = (!conn.is_cluster()).then(|| keys.globals());
+        let globals_conn = endpoint.batched_globals(&conn);
         let mut tasks = vec![subscription, heartbeat];
         if !conn.is_cluster() {
             // A Cluster answers CONFIG per node; there, check each node's settings by hand.
@@ -219,6 +223,7 @@ impl RedisStore {
         }
         Ok(RedisStore {
             conn,
+            globals_conn,
             endpoint,
             keys,
             scripts: Scripts::new(),
@@ -305,7 +310,7 @@ impl RedisStore {
         for e in effects {
             call.arg(e);
         }
-        if let Err(e) = self.conn.eval(&call).await {
+        if let Err(e) = self.globals_conn.eval(&call).await {
             tracing::warn!(error = %e, "redis: global index update failed; counters may lag");
         }
     }
