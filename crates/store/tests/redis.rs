@@ -146,13 +146,30 @@ async fn redis_cluster_store_conforms_over_tls() {
     };
     let urls = cluster.urls();
     assert!(urls.iter().all(|u| u.starts_with("rediss://")));
-    conforms(
-        RedisTarget::Cluster(urls),
-        pki.tls(false),
-        "cluster over tls",
-        "yvette",
-    )
-    .await;
+    let target = RedisTarget::Cluster(urls);
+    conforms(target.clone(), pki.tls(false), "cluster over tls", "yvette").await;
+
+    // The `{global}` steps of concurrent creates go in batches: every one of them lands
+    // (they are logged, not returned, when they fail), so the global counts are whole.
+    let store = Arc::new(open_tls(target, pki.tls(false), &fresh_prefix()).await);
+    let creates: Vec<_> = (0..64)
+        .map(|i| {
+            let (store, s) = (store.clone(), conformance::session(&format!("g{i}"), T0));
+            tokio::spawn(async move { store.create(s, UserLimit::UNLIMITED, T0).await })
+        })
+        .collect();
+    for c in creates {
+        assert!(matches!(c.await.unwrap(), Ok(Created::Created { .. })));
+    }
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.live, stats.users), (64, 64), "{stats:?}");
+    let listed = store
+        .list(None, None, 100, T0)
+        .await
+        .unwrap()
+        .sessions
+        .len();
+    assert_eq!(listed, 64, "the global listing holds every session");
 }
 
 /// Through Sentinel: the store asks the sentinel for the master, then behaves the same.
