@@ -268,6 +268,19 @@ impl RedisServer {
         Self::start_with(dir, free_port(), false, Some(tls), None).await
     }
 
+    /// [`RedisServer::start_tls`] (no client certificates asked for) with a `password`.
+    pub async fn start_tls_with_password(dir: &Path, pki: &TestPki, password: &str) -> RedisServer {
+        let tls = TlsPort::new(pki, false);
+        Self::start_with(
+            dir,
+            free_port(),
+            false,
+            Some(tls),
+            Some(password.to_owned()),
+        )
+        .await
+    }
+
     async fn start_with(
         dir: &Path,
         port: u16,
@@ -511,11 +524,12 @@ impl RedisSentinel {
     }
 
     /// A sentinel that speaks TLS with `pki`'s certificates, to clients (which need no
-    /// certificate) and to the master, watching `master`'s TLS port;
+    /// certificate) and to the master, watching `master`'s TLS port with its password if
+    /// it has one;
     /// [`RedisSentinel::url`] is then `rediss://`.
     pub async fn start_tls(dir: &Path, master: &RedisServer, pki: &TestPki) -> RedisSentinel {
         let master_port = master.tls.as_ref().expect("a master that speaks TLS").port;
-        Self::start_with(dir, master_port, Some(pki), None).await
+        Self::start_with(dir, master_port, Some(pki), master.password.as_deref()).await
     }
 
     async fn start_with(

@@ -204,6 +204,10 @@ async fn through_sentinel_the_master_gets_its_own_password() {
         master: "mymaster".into(),
         sentinels: vec![sentinel.url()],
     };
+    let password = RedisMasterAuth {
+        username: None,
+        password: Some("m-secret".into()),
+    };
     let anonymous = {
         let mut config = RedisConfig::new(target.clone());
         config.key_prefix = fresh_prefix();
@@ -218,18 +222,45 @@ async fn through_sentinel_the_master_gets_its_own_password() {
     );
     assert!(anonymous.ping().await.is_err(), "not ready without it");
     conformance::run(|| {
-        let target = target.clone();
+        let (target, password) = (target.clone(), password.clone());
         async move {
             let mut config = RedisConfig::new(target);
             config.key_prefix = fresh_prefix();
-            config.master_auth = RedisMasterAuth {
-                username: None,
-                password: Some("m-secret".into()),
-            };
+            config.master_auth = password;
             Arc::new(RedisStore::connect(config, OPTIONS).await.unwrap()) as Arc<dyn SessionStore>
         }
     })
     .await;
+
+    // The same over TLS, where the sentinel client is built another way.
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let master =
+        RedisServer::start_tls_with_password(&dir.path().join("tls-master"), &pki, "t-secret")
+            .await;
+    let sentinel = RedisSentinel::start_tls(&dir.path().join("tls-sentinel"), &master, &pki).await;
+    let mut config = RedisConfig::new(RedisTarget::Sentinel {
+        master: "mymaster".into(),
+        sentinels: vec![sentinel.url()],
+    });
+    config.tls = pki.tls(false);
+    config.key_prefix = fresh_prefix();
+    let without = RedisStore::connect(config.clone(), OPTIONS).await.unwrap();
+    assert!(
+        without.ping().await.is_err(),
+        "over TLS, no password: not ready"
+    );
+    config.master_auth = RedisMasterAuth {
+        username: None,
+        password: Some("t-secret".into()),
+    };
+    let with = RedisStore::connect(config, OPTIONS).await.unwrap();
+    let s = conformance::session("walt", T0);
+    let made = with.create(s.clone(), UserLimit::UNLIMITED, T0).await;
+    assert!(matches!(made, Ok(Created::Created { .. })), "{made:?}");
+    assert!(matches!(
+        with.validate(s.id, &s.verifier, true, T0).await.unwrap(),
+        Lookup::Live(_)
+    ));
 }
 
 /// Over TLS (`rediss://`, a private CA given as the store's trust), the store behaves the
