@@ -149,11 +149,14 @@ fn on_path(binary: &str) -> bool {
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` different ports on 127.0.0.1 that were free a moment ago: all are held at once
+/// while they are chosen, so none is chosen twice.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: [TcpListener; N] = std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").unwrap());
+    held.map(|l| l.local_addr().unwrap().port())
 }
 
 /// A test CA in a directory, and what it signed for 127.0.0.1 and `localhost`: a server
@@ -225,7 +228,8 @@ struct TlsPort {
 impl TlsPort {
     fn new(pki: &TestPki, client_certificates: bool) -> TlsPort {
         TlsPort {
-            port: free_port(),
+            // Chosen again beside the plain port when the server starts.
+            port: 0,
             pki_dir: pki.dir.clone(),
             client_certificates,
         }
@@ -249,7 +253,8 @@ impl RedisServer {
         Self::start_on(dir, free_port(), false).await
     }
 
-    /// Starts a server on `port` (a restart reuses the port it had).
+    /// Starts a server on `port`, or on another if that one turns out to be taken (a
+    /// restart reuses the port it had).
     pub async fn start_on(dir: &Path, port: u16, cluster: bool) -> RedisServer {
         Self::start_with(dir, port, cluster, None, None).await
     }
@@ -296,11 +301,33 @@ impl RedisServer {
             tls,
             password,
         };
-        server.spawn().await;
-        server
+        // Ports chosen a moment ago may be taken by another test's server by now; a
+        // server that exits at once is given fresh ones, twice at most.
+        for tries_left in (0..3).rev() {
+            if let Some(tls) = &mut server.tls {
+                [server.port, tls.port] = free_ports();
+            }
+            match server.launch().await {
+                Ok(()) => return server,
+                Err(Launch::Exited(why)) if tries_left > 0 => {
+                    eprintln!("redis-server exited at start ({why}); trying other ports");
+                    server.port = free_port();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!("the last try panics")
     }
 
+    /// Starts it again on its ports, or panics saying why not.
     async fn spawn(&mut self) {
+        if let Err(e) = self.launch().await {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts `redis-server` on this server's ports and waits (bounded) for its answer.
+    async fn launch(&mut self) -> Result<(), Launch> {
         std::fs::create_dir_all(&self.dir).unwrap();
         let mut cmd = Command::new("redis-server");
         cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
@@ -345,13 +372,33 @@ impl RedisServer {
             ])
             .args(["--cluster-node-timeout", "2000"]);
         }
+        // Its log (warnings only) says why, when it does not start.
+        let log = self.dir.join("redis.log");
         let child = cmd
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.child = Some(child);
-        wait_for_pong(self.port).await;
+        let child = self.child.insert(child);
+        let port = self.port;
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if pong(port).await {
+                return Ok(());
+            }
+            let said = || std::fs::read_to_string(&log).unwrap_or_default();
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Err(Launch::Exited(format!("{status}: {}", said().trim())));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Launch::Silent(format!(
+                    "redis-server on port {port} did not answer in {START_TIMEOUT:?}: {}",
+                    said().trim()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Its URL: `rediss://` on its TLS port when it has one.
@@ -380,6 +427,24 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Why a `redis-server` did not start.
+#[derive(Debug)]
+enum Launch {
+    /// It exited (a port taken, say), with its status and log.
+    Exited(String),
+    /// It ran but did not answer in time.
+    Silent(String),
+}
+
+impl std::fmt::Display for Launch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Launch::Exited(why) => write!(f, "redis-server exited at start: {why}"),
+            Launch::Silent(why) => f.write_str(why),
+        }
     }
 }
 

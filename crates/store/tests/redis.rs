@@ -444,6 +444,23 @@ async fn tls_batches_answer_each_caller_and_fail_closed_together() {
     );
 }
 
+/// The harness itself: a port taken between choosing it and starting Redis (by another
+/// test's server, say) makes the server start on another; a TLS server's two ports are
+/// chosen again together the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_redis_whose_port_is_taken_starts_on_another() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let server = RedisServer::start_on(&dir.path().join("redis"), port, false).await;
+    assert_ne!(server.port, port);
+    let store = open_on(&server, &fresh_prefix()).await;
+    store.ping().await.unwrap();
+}
+
 /// A limit lowered below what a user holds: displace_oldest brings the user back to
 /// `max - 1` before adding, as `UserLimit::to_displace` says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
