@@ -604,7 +604,8 @@ impl RedisSentinel {
         master_password: Option<&str>,
     ) -> RedisSentinel {
         std::fs::create_dir_all(dir).unwrap();
-        let port = free_port();
+        // Both ports at once, so the TLS one is never the plain one.
+        let [port, tls_port] = free_ports();
         let conf = dir.join("sentinel.conf");
         let mut text = format!(
             "bind 127.0.0.1\nport {port}\ndir {}\n\
@@ -616,7 +617,6 @@ impl RedisSentinel {
             text += &format!("sentinel auth-pass mymaster {password}\n");
         }
         let tls_port = pki.map(|pki| {
-            let tls_port = free_port();
             let file = |name: &str| pki.file(name).display().to_string();
             text += &format!(
                 "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\n\
