@@ -228,7 +228,7 @@ struct TlsPort {
 impl TlsPort {
     fn new(pki: &TestPki, client_certificates: bool) -> TlsPort {
         TlsPort {
-            // Chosen again beside the plain port when the server starts.
+            // Chosen beside the plain port when the server starts (`choose_ports`).
             port: 0,
             pki_dir: pki.dir.clone(),
             client_certificates,
@@ -304,19 +304,28 @@ impl RedisServer {
         // Ports chosen a moment ago may be taken by another test's server by now; a
         // server that exits at once is given fresh ones, twice at most.
         for tries_left in (0..3).rev() {
-            if let Some(tls) = &mut server.tls {
-                [server.port, tls.port] = free_ports();
+            // A plain server's first try keeps the port it was given; a TLS server's two
+            // ports are always chosen here, together.
+            if tries_left < 2 || server.tls.is_some() {
+                server.choose_ports();
             }
             match server.launch().await {
                 Ok(()) => return server,
                 Err(Launch::Exited(why)) if tries_left > 0 => {
                     eprintln!("redis-server exited at start ({why}); trying other ports");
-                    server.port = free_port();
                 }
                 Err(e) => panic!("{e}"),
             }
         }
         unreachable!("the last try panics")
+    }
+
+    /// Fresh ports: the plain one, and the TLS one beside it if it speaks TLS.
+    fn choose_ports(&mut self) {
+        match &mut self.tls {
+            Some(tls) => [self.port, tls.port] = free_ports(),
+            None => self.port = free_port(),
+        }
     }
 
     /// Starts it again on its ports, or panics saying why not.
