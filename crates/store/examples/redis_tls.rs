@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use sessiond_core::policy::UserLimit;
 use sessiond_core::{Session, SessionId, Timestamp};
 use sessiond_store::conformance::{self, OPTIONS};
-use sessiond_store::testkit::{RedisCluster, RedisServer, TestPki, redis_available};
+use sessiond_store::testkit::{RedisCluster, RedisServer, TestPki, info_stats, redis_available};
 use sessiond_store::{Lookup, RedisConfig, RedisStore, RedisTarget, RedisTls, SessionStore};
 
 const NOW: Timestamp = Timestamp(1_800_000_000_000);
@@ -72,21 +72,9 @@ async fn counters(plain_url: &str) -> (u64, u64) {
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut con)
-        .await
-        .expect("INFO");
-    let field = |name: &str| -> u64 {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (
-        field("total_commands_processed"),
-        field("total_reads_processed"),
-    )
+    let names = ["total_commands_processed", "total_reads_processed"];
+    let got = info_stats(&mut con, &names).await;
+    (got[0], got[1])
 }
 
 /// One round on `target`: creates per second, then uncached validates per second. With

@@ -493,6 +493,25 @@ async fn pong(port: u16) -> bool {
     )
 }
 
+/// The counters `INFO stats` gives for `names`, in order (`total_reads_processed`, say),
+/// read on `con`; a counter it does not give fails the caller.
+pub async fn info_stats(con: &mut redis::aio::MultiplexedConnection, names: &[&str]) -> Vec<u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(con)
+        .await
+        .unwrap();
+    names
+        .iter()
+        .map(|name| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("INFO stats has no {name}"))
+        })
+        .collect()
+}
+
 /// Three masters, no replicas, formed with `redis-cli --cluster create`.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,

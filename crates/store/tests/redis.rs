@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use sessiond_core::policy::{OnLimit, UserLimit};
 use sessiond_core::{EndReason, SessionId, Timestamp};
 use sessiond_store::conformance::{self, OPTIONS};
-use sessiond_store::testkit::{RedisCluster, RedisSentinel, RedisServer, TestPki, redis_available};
+use sessiond_store::testkit::{
+    RedisCluster, RedisSentinel, RedisServer, TestPki, info_stats, redis_available,
+};
 use sessiond_store::{
     ChangeEvent, ChangeKind, Created, Ended, FeedItem, Lookup, RedisConfig, RedisMasterAuth,
     RedisStore, RedisTarget, RedisTls, SessionStore, StoreError,
@@ -407,9 +409,10 @@ async fn tls_batches_answer_each_caller_and_fail_closed_together() {
     // no caller retries on its own.
     let plain = redis::Client::open(format!("redis://127.0.0.1:{}/", server.port)).unwrap();
     let mut raw = plain.get_multiplexed_async_connection().await.unwrap();
-    let before = reads_from_clients(&mut raw).await;
+    let reads = ["total_reads_processed"];
+    let before = info_stats(&mut raw, &reads).await[0];
     let made = concurrently("vera", UserLimit::UNLIMITED).await;
-    let reads = reads_from_clients(&mut raw).await - before;
+    let reads = info_stats(&mut raw, &reads).await[0] - before;
     assert!(made.iter().all(Result::is_ok), "{made:?}");
     assert!(
         reads <= 12,
@@ -1078,15 +1081,6 @@ async fn connect_raw(server: &RedisServer) -> redis::aio::MultiplexedConnection 
         .get_multiplexed_async_connection()
         .await
         .unwrap()
-}
-
-/// Redis's count of reads from client connections (`INFO stats`).
-async fn reads_from_clients(con: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = run(con, redis::cmd("INFO").arg("stats")).await;
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_reads_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("INFO stats has total_reads_processed")
 }
 
 /// Runs `cmd` on `con`; any error fails the test.
