@@ -329,10 +329,10 @@ pub fn check_url(url: &str) -> Result<(), &'static str> {
 pub fn check_target(target: &Target, tls: &Tls) -> Result<(), String> {
     let urls = target.urls();
     if urls.iter().any(|u| is_tls(u)) && !urls.iter().all(|u| is_tls(u)) {
+        // One URL cannot disagree with itself: this is a Cluster's or the sentinels'.
         let key = match target {
-            Target::Url(_) => "url",
             Target::Cluster(_) => "cluster",
-            Target::Sentinel { .. } => "sentinels",
+            _ => "sentinels",
         };
         return Err(format!(
             "{key}: the URLs must all use `rediss://` (TLS) or all `redis://`, not both"
