@@ -13,6 +13,14 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+/// "00" to "99", for writing two digits at a time.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
 /// Milliseconds since the Unix epoch, UTC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Timestamp(pub i64);
@@ -51,34 +59,51 @@ impl Timestamp {
     /// The 24 bytes of [`Timestamp::to_rfc3339`], without an allocation (every validate
     /// answer formats four timestamps). Instants outside years 0-9999 read as the last
     /// millisecond of 9999.
+    ///
+    /// The date is Howard Hinnant's `civil_from_days`, in integer arithmetic the compiler
+    /// turns into multiplications, and the digits are copied two at a time: through the
+    /// `time` crate's calendar this was about 260 instructions a timestamp, a tenth of
+    /// validate's own work (callgrind, twenty-ninth session). Checked against `time` over
+    /// the whole range in the tests.
     pub fn rfc3339_bytes(self) -> [u8; 24] {
         const LAST: &[u8; 24] = b"9999-12-31T23:59:59.999Z";
-        // Whole seconds and milliseconds apart: `from_unix_timestamp_nanos` divides in
-        // 128 bits, which showed in validate's profile.
-        let (secs, millis) = (self.0.div_euclid(1000), self.0.rem_euclid(1000));
-        let Ok(t) = OffsetDateTime::from_unix_timestamp(secs) else {
-            return *LAST;
-        };
-        let Ok(year) = u16::try_from(t.year()) else {
-            return *LAST;
-        };
-        if year > 9999 {
+        const FIRST_MS: i64 = -62_167_219_200_000; // 0000-01-01T00:00:00.000Z
+        const LAST_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+        const MS_PER_DAY: i64 = 86_400_000;
+        if !(FIRST_MS..=LAST_MS).contains(&self.0) {
             return *LAST;
         }
+        // From here all is unsigned, whose divisions by constants are cheaper: milliseconds
+        // since 0000-01-01, which is 60 days before the first era's March 1st.
+        let since = (self.0 - FIRST_MS) as u64;
+        let (days, ms) = (since / MS_PER_DAY as u64, since % MS_PER_DAY as u64);
+        // Days since -0400-03-01: eras of 400 years, each starting on a March 1st.
+        let z = days + 146_097 - 60;
+        let (era, doe) = (z / 146_097, z % 146_097);
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + u64::from(month <= 2) - 400;
+
         let mut out = *b"0000-00-00T00:00:00.000Z";
-        let mut put = |at: usize, width: usize, mut v: u16| {
-            for i in (at..at + width).rev() {
-                out[i] = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
+        // In range, every field is 0-9999, so the casts below cannot wrap.
+        let mut put2 = |at: usize, v: u64| {
+            let i = 2 * v as usize;
+            out[at..at + 2].copy_from_slice(&DIGIT_PAIRS[i..i + 2]);
         };
-        put(0, 4, year);
-        put(5, 2, u16::from(u8::from(t.month())));
-        put(8, 2, u16::from(t.day()));
-        put(11, 2, u16::from(t.hour()));
-        put(14, 2, u16::from(t.minute()));
-        put(17, 2, u16::from(t.second()));
-        put(20, 3, millis as u16);
+        put2(0, year / 100);
+        put2(2, year % 100);
+        put2(5, month);
+        put2(8, day);
+        let secs = ms / 1000;
+        put2(11, secs / 3600);
+        put2(14, secs / 60 % 60);
+        put2(17, secs % 60);
+        let millis = ms % 1000;
+        put2(21, millis % 100);
+        out[20] = b'0' + (millis / 100) as u8;
         out
     }
 
@@ -193,6 +218,21 @@ mod tests {
         while ms <= last {
             assert_eq!(Timestamp(ms).to_rfc3339(), reference(ms), "at {ms}");
             ms += step;
+        }
+        // Every day of the centuries' and the eras' turns, where leap years are decided.
+        let day = 86_400_000_i64;
+        for start in [
+            first,
+            -2_208_988_800_000,
+            946_684_800_000,
+            4_102_444_800_000,
+        ] {
+            for d in -800..800 {
+                let ms = start + d * day + 45_296_789;
+                if (first..=last).contains(&ms) {
+                    assert_eq!(Timestamp(ms).to_rfc3339(), reference(ms), "at {ms}");
+                }
+            }
         }
         for ms in [first, last, -1, 0, 1, 951_782_400_000, 1_709_164_800_999] {
             assert_eq!(Timestamp(ms).to_rfc3339(), reference(ms), "at {ms}");
