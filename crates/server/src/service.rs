@@ -197,7 +197,7 @@ impl Service {
     /// through this.
     pub async fn validate_with(
         &self,
-        token: &str,
+        token: &[u8],
         touch: bool,
         answer: &mut (dyn for<'s> FnMut(&'s Session) + Send),
     ) -> Result<(), ApiError> {
@@ -212,7 +212,7 @@ impl Service {
 
     /// The session id and verifier `token` carries, its MAC checked: the first step of
     /// everything a token asks for.
-    fn verify(&self, token: &str) -> Result<(SessionId, Verifier), ApiError> {
+    fn verify(&self, token: impl AsRef<[u8]>) -> Result<(SessionId, Verifier), ApiError> {
         self.keys.verify(token).map_err(|_| ApiError::InvalidToken)
     }
 

@@ -9,7 +9,7 @@ use axum::{BoxError, Json};
 use serde::de::DeserializeOwned;
 use sessiond_proto::v1;
 
-use super::extract::{Agent, Body, json_body};
+use super::extract::{Agent, Body, json_body, json_bytes, parse_json};
 use super::{AppState, Connection};
 use crate::error::ApiError;
 use crate::json;
@@ -61,10 +61,21 @@ where
     // Written from the store's own record, which it lends for this: none is copied.
     let mut body = None;
     let answer = async {
-        let req: v1::ValidateRequest = agent_body(state, conn, req).await?;
+        let (parts, req) = req.into_parts();
+        Agent::check(&parts.headers, state, Some(&conn.agent_key))?;
+        let bytes = json_bytes(&parts.headers, req).await?;
+        // The body as agents write it is read in place; any other is serde's to read.
+        let owned: v1::ValidateRequest;
+        let (token, touch) = match json::validate_request(&bytes) {
+            Some(read) => read,
+            None => {
+                owned = parse_json(&bytes)?;
+                (owned.token.as_bytes(), owned.touch)
+            }
+        };
         state
             .service
-            .validate_with(&req.token, req.touch, &mut |s| {
+            .validate_with(token, touch, &mut |s| {
                 body = Some(json::session_envelope(s));
             })
             .await
@@ -78,7 +89,10 @@ where
 }
 
 /// `status` with `body`, a JSON document.
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+fn json_response(status: StatusCode, mut body: Vec<u8>) -> Response {
+    // A `Vec` with room to spare becomes `Bytes` through an allocation of its own; shrunk,
+    // it is handed over as it is, and the allocator shrinks it in place.
+    body.shrink_to_fit();
     let mut r = Response::new(axum::body::Body::from(body));
     *r.status_mut() = status;
     r.headers_mut()
