@@ -65,7 +65,7 @@ async fn check(state: &AppState, origin: &Origin, headers: &HeaderMap) -> Result
     let mut allowed = None;
     let checked = state
         .service
-        .validate_with(token.as_bytes(), touch && !passive_path, &mut |s| {
+        .validate_with(token, touch && !passive_path, &mut |s| {
             allowed = identity(state, s);
         })
         .await;

@@ -40,10 +40,7 @@ impl FromRequestParts<AppState> for Cookies {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let settings = &state.web.settings.cookie;
-        let token = |p: Presented<'_>| match p {
-            Presented::Token(t) => Some(t.to_owned()),
-            Presented::None | Presented::Malformed => None,
-        };
+        let token = |p: Presented<'_>| p.text().map(str::to_owned);
         let (session, csrf) = cookie::read(&parts.headers, &settings.name);
         Ok(Cookies {
             session: token(session),
