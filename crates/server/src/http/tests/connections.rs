@@ -204,6 +204,57 @@ async fn shutdown_does_not_wait_for_a_client_stuck_in_its_head() {
 }
 
 #[tokio::test]
+async fn shutdown_answers_the_request_in_hand_closes_idle_connections_and_then_returns() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        app(Harness::new().state),
+        Limits {
+            timeouts: SHORT,
+            max_connections: 64,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    // One keep-alive connection idle after its answer, one inside a request's body.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(GET).await.unwrap();
+    assert_eq!(answer(&mut idle).await, "HTTP/1.1 200 OK");
+    let body = br#"{"token":"k1.not-a-token"}"#;
+    let head = format!(
+        "POST /v1/sessions/validate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {AGENT_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(head.as_bytes()).await.unwrap();
+    busy.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(SHORT.header / 3).await;
+
+    let started = Instant::now();
+    stop.send(()).unwrap();
+    let after = closed_after(&mut idle, started).await;
+    assert!(
+        after < SHORT.header,
+        "the idle connection closed after {after:?}"
+    );
+    tokio::time::sleep(SHORT.header / 3).await;
+    assert!(
+        !server.is_finished(),
+        "shutdown did not wait for the request in hand"
+    );
+    busy.write_all(&body[10..]).await.unwrap();
+    assert_eq!(answer(&mut busy).await, "HTTP/1.1 401 Unauthorized");
+    closed_after(&mut busy, started).await;
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("shutdown outlived its last connection")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn at_the_connection_limit_the_keep_alive_connection_idle_the_longest_makes_room() {
     let addr = server_holding(2).await;
     let mut older = TcpStream::connect(addr).await.unwrap();
