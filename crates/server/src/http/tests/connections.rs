@@ -42,6 +42,30 @@ async fn server_holding(max_connections: usize) -> std::net::SocketAddr {
     addr
 }
 
+/// [`server`], stopped by a send on the sender; its task ends when `serve` returns.
+async fn stoppable_server() -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = Limits {
+        timeouts: SHORT,
+        max_connections: 64,
+    };
+    let server = tokio::spawn(serve(
+        listener,
+        app(Harness::new().state),
+        limits,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop, server)
+}
+
 /// Reads one whole answer (head, then a `Content-Length` body); its status line.
 async fn answer(stream: &mut TcpStream) -> String {
     let mut buf = Vec::new();
@@ -175,20 +199,7 @@ async fn a_slow_client_does_not_hold_up_others() {
 
 #[tokio::test]
 async fn shutdown_does_not_wait_for_a_client_stuck_in_its_head() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        app(Harness::new().state),
-        Limits {
-            timeouts: SHORT,
-            max_connections: 64,
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, stop, server) = stoppable_server().await;
     let mut stuck = TcpStream::connect(addr).await.unwrap();
     stuck.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
     // Let the server take the connection and read the bytes, then stop it.
@@ -205,20 +216,7 @@ async fn shutdown_does_not_wait_for_a_client_stuck_in_its_head() {
 
 #[tokio::test]
 async fn shutdown_answers_the_request_in_hand_closes_idle_connections_and_then_returns() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        app(Harness::new().state),
-        Limits {
-            timeouts: SHORT,
-            max_connections: 64,
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, stop, server) = stoppable_server().await;
     // One keep-alive connection idle after its answer, one inside a request's body.
     let mut idle = TcpStream::connect(addr).await.unwrap();
     idle.write_all(GET).await.unwrap();
