@@ -9,7 +9,7 @@ use axum::{BoxError, Json};
 use serde::de::DeserializeOwned;
 use sessiond_proto::v1;
 
-use super::extract::{Agent, Body, json_body, json_bytes, parse_json};
+use super::extract::{Agent, Body, json_bytes, parse_json};
 use super::{AppState, Connection};
 use crate::error::ApiError;
 use crate::json;
@@ -18,8 +18,8 @@ use crate::service::view;
 /// The JSON body of an agent's request on `conn`, read from the request as hyper hands it
 /// over, for the routes [`App`](super::App) answers past the router: the checks and
 /// answers of the extractors `Agent` and `Body` ([`Agent::check`] with the connection's
-/// remembered key, [`json_body`]), without their boxing and copying, which cost more than a
-/// validate (`examples/hotpath`).
+/// remembered key, [`json_body`](super::extract::json_body)), without their boxing and
+/// copying, which cost more than a validate (`examples/hotpath`).
 async fn agent_body<T, B>(
     state: &AppState,
     conn: &Connection,
@@ -30,9 +30,22 @@ where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
+    parse_json(&agent_bytes(state, conn, req).await?)
+}
+
+/// [`agent_body`]'s checks and read, the body left as bytes (validate reads it itself).
+async fn agent_bytes<B>(
+    state: &AppState,
+    conn: &Connection,
+    req: Request<B>,
+) -> Result<Bytes, ApiError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let (parts, body) = req.into_parts();
     Agent::check(&parts.headers, state, Some(&conn.agent_key))?;
-    json_body(&parts.headers, body).await
+    json_bytes(&parts.headers, body).await
 }
 
 /// `POST /v1/sessions`: every login comes this way. Answered with `json::created` rather
@@ -61,9 +74,7 @@ where
     // Written from the store's own record, which it lends for this: none is copied.
     let mut body = None;
     let answer = async {
-        let (parts, req) = req.into_parts();
-        Agent::check(&parts.headers, state, Some(&conn.agent_key))?;
-        let bytes = json_bytes(&parts.headers, req).await?;
+        let bytes = agent_bytes(state, conn, req).await?;
         // The body as agents write it is read in place; any other is serde's to read.
         let owned: v1::ValidateRequest;
         let (token, touch) = match json::validate_request(&bytes) {

@@ -95,7 +95,8 @@ pub struct WebState {
 /// they read the request themselves rather than through axum's extractors, whose boxed
 /// handler future and copies of the request cost another 150 ns a request
 /// (`examples/hotpath`). They run the extractors' own checks (`extract::Agent::check`,
-/// `extract::json_body`, `proxy::Origin::of`); the router routes the same paths to
+/// `extract::json_bytes` and `parse_json`, `proxy::Origin::of`; validate reads its usual
+/// body in place, `json::validate_request`); the router routes the same paths to
 /// the same functions, for the methods it answers otherwise (`HEAD`, `405`). Tests drive
 /// this type through `tower::ServiceExt::oneshot`, so they cover the path the server takes.
 #[derive(Clone, Debug)]
