@@ -270,20 +270,14 @@ impl RedisServer {
     /// refuses a TLS client without a certificate from `pki`'s CA.
     pub async fn start_tls(dir: &Path, pki: &TestPki, client_certificates: bool) -> RedisServer {
         let tls = TlsPort::new(pki, client_certificates);
-        Self::start_with(dir, free_port(), false, Some(tls), None).await
+        // Both ports are chosen in `start_with`, together.
+        Self::start_with(dir, 0, false, Some(tls), None).await
     }
 
     /// [`RedisServer::start_tls`] (no client certificates asked for) with a `password`.
     pub async fn start_tls_with_password(dir: &Path, pki: &TestPki, password: &str) -> RedisServer {
         let tls = TlsPort::new(pki, false);
-        Self::start_with(
-            dir,
-            free_port(),
-            false,
-            Some(tls),
-            Some(password.to_owned()),
-        )
-        .await
+        Self::start_with(dir, 0, false, Some(tls), Some(password.to_owned())).await
     }
 
     async fn start_with(
@@ -544,7 +538,9 @@ impl RedisCluster {
         for i in 0..3 {
             let tls = pki.map(|pki| TlsPort::new(pki, false));
             let node_dir = dir.path().join(format!("n{i}"));
-            nodes.push(RedisServer::start_with(&node_dir, free_port(), true, tls, None).await);
+            // A TLS node's ports are chosen in `start_with`, together.
+            let port = if tls.is_some() { 0 } else { free_port() };
+            nodes.push(RedisServer::start_with(&node_dir, port, true, tls, None).await);
         }
         let addrs: Vec<String> = nodes
             .iter()

@@ -151,8 +151,10 @@ async fn redis_cluster_store_conforms_over_tls() {
     let target = RedisTarget::Cluster(urls);
     conforms(target.clone(), pki.tls(false), "cluster over tls", "yvette").await;
 
-    // The `{global}` steps of concurrent creates go in batches: every one of them lands
-    // (they are logged, not returned, when they fail), so the global counts are whole.
+    // Over TLS the `{global}` steps of concurrent creates share batches. A step that
+    // fails is logged, not returned, so only the global counts and listing can show that
+    // one was lost: they must be whole. (This checks what batching must keep, not that it
+    // batches; `tls_batches_answer_each_caller_and_fail_closed_together` counts reads.)
     let store = Arc::new(open_tls(target, pki.tls(false), &fresh_prefix()).await);
     let creates: Vec<_> = (0..64)
         .map(|i| {
