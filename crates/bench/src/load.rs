@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::procs::{Switches, context_switches, cpu_time, stolen_time};
+use crate::procs::{CpuTimes, Switches, context_switches, cpu_time, cpu_times, stolen_time};
 
 /// What the connections send, and how an answer is judged.
 pub trait Workload: Send + Sync + 'static {
@@ -72,6 +72,8 @@ pub struct Outcome {
     pub latencies_us: Vec<u32>,
     /// The server's CPU time over the window, when a pid was given.
     pub server_cpu: Option<Duration>,
+    /// The part of `server_cpu` spent in the kernel (its `stime`).
+    pub server_system: Option<Duration>,
     /// The server's context switches over the window, when a pid was given.
     pub server_switches: Option<Switches>,
     /// The CPU time over the window of the other processes [`run_watching`] was given
@@ -143,6 +145,7 @@ impl Outcome {
         self.latencies_us.extend(other.latencies_us);
         self.latencies_us.sort_unstable();
         self.server_cpu = add(self.server_cpu, other.server_cpu);
+        self.server_system = add(self.server_system, other.server_system);
         self.server_switches = self
             .server_switches
             .zip(other.server_switches)
@@ -266,7 +269,8 @@ pub async fn run_watching(
         outcome.window = last_done.saturating_duration_since(window.start);
     } else {
         let samples = sampler.await.context("the CPU sampler panicked")??;
-        outcome.server_cpu = samples.server;
+        outcome.server_cpu = samples.server.map(|t| t.user + t.system);
+        outcome.server_system = samples.server.map(|t| t.system);
         outcome.server_switches = samples.switches;
         outcome.generator_cpu = samples.generator;
         outcome.others_cpu = samples.others;
@@ -280,7 +284,7 @@ pub async fn run_watching(
 /// What was read at the window's two ends, as differences.
 struct Samples {
     /// The server's CPU time.
-    server: Option<Duration>,
+    server: Option<CpuTimes>,
     /// The server's context switches.
     switches: Option<Switches>,
     /// This process's (the load generator's) CPU time.
@@ -293,6 +297,7 @@ struct Samples {
 
 async fn sample_cpu(window: Arc<Window>, pid: Option<u32>, others: Vec<u32>) -> Result<Samples> {
     let read = |pid: Option<u32>| pid.map(cpu_time).transpose();
+    let read_server = || pid.map(cpu_times).transpose();
     let read_others = || {
         others
             .iter()
@@ -304,14 +309,17 @@ async fn sample_cpu(window: Arc<Window>, pid: Option<u32>, others: Vec<u32>) -> 
     let stolen = || stolen_time().ok();
     let own = Some(std::process::id());
     tokio::time::sleep_until(window.start).await;
-    let (server0, switches0) = (read(pid)?, switches()?);
+    let (server0, switches0) = (read_server()?, switches()?);
     let (own0, others0, stolen0) = (read(own)?, read_others()?, stolen());
     tokio::time::sleep_until(window.end).await;
-    let (server1, switches1) = (read(pid)?, switches()?);
+    let (server1, switches1) = (read_server()?, switches()?);
     let (own1, others1, stolen1) = (read(own)?, read_others()?, stolen());
     let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
     Ok(Samples {
-        server: diff(server0, server1),
+        server: server0.zip(server1).map(|(a, b)| CpuTimes {
+            user: b.user.saturating_sub(a.user),
+            system: b.system.saturating_sub(a.system),
+        }),
         switches: switches0.zip(switches1).map(|(a, b)| a.until(b)),
         generator: diff(own0, own1),
         others: others1
@@ -553,6 +561,7 @@ mod tests {
             window: Duration::from_secs(secs),
             latencies_us: latencies.to_vec(),
             server_cpu: Some(Duration::from_millis(cpu_ms)),
+            server_system: Some(Duration::from_millis(cpu_ms / 2)),
             server_switches: Some(Switches {
                 voluntary: requests,
                 involuntary: 1,
@@ -567,6 +576,7 @@ mod tests {
         assert_eq!(both.rate(), 20.0);
         assert_eq!(both.server_cpu, Some(Duration::from_millis(1600)));
         assert_eq!(both.server_cpu_us_per_request(), Some(4000.0));
+        assert_eq!(both.server_system, Some(Duration::from_millis(800)));
         assert_eq!(both.generator_cpu, Some(Duration::from_millis(3200)));
         assert_eq!(both.stolen, Some(Duration::from_millis(16)));
         let switches = Switches {

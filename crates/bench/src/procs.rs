@@ -191,6 +191,18 @@ impl HugePages {
 
 /// CPU time (utime + stime, all threads) of process `pid`, from `/proc/<pid>/stat`.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
+    cpu_times(pid).map(|t| t.user + t.system)
+}
+
+/// CPU time of a process, all threads, split into user space and the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+/// [`CpuTimes`] of process `pid`, from `/proc/<pid>/stat` (utime and stime).
+pub fn cpu_times(pid: u32) -> Result<CpuTimes> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // Fields after the command name, which is in parentheses and may hold spaces: the
@@ -200,14 +212,17 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
         .map(|(_, r)| r)
         .ok_or_else(|| anyhow!("unexpected {path}"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| -> Result<u64> {
-        fields
+    let time = |i: usize| -> Result<Duration> {
+        let ticks: u64 = fields
             .get(i)
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("unexpected {path}"))
+            .ok_or_else(|| anyhow!("unexpected {path}"))?;
+        Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
     };
-    let ticks = tick(11)? + tick(12)?;
-    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+    Ok(CpuTimes {
+        user: time(11)?,
+        system: time(12)?,
+    })
 }
 
 /// CPU time the host gave to other machines while this one's CPUs had work (`steal` in

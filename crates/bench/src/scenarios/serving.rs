@@ -469,8 +469,15 @@ fn describe(o: &Outcome) -> String {
             )
         },
     );
+    let kernel = match (o.server_cpu, o.server_system) {
+        (Some(all), Some(system)) if !all.is_zero() => format!(
+            " ({:.0}% in the kernel)",
+            100.0 * system.as_secs_f64() / all.as_secs_f64()
+        ),
+        _ => String::new(),
+    };
     format!(
-        "{} answers in {:?}; server CPU {}, load generator CPU {}; server context switches per answer {switches}; {}",
+        "{} answers in {:?}; server CPU {}{kernel}, load generator CPU {}; server context switches per answer {switches}; {}",
         o.requests,
         o.window,
         cpu(o.server_cpu),
