@@ -12,10 +12,12 @@
 //!   check and the insert one atomic step.
 //! - `expiry` and `purges`: deadlines and tombstone purge times in ordered sets, so a sweep
 //!   touches only what is due.
-//! - `dirty`: ids touched since the last flush, each listed once.
+//! - each shard's `dirty`: its ids touched since the last flush, each listed once, kept
+//!   under the shard lock a touch holds anyway, so marking one writes nothing the other
+//!   cores share.
 //!
 //! Lock order: the warming touches (see below), then `members`, then one shard, then the
-//! leaf locks (`expiry`, `purges`, `dirty`). Every journal append for a session happens
+//! leaf locks (`expiry`, `purges`). Every journal append for a session happens
 //! while its shard lock is held, so the journal sees changes to one session in the order
 //! memory saw them.
 //!
@@ -72,8 +74,6 @@ pub struct LocalStore {
     expiry: Mutex<BTreeSet<(Timestamp, SessionId)>>,
     /// `(purge_at, id)` of every tombstone.
     purges: Mutex<BTreeSet<(Timestamp, SessionId)>>,
-    /// Ids touched since the last flush (only kept when there is a journal).
-    dirty: Mutex<Vec<SessionId>>,
     journal: Journal,
     /// Every create, update and end, for `/v1/events`.
     events: EventLog,
@@ -156,13 +156,15 @@ impl std::fmt::Debug for LocalStore {
 struct Shard {
     live: Live,
     ended: FxHashMap<SessionId, Tombstone>,
+    /// This shard's ids touched since the last flush (only kept when there is a journal).
+    dirty: Vec<SessionId>,
 }
 
 struct Entry {
     session: Session,
     /// The deadline under which this session sits in `expiry`.
     scheduled: Timestamp,
-    /// Touched since the last flush, and listed in `dirty`.
+    /// Touched since the last flush, and listed in its shard's `dirty`.
     dirty: bool,
 }
 
@@ -431,12 +433,13 @@ impl LocalStore {
         // Set, not replayed through `Session::touch`: each was a live touch when made, but
         // only the latest is kept, and it may lie past the deadline the earlier ones moved.
         for (id, at) in early.take().unwrap_or_default() {
-            let mut shard = self.shard(&id).write();
+            let mut guard = self.shard(&id).write();
+            let shard = &mut *guard;
             if let Some(entry) = shard.live.get_mut(&id)
                 && at > entry.session.last_access_at
             {
                 entry.session.last_access_at = at;
-                self.mark_dirty(entry);
+                self.mark_dirty(entry, &mut shard.dirty);
             }
         }
         self.warming.state.store(LOADED, Ordering::Release);
@@ -480,7 +483,6 @@ impl LocalStore {
             members: Mutex::new(Members::default()),
             expiry: Mutex::new(BTreeSet::new()),
             purges: Mutex::new(BTreeSet::new()),
-            dirty: Mutex::new(Vec::new()),
             journal,
             events: EventLog::new(),
             strings: Interner::default(),
@@ -682,10 +684,11 @@ impl LocalStore {
             let shard = self.shard(&id).read();
             return Ok(self.read_live(&shard, &id, Some(verifier), now, answer));
         }
-        let mut shard = self.shard(&id).write();
+        let mut guard = self.shard(&id).write();
+        let shard = &mut *guard;
         let Some(entry) = shard.live.get_mut(&id) else {
             return Ok(Checked::lend(
-                Self::tombstone(&shard, &id, Some(verifier), now),
+                Self::tombstone(shard, &id, Some(verifier), now),
                 answer,
             ));
         };
@@ -693,7 +696,7 @@ impl LocalStore {
             return Ok(Checked::lend(refused, answer));
         }
         if entry.session.touch(now) {
-            self.mark_dirty(entry);
+            self.mark_dirty(entry, &mut shard.dirty);
         }
         answer(&entry.session);
         Ok(Checked::Live)
@@ -728,10 +731,11 @@ impl LocalStore {
         Ok(Lookup::copied(checked, copy))
     }
 
-    fn mark_dirty(&self, entry: &mut Entry) {
+    /// Lists a touched entry in its shard's `dirty`, once per flush.
+    fn mark_dirty(&self, entry: &mut Entry, dirty: &mut Vec<SessionId>) {
         if self.journal.is_durable() && !entry.dirty {
             entry.dirty = true;
-            self.dirty.lock().push(entry.session.id);
+            dirty.push(entry.session.id);
         }
     }
 
@@ -1165,18 +1169,17 @@ impl SessionStore for LocalStore {
 
     async fn flush_touches(&self) -> Result<u64, StoreError> {
         self.usable().await?;
-        let mut ids = std::mem::take(&mut *self.dirty.lock());
-        // In id order, which groups them by shard, and puts whole touch groups (ids sharing
-        // their first two bytes, one row on disk) in each chunk, so a group is rewritten
-        // about once per flush. Taken FLUSH_CHUNK ids per write lock and per turn of the
-        // async worker: a flush after a busy window carries up to a million ids, and
-        // neither that shard's validates nor the other connections served by this worker
-        // should wait for all of them.
-        ids.sort_unstable();
         let mut pendings = Vec::new();
         let mut n = 0;
-        for ids in ids.chunk_by(|a, b| Self::shard_index(a) == Self::shard_index(b)) {
-            let lock = self.shard(&ids[0]);
+        for lock in &self.shards {
+            let mut ids = std::mem::take(&mut lock.write().dirty);
+            // In id order, which puts whole touch groups (ids sharing their first two
+            // bytes, one row on disk; a shard holds whole groups) in each chunk, so a
+            // group is rewritten about once per flush. Taken FLUSH_CHUNK ids per write lock
+            // and per turn of the async worker: a flush after a busy window carries up to
+            // a million ids, and neither that shard's validates nor the other connections
+            // served by this worker should wait for all of them.
+            ids.sort_unstable();
             for chunk in ids.chunks(FLUSH_CHUNK) {
                 {
                     let mut shard = lock.write();
