@@ -203,11 +203,15 @@ impl Service {
     ) -> Result<(), ApiError> {
         let (id, verifier) = self.verify(token)?;
         let now = self.now();
-        checked_result(
-            self.store
-                .validate_with(id, &verifier, touch, now, answer)
-                .await?,
-        )
+        let checked = match self.store.validate_ready(id, &verifier, touch, now, answer) {
+            Some(ready) => ready?,
+            None => {
+                self.store
+                    .validate_with(id, &verifier, touch, now, answer)
+                    .await?
+            }
+        };
+        checked_result(checked)
     }
 
     /// The session id and verifier `token` carries, its MAC checked: the first step of

@@ -175,17 +175,27 @@ async fn create_then_validate(store: Arc<dyn SessionStore>) {
 }
 
 /// `validate_with` answers what `validate` answers, lending a live session to its callback
-/// exactly once and never calling it otherwise.
+/// exactly once and never calling it otherwise; `validate_ready`, when it answers, answers
+/// the same (asked first, as the server does, then `validate_with` at the same instant,
+/// which a touch already made leaves as it is).
 async fn validate_with_lends_what_validate_answers(store: Arc<dyn SessionStore>) {
     let s = created(&*store, session("alice", T0), T0).await;
     let check = |id, verifier, touch, at| {
         let store = store.clone();
         async move {
+            let mut lent_ready = Vec::new();
+            let ready = store.validate_ready(id, &verifier, touch, at, &mut |s| {
+                lent_ready.push(s.clone())
+            });
             let mut lent = Vec::new();
             let checked = store
                 .validate_with(id, &verifier, touch, at, &mut |s| lent.push(s.clone()))
                 .await
                 .unwrap();
+            match ready {
+                Some(ready) => assert_eq!((ready.unwrap(), &lent_ready), (checked.clone(), &lent)),
+                None => assert!(lent_ready.is_empty(), "lent without answering"),
+            }
             (checked, lent)
         }
     };

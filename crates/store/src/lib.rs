@@ -131,6 +131,23 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
         ))
     }
 
+    /// [`SessionStore::validate_with`] answered at once, when the store needs no I/O for
+    /// it: `Some` with what `validate_with` would answer, or `None`, without calling
+    /// `answer`, when the caller must await `validate_with` instead. The route of every
+    /// page view asks this first: a call through the trait's async methods boxes its
+    /// future, an allocation per request, for the embedded store that never waits. The
+    /// default answers nothing.
+    fn validate_ready(
+        &self,
+        _id: SessionId,
+        _verifier: &Verifier,
+        _touch: bool,
+        _now: Timestamp,
+        _answer: &mut (dyn for<'s> FnMut(&'s Session) + Send),
+    ) -> Option<Result<Checked, StoreError>> {
+        None
+    }
+
     /// The session or tombstone with this id (admin view; no token needed).
     async fn get(&self, id: SessionId, now: Timestamp) -> Result<Lookup, StoreError>;
 

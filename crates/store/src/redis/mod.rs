@@ -648,6 +648,22 @@ impl SessionStore for RedisStore {
         })
     }
 
+    /// Answers from the near cache; a miss is `validate_with`'s to read from Redis.
+    fn validate_ready(
+        &self,
+        id: SessionId,
+        verifier: &Verifier,
+        touch: bool,
+        now: Timestamp,
+        answer: &mut (dyn for<'s> FnMut(&'s Session) + Send),
+    ) -> Option<Result<Checked, StoreError>> {
+        if let Err(e) = self.check_open() {
+            return Some(Err(e));
+        }
+        self.validate_cached(id, verifier, touch, now, answer)
+            .map(Ok)
+    }
+
     async fn get(&self, id: SessionId, now: Timestamp) -> Result<Lookup, StoreError> {
         self.check_open()?;
         let (session, tomb) = self.read(&id).await?;
