@@ -25,7 +25,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::procs::{CpuTimes, Switches, context_switches, cpu_time, cpu_times, stolen_time};
+use crate::procs::{
+    CpuTimes, Switches, busy_time, context_switches, cpu_time, cpu_times, stolen_time,
+};
 
 /// What the connections send, and how an answer is judged.
 pub trait Workload: Send + Sync + 'static {
@@ -84,6 +86,9 @@ pub struct Outcome {
     /// CPU time the host gave to other machines over the window, summed over this one's
     /// CPUs ([`crate::procs::stolen_time`]).
     pub stolen: Option<Duration>,
+    /// CPU time the machine's CPUs spent running anything over the window
+    /// ([`crate::procs::busy_time`]).
+    pub machine_busy: Option<Duration>,
 }
 
 impl Outcome {
@@ -152,6 +157,7 @@ impl Outcome {
             .map(|(a, b)| a.plus(b));
         self.generator_cpu = add(self.generator_cpu, other.generator_cpu);
         self.stolen = add(self.stolen, other.stolen);
+        self.machine_busy = add(self.machine_busy, other.machine_busy);
         self.others_cpu = if self.others_cpu.len() == other.others_cpu.len() {
             self.others_cpu
                 .iter()
@@ -173,12 +179,28 @@ impl Outcome {
             .map(|s| s.as_secs_f64() / total)
     }
 
-    /// [`Outcome::stolen_share`] for a log line.
+    /// The share of the machine's CPU time over the window that went to anything but the
+    /// server, the load generator and the other processes watched: other programs and
+    /// kernel threads. A measurement that overlapped another program shows it here.
+    pub fn outsiders_share(&self) -> Option<f64> {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let total = self.window.as_secs_f64() * cpus as f64;
+        let measured =
+            self.server_cpu? + self.generator_cpu? + self.others_cpu.iter().sum::<Duration>();
+        let busy = self.machine_busy?;
+        (total > 0.0).then(|| busy.saturating_sub(measured).as_secs_f64() / total)
+    }
+
+    /// [`Outcome::stolen_share`] and [`Outcome::outsiders_share`] for a log line.
     pub fn stolen_note(&self) -> String {
         let share = self
             .stolen_share()
             .map_or_else(|| "?".into(), |s| format!("{:.1}%", 100.0 * s));
-        format!("the host took {share} of the machine's CPU time")
+        let outsiders = self
+            .outsiders_share()
+            .map(|s| format!(", everything else on it {:.1}%", 100.0 * s))
+            .unwrap_or_default();
+        format!("the host took {share} of the machine's CPU time{outsiders}")
     }
 }
 
@@ -275,6 +297,7 @@ pub async fn run_watching(
         outcome.generator_cpu = samples.generator;
         outcome.others_cpu = samples.others;
         outcome.stolen = samples.stolen;
+        outcome.machine_busy = samples.busy;
         outcome.window = spec.duration;
     }
     outcome.latencies_us.sort_unstable();
@@ -293,6 +316,8 @@ struct Samples {
     others: Vec<Duration>,
     /// What the host took ([`crate::procs::stolen_time`]).
     stolen: Option<Duration>,
+    /// What the machine's CPUs ran ([`crate::procs::busy_time`]).
+    busy: Option<Duration>,
 }
 
 async fn sample_cpu(window: Arc<Window>, pid: Option<u32>, others: Vec<u32>) -> Result<Samples> {
@@ -307,13 +332,14 @@ async fn sample_cpu(window: Arc<Window>, pid: Option<u32>, others: Vec<u32>) -> 
     let switches = || pid.map(context_switches).transpose();
     // Not every kernel or machine reports it: the figure is left out then.
     let stolen = || stolen_time().ok();
+    let busy = || busy_time().ok();
     let own = Some(std::process::id());
     tokio::time::sleep_until(window.start).await;
     let (server0, switches0) = (read_server()?, switches()?);
-    let (own0, others0, stolen0) = (read(own)?, read_others()?, stolen());
+    let (own0, others0, stolen0, busy0) = (read(own)?, read_others()?, stolen(), busy());
     tokio::time::sleep_until(window.end).await;
     let (server1, switches1) = (read_server()?, switches()?);
-    let (own1, others1, stolen1) = (read(own)?, read_others()?, stolen());
+    let (own1, others1, stolen1, busy1) = (read(own)?, read_others()?, stolen(), busy());
     let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
     Ok(Samples {
         server: server0.zip(server1).map(|(a, b)| CpuTimes {
@@ -328,6 +354,7 @@ async fn sample_cpu(window: Arc<Window>, pid: Option<u32>, others: Vec<u32>) -> 
             .map(|(b, a)| b.saturating_sub(*a))
             .collect(),
         stolen: diff(stolen0, stolen1),
+        busy: diff(busy0, busy1),
     })
 }
 
@@ -568,6 +595,7 @@ mod tests {
             }),
             generator_cpu: Some(Duration::from_millis(2 * cpu_ms)),
             stolen: Some(Duration::from_millis(cpu_ms / 100)),
+            machine_busy: Some(Duration::from_millis(4 * cpu_ms)),
             ..Outcome::default()
         };
         let both = run(100, 10, 700, &[5, 9]).merged(run(300, 10, 900, &[1, 7]));
@@ -579,6 +607,14 @@ mod tests {
         assert_eq!(both.server_system, Some(Duration::from_millis(800)));
         assert_eq!(both.generator_cpu, Some(Duration::from_millis(3200)));
         assert_eq!(both.stolen, Some(Duration::from_millis(16)));
+        assert_eq!(both.machine_busy, Some(Duration::from_millis(6400)));
+        // 6.4 s busy, of which the server 1.6 and the generator 3.2: 1.6 s elsewhere.
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let outsiders = both.outsiders_share().unwrap();
+        assert!(
+            (outsiders - 1.6 / (20.0 * cpus)).abs() < 1e-9,
+            "{outsiders}"
+        );
         let switches = Switches {
             voluntary: 400,
             involuntary: 2,
@@ -596,5 +632,6 @@ mod tests {
         assert_eq!(both.server_switches, None, "one side unread");
         assert_eq!(both.stolen, None, "one side unread");
         assert_eq!(both.stolen_share(), None);
+        assert_eq!(both.outsiders_share(), None);
     }
 }

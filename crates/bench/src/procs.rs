@@ -234,6 +234,26 @@ pub fn stolen_time() -> Result<Duration> {
     Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
 }
 
+/// CPU time this machine's CPUs spent running anything (`user + nice + system` in
+/// `/proc/stat`), summed over the CPUs, since boot. Less what the measured processes took
+/// over a window, it is what everything else on the machine took: another program that
+/// ran during a measurement shows there.
+pub fn busy_time() -> Result<Duration> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks = busy_ticks(&text).ok_or_else(|| anyhow!("no cpu line in /proc/stat"))?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+}
+
+/// `user + nice + system`, the first three numbers of `/proc/stat`'s `cpu` line.
+fn busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let mut n = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse::<u64>().ok());
+    n.next()??.checked_add(n.next()??)?.checked_add(n.next()??)
+}
+
 /// The `steal` column (the eighth number) of `/proc/stat`'s `cpu` line.
 fn steal_ticks(stat: &str) -> Option<u64> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
@@ -424,6 +444,9 @@ mod tests {
         assert_eq!(steal_ticks(stat), Some(7129));
         assert_eq!(steal_ticks("cpu0 1 2 3"), None);
         assert_eq!(steal_ticks("cpu  1 2 3"), None, "an older kernel's line");
+        assert_eq!(busy_ticks(stat), Some(4171792 + 2760 + 1775447));
+        assert_eq!(busy_ticks("cpu  1 2"), None);
+        assert_eq!(busy_ticks("cpu0 1 2 3"), None);
     }
 
     #[test]
