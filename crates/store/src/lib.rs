@@ -117,6 +117,9 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// Redis store inside its near cache's entries, and either would otherwise copy it for
     /// every validate. `answer` is called once, for a live session only, possibly under a
     /// lock of the store: it may only read the session and write an answer from it.
+    ///
+    /// By default, [`SessionStore::validate_ready`]'s answer if it has one, else
+    /// [`SessionStore::validate`]'s answer lent.
     async fn validate_with(
         &self,
         id: SessionId,
@@ -125,6 +128,9 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
         now: Timestamp,
         answer: &mut (dyn for<'s> FnMut(&'s Session) + Send),
     ) -> Result<Checked, StoreError> {
+        if let Some(ready) = self.validate_ready(id, verifier, touch, now, answer) {
+            return ready;
+        }
         Ok(Checked::lend(
             self.validate(id, verifier, touch, now).await?,
             answer,

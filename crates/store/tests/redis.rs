@@ -17,8 +17,8 @@ use sessiond_store::testkit::{
     RedisCluster, RedisSentinel, RedisServer, TestPki, info_stats, redis_available,
 };
 use sessiond_store::{
-    ChangeEvent, ChangeKind, Created, Ended, FeedItem, Lookup, RedisConfig, RedisMasterAuth,
-    RedisStore, RedisTarget, RedisTls, SessionStore, StoreError,
+    ChangeEvent, ChangeKind, Checked, Created, Ended, FeedItem, Lookup, RedisConfig,
+    RedisMasterAuth, RedisStore, RedisTarget, RedisTls, SessionStore, StoreError,
 };
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -925,6 +925,9 @@ async fn a_node_evicts_what_its_event_feed_relays() {
         hits + 1,
         "B answers from its near cache"
     );
+    // Cached, it is answered at once: the server's path needs no await for it.
+    let ready = b.validate_ready(s.id, &s.verifier, false, T0, &mut |_| {});
+    assert_eq!(ready.map(Result::unwrap), Some(Checked::Live));
 
     // An `ended` entry, as the end script writes it, but with no PUBLISH.
     let mut raw = connect_raw(&server).await;
@@ -944,6 +947,12 @@ async fn a_node_evicts_what_its_event_feed_relays() {
         .unwrap();
     let ended = next_change(&mut feed).await;
     assert_eq!((ended.kind, ended.session), (ChangeKind::Ended, s.id));
+    let mut lent = false;
+    let ready = b.validate_ready(s.id, &s.verifier, false, T0, &mut |_| lent = true);
+    assert!(
+        ready.is_none() && !lent,
+        "evicted: a miss is validate_with's to read"
+    );
     let hits = b.near_cache_hits();
     b.validate(s.id, &s.verifier, false, T0).await.unwrap();
     assert_eq!(

@@ -1003,19 +1003,9 @@ impl SessionStore for LocalStore {
         Self::copied(|answer| self.check(id, verifier, touch, now, answer))
     }
 
-    async fn validate_with(
-        &self,
-        id: SessionId,
-        verifier: &Verifier,
-        touch: bool,
-        now: Timestamp,
-        answer: &mut (dyn for<'s> FnMut(&'s Session) + Send),
-    ) -> Result<Checked, StoreError> {
-        self.check(id, verifier, touch, now, answer)
-    }
-
     /// Always answers: a validate reads memory, or while loading one record from the
-    /// disk, without waiting on anything.
+    /// disk, without waiting on anything. (`validate_with` is the trait's, which takes
+    /// this answer.)
     fn validate_ready(
         &self,
         id: SessionId,

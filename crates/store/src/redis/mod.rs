@@ -615,9 +615,10 @@ impl SessionStore for RedisStore {
         now: Timestamp,
         answer: &mut (dyn for<'s> FnMut(&'s Session) + Send),
     ) -> Result<Checked, StoreError> {
-        self.check_open()?;
-        if let Some(checked) = self.validate_cached(id, verifier, touch, now, answer) {
-            return Ok(checked);
+        // On the server's path `validate_ready` has just missed, so a miss is probed twice:
+        // one hash lookup in memory, beside the round trip to Redis that follows.
+        if let Some(ready) = self.validate_ready(id, verifier, touch, now, answer) {
+            return ready;
         }
         let ticket = self.cache.ticket(&id);
         let (session, tomb) = self.read(&id).await?;
