@@ -250,19 +250,19 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server keeping its data in `dir`, on a free port.
     pub async fn start(dir: &Path) -> RedisServer {
-        Self::start_on(dir, free_port(), false).await
+        Self::start_with(dir, None, false, None, None).await
     }
 
     /// Starts a server on `port`, or on another if that one turns out to be taken (a
     /// restart reuses the port it had).
     pub async fn start_on(dir: &Path, port: u16, cluster: bool) -> RedisServer {
-        Self::start_with(dir, port, cluster, None, None).await
+        Self::start_with(dir, Some(port), cluster, None, None).await
     }
 
     /// Starts a server that asks every client for `password` (`requirepass`), on a free
     /// port; [`RedisServer::url`] does not carry it.
     pub async fn start_with_password(dir: &Path, password: &str) -> RedisServer {
-        Self::start_with(dir, free_port(), false, None, Some(password.to_owned())).await
+        Self::start_with(dir, None, false, None, Some(password.to_owned())).await
     }
 
     /// Starts a server that also speaks TLS, with `pki`'s certificates, on a free port;
@@ -270,26 +270,31 @@ impl RedisServer {
     /// refuses a TLS client without a certificate from `pki`'s CA.
     pub async fn start_tls(dir: &Path, pki: &TestPki, client_certificates: bool) -> RedisServer {
         let tls = TlsPort::new(pki, client_certificates);
-        // Both ports are chosen in `start_with`, together.
-        Self::start_with(dir, 0, false, Some(tls), None).await
+        Self::start_with(dir, None, false, Some(tls), None).await
     }
 
     /// [`RedisServer::start_tls`] (no client certificates asked for) with a `password`.
     pub async fn start_tls_with_password(dir: &Path, pki: &TestPki, password: &str) -> RedisServer {
         let tls = TlsPort::new(pki, false);
-        Self::start_with(dir, 0, false, Some(tls), Some(password.to_owned())).await
+        Self::start_with(dir, None, false, Some(tls), Some(password.to_owned())).await
     }
 
+    /// Starts a server on `port`, or on ports chosen here when `None` (a TLS server's two
+    /// ports are chosen together, so it takes `None`).
     async fn start_with(
         dir: &Path,
-        port: u16,
+        port: Option<u16>,
         cluster: bool,
         tls: Option<TlsPort>,
         password: Option<String>,
     ) -> RedisServer {
+        debug_assert!(
+            port.is_none() || tls.is_none(),
+            "a TLS server's ports are chosen"
+        );
         let mut server = RedisServer {
             child: None,
-            port,
+            port: port.unwrap_or(0),
             dir: dir.to_path_buf(),
             cluster,
             tls,
@@ -298,9 +303,8 @@ impl RedisServer {
         // Ports chosen a moment ago may be taken by another test's server by now; a
         // server that exits at once is given fresh ones, twice at most.
         for tries_left in (0..3).rev() {
-            // A plain server's first try keeps the port it was given; a TLS server's two
-            // ports are always chosen here, together.
-            if tries_left < 2 || server.tls.is_some() {
+            // The first try keeps a port the caller gave.
+            if tries_left < 2 || port.is_none() {
                 server.choose_ports();
             }
             match server.launch().await {
@@ -538,9 +542,7 @@ impl RedisCluster {
         for i in 0..3 {
             let tls = pki.map(|pki| TlsPort::new(pki, false));
             let node_dir = dir.path().join(format!("n{i}"));
-            // A TLS node's ports are chosen in `start_with`, together.
-            let port = if tls.is_some() { 0 } else { free_port() };
-            nodes.push(RedisServer::start_with(&node_dir, port, true, tls, None).await);
+            nodes.push(RedisServer::start_with(&node_dir, None, true, tls, None).await);
         }
         let addrs: Vec<String> = nodes
             .iter()
