@@ -11,9 +11,7 @@
 
 use std::fmt;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64_simd::URL_SAFE_NO_PAD as B64_DECODE;
+use base64_simd::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -185,9 +183,9 @@ impl TokenKeys {
         let mut token = String::with_capacity(key.id.len() + 2 + BODY_B64_LEN + MAC_B64_LEN);
         token.push_str(&key.id);
         token.push('.');
-        B64.encode_string(body, &mut token);
+        B64.encode_append(body, &mut token);
         token.push('.');
-        B64.encode_string(tag, &mut token);
+        B64.encode_append(tag, &mut token);
         let verifier = verifier_of(&body[16..]);
         Minted { token, verifier }
     }
@@ -252,11 +250,11 @@ impl TokenKeys {
 fn decode_exact(b64: &[u8], out: &mut [u8]) -> Result<(), TokenError> {
     // The length is checked first: `decode` panics when `out` is too short.
     let len = out.len();
-    match B64_DECODE.decoded_length(b64) {
+    match B64.decoded_length(b64) {
         Ok(n) if n == len => {}
         _ => return Err(TokenError::Malformed),
     }
-    match B64_DECODE.decode(b64, base64_simd::Out::from_slice(out)) {
+    match B64.decode(b64, base64_simd::Out::from_slice(out)) {
         Ok(decoded) if decoded.len() == len => Ok(()),
         _ => Err(TokenError::Malformed),
     }
@@ -271,7 +269,7 @@ fn verifier_of(secret: &[u8]) -> Verifier {
 pub fn random_secret(n: usize) -> Result<String, KeyError> {
     let mut b = vec![0u8; n];
     getrandom::fill(&mut b).map_err(|e| KeyError::Random(e.to_string()))?;
-    Ok(B64.encode(b))
+    Ok(B64.encode_to_string(b))
 }
 
 /// SHA-256 of a credential, as lowercase hex (for `key_sha256` and `token_sha256`).
@@ -328,6 +326,25 @@ mod tests {
         assert_eq!(got, id);
         assert!(v.matches(&Verifier(sha256(&[7; SECRET_LEN]))));
         assert!(!v.matches(&keys.mint_from(id, &[8; SECRET_LEN]).verifier));
+        // The encoding itself: base64url of the id and secret, `-` and `_` where base64
+        // would write `+` and `/`.
+        let id = SessionId(std::array::from_fn(|i| i as u8));
+        let m = keys.mint_from(id, &[0xfb; SECRET_LEN]);
+        let (kid, rest) = m.token.split_once('.').unwrap();
+        let (body, mac) = rest.split_once('.').unwrap();
+        assert_eq!(kid, "k1");
+        assert_eq!(
+            body,
+            "AAECAwQFBgcICQoLDA0OD_v7-_v7-_v7-_v7-_v7-_v7-_v7-_v7-_v7-_v7-_v7"
+        );
+        assert_eq!(mac.len(), MAC_B64_LEN);
+        assert!(mac.bytes().all(|c| B64_ALPHABET.contains(&c)), "{mac}");
+        let secret = random_secret(32).unwrap();
+        assert_eq!(secret.len(), 43);
+        assert!(
+            secret.bytes().all(|c| B64_ALPHABET.contains(&c)),
+            "{secret}"
+        );
     }
 
     #[test]
