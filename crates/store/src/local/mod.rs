@@ -1478,6 +1478,41 @@ mod tests {
         (groups.iter().count(), rows.iter().count(), largest)
     }
 
+    /// Each shard keeps its own touched ids: a flush writes those of every shard, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_writes_the_touches_of_every_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let created = Timestamp(1_800_000_000_000);
+        let store = LocalStore::open_embedded(dir.path(), StoreOptions::default()).unwrap();
+        // Users until every shard holds a session (a user's sessions share one).
+        let mut sessions = Vec::new();
+        let mut shards = std::collections::HashSet::new();
+        for u in 0.. {
+            if shards.len() == SHARDS {
+                break;
+            }
+            assert!(u < 100 * SHARDS, "the ids reach every shard");
+            let s = crate::conformance::session(&format!("user{u}"), created);
+            shards.insert(LocalStore::shard_index(&s.id));
+            sessions.push((s.id, s.verifier));
+            store
+                .create(s, UserLimit::UNLIMITED, created)
+                .await
+                .unwrap();
+        }
+        let at = Timestamp(created.0 + 1000);
+        for (id, verifier) in &sessions {
+            store.validate(*id, verifier, true, at).await.unwrap();
+        }
+        assert_eq!(
+            store.flush_touches().await.unwrap(),
+            sessions.len() as u64,
+            "every shard's touches"
+        );
+        assert_eq!(store.flush_touches().await.unwrap(), 0, "each once");
+        store.close().await.unwrap();
+    }
+
     /// A flush takes a shard's touched ids a chunk at a time: with several chunks' worth in
     /// one shard (one user's sessions share a shard, and one touch group), every touch
     /// still reaches the disk: the group holds its most, the rest get rows of their own,
