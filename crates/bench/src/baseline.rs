@@ -32,6 +32,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use sessiond_core::token::SECRET_LEN;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
 /// The answer body: about as long as a short JSON reply.
@@ -40,7 +41,7 @@ pub const BODY: &[u8] = br#"{"ok":true}"#;
 /// A body to make durable, and who waits for it.
 type Append = (Bytes, oneshot::Sender<bool>);
 
-/// Serves until killed; prints `baseline: listening on http://ADDR` once bound. With
+/// Serves until SIGTERM; prints `baseline: listening on http://ADDR` once bound. With
 /// `journal`, `POST`s are durable creates (see the module docs).
 pub fn run(listen: SocketAddr, journal: Option<&Path>) -> Result<()> {
     let journal = match journal {
@@ -62,7 +63,7 @@ pub fn run(listen: SocketAddr, journal: Option<&Path>) -> Result<()> {
 /// What a server of the benchmark's own answers with.
 pub type Answer = Response<Full<Bytes>>;
 
-/// Serves every connection on `listen` with `answer` (HTTP/1.1, keep-alive) until killed,
+/// Serves every connection on `listen` with `answer` (HTTP/1.1, keep-alive) until SIGTERM,
 /// on the runtime sessiond's main builds (multi-threaded, one worker per core); prints
 /// `{name}: listening on http://ADDR` once bound.
 pub fn serve<F, A>(listen: SocketAddr, name: &str, answer: F) -> Result<()>
@@ -79,8 +80,15 @@ where
             .await
             .with_context(|| format!("binding {listen}"))?;
         println!("{name}: listening on http://{}", listener.local_addr()?);
+        // SIGTERM ends the process by returning from `main`, so that a build instrumented
+        // for profile-guided optimisation writes its profile (see `pgo.rs`).
+        let mut term = signal(SignalKind::terminate()).context("catching SIGTERM")?;
         loop {
-            let (stream, _) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = term.recv() => return Ok(()),
+            };
+            let (stream, _) = match accepted {
                 Ok(accepted) => accepted,
                 // Out of descriptors and the like: keep serving the connections we have.
                 Err(_) => continue,

@@ -107,7 +107,7 @@ struct Fixed {
     identity: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// Serves `sessions` sessions until killed; prints `plain: listening on http://ADDR` once
+/// Serves `sessions` sessions until SIGTERM; prints `plain: listening on http://ADDR` once
 /// they are made and it is bound.
 pub fn run(listen: SocketAddr, sessions: u64, agent_key: &str) -> Result<()> {
     let settings = Settings::load(None, &[], &Default::default()).context("default settings")?;
