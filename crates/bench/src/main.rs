@@ -10,11 +10,14 @@
 //!   server itself (the hidden `baseline-server` subcommand); [`plain`]: the plain session
 //!   server (`plain-server`), the work alone;
 //! - [`procs`]: process guards and `/proc` readings; [`machine`]: the machine and the
-//!   "is anyone compiling?" monitor; [`report`]: the table, JSON and docs.
+//!   "is anyone compiling?" monitor; [`report`]: the table, JSON and docs;
+//! - [`pgo`]: the profile-guided build of sessiond and of the baseline servers that a full
+//!   run measures.
 
 mod baseline;
 mod load;
 mod machine;
+mod pgo;
 mod plain;
 mod procs;
 mod report;
@@ -48,6 +51,9 @@ struct Cli {
 enum Command {
     /// Run every implemented scenario and print the table.
     All(AllArgs),
+    /// Build sessiond with profile-guided optimisation, the build `all` measures, and
+    /// print where it is (`target/pgo/use/<host>/release/sessiond`).
+    Pgo,
     /// The baseline HTTP server (started by `all`; not for people).
     #[command(hide = true)]
     BaselineServer {
@@ -106,6 +112,15 @@ struct AllArgs {
     /// its window (`DIR/<window>-baseline.data`); needs `perf` on PATH.
     #[arg(long)]
     perf: Option<PathBuf>,
+    /// Measure the plain release build. Without it, a release run that is not `--smoke`
+    /// measures sessiond and the baseline servers built with profile-guided optimisation
+    /// (crates/bench/src/pgo.rs), the way a release of sessiond is built.
+    #[arg(long)]
+    no_pgo: bool,
+    /// Measure this sessiond binary instead of building one (the baseline servers are this
+    /// benchmark's own).
+    #[arg(long, conflicts_with = "no_pgo")]
+    sessiond: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -120,6 +135,10 @@ fn main() -> ExitCode {
             agent_key,
         } => plain::run(listen, sessions, &agent_key).map(|()| ExitCode::SUCCESS),
         Command::All(args) => all(args),
+        Command::Pgo => pgo::build().map(|build| {
+            println!("{}", build.sessiond.display());
+            ExitCode::SUCCESS
+        }),
     };
     match result {
         Ok(code) => code,
@@ -152,9 +171,12 @@ fn all(args: AllArgs) -> Result<ExitCode> {
             "results.json"
         })
     });
-    println!("building sessiond ...");
-    let bin = procs::build_sessiond()?;
-    println!("sessiond under test: {}", bin.display());
+    let build = build(&args)?;
+    println!("sessiond under test: {}", build.sessiond.display());
+    if let Some(servers) = &build.servers {
+        servers::use_own_servers_from(servers.clone());
+        println!("baseline servers: {}", servers.display());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -170,7 +192,7 @@ fn all(args: AllArgs) -> Result<ExitCode> {
         }
     }
     let mut ctx = Ctx {
-        bin,
+        bin: build.sessiond.clone(),
         settings,
         tmp: out_dir.join("tmp"),
         log: Vec::new(),
@@ -190,6 +212,7 @@ fn all(args: AllArgs) -> Result<ExitCode> {
     let report = Report {
         machine,
         command: command_line(),
+        build: build.description,
         smoke: args.smoke,
         build_overlaps: ctx.monitor.overlaps(),
         environment: machine::tuning_environment(std::env::vars_os()),
@@ -197,6 +220,7 @@ fn all(args: AllArgs) -> Result<ExitCode> {
         rows,
     };
     println!("\nscenarios took {:.1} s in all", took.as_secs_f64());
+    println!("build: {}", report.build);
     print!("{}", report::plain(&report.rows));
     if !report.build_overlaps.is_empty() {
         println!(
@@ -223,6 +247,39 @@ fn all(args: AllArgs) -> Result<ExitCode> {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// What to measure: the binary given, a profile-guided build (release runs that are not
+/// smoke passes, unless `--no-pgo`; the plain build, loudly, when PGO cannot be done here),
+/// or the plain build of this benchmark's own profile.
+fn build(args: &AllArgs) -> Result<pgo::Build> {
+    if let Some(sessiond) = &args.sessiond {
+        return Ok(pgo::Build {
+            sessiond: sessiond.clone(),
+            servers: None,
+            description: format!("given: {}", sessiond.display()),
+        });
+    }
+    let release = !cfg!(debug_assertions);
+    let mut description = String::from(if release { "release" } else { "dev profile" });
+    if release && !args.smoke && !args.no_pgo {
+        match pgo::build() {
+            Ok(build) => return Ok(build),
+            Err(e) => {
+                println!(
+                    "\n*** PGO is not possible here: {e:#}\n*** measuring the plain release \
+                     build, not what a release of sessiond is built as\n"
+                );
+                description = format!("release, not profile-guided (PGO failed: {e:#})");
+            }
+        }
+    }
+    println!("building sessiond ...");
+    Ok(pgo::Build {
+        sessiond: procs::build_sessiond()?,
+        servers: None,
+        description,
     })
 }
 

@@ -244,6 +244,8 @@ pub fn markdown(rows: &[Row]) -> String {
 pub struct Report {
     pub machine: Machine,
     pub command: String,
+    /// How sessiond and the baseline servers were built ([`crate::pgo::Build`]).
+    pub build: String,
     pub smoke: bool,
     /// How each population step went, and anything else worth a line.
     pub log: Vec<String>,
@@ -276,6 +278,7 @@ impl Report {
             "Machine: `nproc` = {}, {:.1} GiB memory, Linux {}, {}.\n",
             m.nproc, m.memory_gib, m.kernel, m.cpu
         );
+        let _ = writeln!(s, "Build: {}.\n", self.build);
         if self.build_overlaps.is_empty() {
             s.push_str("No other `rustc` or `cargo` ran during the measurements.\n\n");
         } else {
@@ -369,6 +372,7 @@ mod tests {
                 cpu: "test".into(),
             },
             command: "sessiond-bench all".into(),
+            build: "release".into(),
             smoke: false,
             log: Vec::new(),
             build_overlaps: Vec::new(),

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -143,10 +144,23 @@ impl Baseline {
     }
 }
 
-/// Starts this executable's hidden `{name}-server` subcommand on `127.0.0.1:0`, with the
-/// arguments and environment `more` adds, and waits for its `{name}: listening on` line.
+/// The sessiond-bench binary whose servers [`own_server`] starts, when not this one: a
+/// build made the way the measured sessiond is (`pgo.rs`). Set once, before any starts.
+static OWN_SERVERS: OnceLock<PathBuf> = OnceLock::new();
+
+/// Starts the baseline and plain servers from `exe` rather than from this executable.
+pub fn use_own_servers_from(exe: PathBuf) {
+    let _ = OWN_SERVERS.set(exe);
+}
+
+/// Starts the hidden `{name}-server` subcommand of this executable (or of the one
+/// [`use_own_servers_from`] named) on `127.0.0.1:0`, with the arguments and environment
+/// `more` adds, and waits for its `{name}: listening on` line.
 fn own_server(name: &str, more: impl FnOnce(&mut Command)) -> Result<(Proc, SocketAddr)> {
-    let exe = std::env::current_exe().context("locating the benchmark binary")?;
+    let exe = match OWN_SERVERS.get() {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe().context("locating the benchmark binary")?,
+    };
     let mut cmd = Command::new(exe);
     cmd.arg(format!("{name}-server"))
         .args(["--listen", "127.0.0.1:0"]);
