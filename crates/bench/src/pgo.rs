@@ -1,15 +1,18 @@
 //! Profile-guided builds (PGO) of what is measured: sessiond, and this benchmark's own
-//! servers (the baseline and the plain session server), each trained on the same requests
+//! servers (the baseline, the floor and the plain session server), each trained on the requests
 //! the benchmark sends. Both sides of every ratio are built the same way, so a ratio
 //! compares code with code, not one compiler setting with another.
 //!
 //! [`build`] does, under `target/pgo/`:
 //! 1. `cargo build --release -p sessiond -p sessiond-bench` with `-Cprofile-generate`, into
 //!    `gen/`;
-//! 2. training: that sessiond-bench runs the serving scenarios (`all --smoke --only serving`,
+//! 2. training: that sessiond-bench runs every scenario as a smoke pass (`all --smoke`,
 //!    [`TRAIN_SESSIONS`] sessions, [`TRAIN_SECONDS`] per window) against that sessiond:
 //!    creates, validate and forward auth with random tokens, the touch flush, an orderly
-//!    stop and a restart. Every process writes its profile when it exits;
+//!    stop and a restart, durable creates and the floor, Redis mode and revocation. Code
+//!    a profile never saw running is laid out and optimised as cold, so each side of each
+//!    ratio has to be trained. Every process writes its profile when it exits (the
+//!    process guards stop it with SIGTERM first, `procs.rs`);
 //! 3. `llvm-profdata merge`, with the `llvm-profdata` of rustc's own LLVM version;
 //! 4. `cargo build --release` of both with `-Cprofile-use`, into `use/`.
 //!
@@ -75,8 +78,8 @@ pub fn build() -> Result<Build> {
         servers: Some(use_bin.join("sessiond-bench")),
         description: format!(
             "release, profile-guided: sessiond and the benchmark's baseline and plain servers \
-             alike, trained on `sessiond-bench all --smoke --only serving --sessions \
-             {TRAIN_SESSIONS} --duration {TRAIN_SECONDS}` (crates/bench/src/pgo.rs)"
+             alike, trained on `sessiond-bench all --smoke --sessions {TRAIN_SESSIONS} \
+             --duration {TRAIN_SECONDS}` (crates/bench/src/pgo.rs)"
         ),
     })
 }
@@ -209,12 +212,12 @@ fn train(
     }
     let log = dir.join("train.log");
     println!(
-        "PGO: training on the serving scenarios, {TRAIN_SESSIONS} sessions (log: {}) ...",
+        "PGO: training on every scenario's smoke pass, {TRAIN_SESSIONS} sessions (log: {}) ...",
         log.display()
     );
     let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let status = Command::new(bench)
-        .args(["all", "--smoke", "--only", "serving"])
+        .args(["all", "--smoke"])
         .arg("--sessions")
         .arg(TRAIN_SESSIONS.to_string())
         .arg("--duration")

@@ -1,5 +1,5 @@
 //! Child processes the benchmark starts (sessiond, the baseline server, redis-server), each
-//! owned by a guard that kills it when dropped, also when a scenario fails or panics; and
+//! owned by a guard that stops it when dropped, also when a scenario fails or panics; and
 //! what `/proc` says about them (CPU time, resident memory).
 
 use std::io::{BufRead, BufReader};
@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-/// A running child process, killed (SIGKILL) and reaped when dropped.
+/// A running child process, stopped (SIGTERM, SIGKILL after [`DROP_GRACE`]) and reaped
+/// when dropped.
 pub struct Proc {
     // `None` once `terminate` has taken and reaped it.
     child: Option<Child>,
@@ -81,22 +82,15 @@ impl Proc {
     /// SIGTERM, then waits for the exit (at most `timeout`, then SIGKILL); returns the
     /// status and how long the orderly stop took.
     pub fn terminate(mut self, timeout: Duration) -> Result<(ExitStatus, Duration)> {
-        let mut child = self
+        let child = self
             .child
             .take()
             .ok_or_else(|| anyhow!("{} already stopped", self.name))?;
         let started = Instant::now();
         signal(self.pid, "TERM")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        match rx.recv_timeout(timeout) {
-            Ok(status) => Ok((status?, started.elapsed())),
-            Err(_) => {
-                let _ = signal(self.pid, "KILL");
-                bail!("{} did not stop within {timeout:?} of SIGTERM", self.name)
-            }
+        match wait_or_kill(self.pid, child, timeout) {
+            Some(status) => Ok((status?, started.elapsed())),
+            None => bail!("{} did not stop within {timeout:?} of SIGTERM", self.name),
         }
     }
 
@@ -124,11 +118,43 @@ impl Proc {
     }
 }
 
+/// How long a dropped [`Proc`] has to stop after SIGTERM before it is killed.
+const DROP_GRACE: Duration = Duration::from_secs(5);
+
 impl Drop for Proc {
+    /// SIGTERM, then SIGKILL if it has not exited within [`DROP_GRACE`]: an orderly stop
+    /// where one is quick, so that builds instrumented for profile-guided optimisation
+    /// write their profiles (`pgo.rs`), and never an unbounded wait.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(None)) && signal(self.pid, "TERM").is_ok() {
+            wait_or_kill(self.pid, child, DROP_GRACE);
+        } else {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// Reaps `child` (process `pid`) if it exits within `timeout`; else SIGKILLs it, reaps it
+/// and returns `None`.
+fn wait_or_kill(
+    pid: u32,
+    mut child: Child,
+    timeout: Duration,
+) -> Option<std::io::Result<ExitStatus>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(status) => Some(status),
+        Err(_) => {
+            let _ = signal(pid, "KILL");
+            let _ = rx.recv();
+            None
         }
     }
 }
