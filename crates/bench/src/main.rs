@@ -173,10 +173,7 @@ fn all(args: AllArgs) -> Result<ExitCode> {
     });
     let build = build(&args)?;
     println!("sessiond under test: {}", build.sessiond.display());
-    if let Some(servers) = &build.servers {
-        servers::use_own_servers_from(servers.clone());
-        println!("baseline servers: {}", servers.display());
-    }
+    println!("baseline servers: {}", build.servers.display());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -192,7 +189,8 @@ fn all(args: AllArgs) -> Result<ExitCode> {
         }
     }
     let mut ctx = Ctx {
-        bin: build.sessiond.clone(),
+        bin: build.sessiond,
+        servers: build.servers,
         settings,
         tmp: out_dir.join("tmp"),
         log: Vec::new(),
@@ -254,10 +252,11 @@ fn all(args: AllArgs) -> Result<ExitCode> {
 /// smoke passes, unless `--no-pgo`; the plain build, loudly, when PGO cannot be done here),
 /// or the plain build of this benchmark's own profile.
 fn build(args: &AllArgs) -> Result<pgo::Build> {
+    let this = std::env::current_exe().context("locating the benchmark binary")?;
     if let Some(sessiond) = &args.sessiond {
         return Ok(pgo::Build {
             sessiond: sessiond.clone(),
-            servers: None,
+            servers: this,
             description: format!("given: {}", sessiond.display()),
         });
     }
@@ -278,7 +277,7 @@ fn build(args: &AllArgs) -> Result<pgo::Build> {
     println!("building sessiond ...");
     Ok(pgo::Build {
         sessiond: procs::build_sessiond()?,
-        servers: None,
+        servers: this,
         description,
     })
 }

@@ -27,7 +27,7 @@ use std::time::{Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use sessiond_core::clock::{Clock, SystemClock};
 
-use crate::procs::{find_program, target_dir, workspace_root};
+use crate::procs::{cargo_build, find_program, target_dir};
 
 /// Sessions the training run creates, validates and restarts with.
 pub const TRAIN_SESSIONS: u64 = 100_000;
@@ -35,13 +35,12 @@ pub const TRAIN_SESSIONS: u64 = 100_000;
 pub const TRAIN_SECONDS: u64 = 3;
 
 /// What is measured, and how it was built.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Build {
     /// The sessiond binary.
     pub sessiond: PathBuf,
-    /// The sessiond-bench binary whose `baseline-server` and `plain-server` are started;
-    /// `None`: this one.
-    pub servers: Option<PathBuf>,
+    /// The sessiond-bench binary whose `baseline-server` and `plain-server` are started.
+    pub servers: PathBuf,
     /// One line for the report, e.g. "release, profile-guided (...)".
     pub description: String,
 }
@@ -75,7 +74,7 @@ pub fn build() -> Result<Build> {
     println!("PGO: done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(Build {
         sessiond: use_bin.join("sessiond"),
-        servers: Some(use_bin.join("sessiond-bench")),
+        servers: use_bin.join("sessiond-bench"),
         description: format!(
             "release, profile-guided: sessiond and the benchmark's baseline and plain servers \
              alike, trained on `sessiond-bench all --smoke --sessions {TRAIN_SESSIONS} \
@@ -140,24 +139,12 @@ impl Toolchain {
             Ok(given) if !given.trim().is_empty() => format!("{given} {rustflags}"),
             _ => rustflags.to_owned(),
         };
-        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "-q",
-                "--release",
-                "--locked",
-                "--target",
-                &self.host,
-            ])
-            .args(["-p", "sessiond", "-p", "sessiond-bench"])
-            .env("CARGO_TARGET_DIR", target)
-            .env("RUSTFLAGS", flags)
-            .status()
-            .context("running cargo build")?;
-        if !status.success() {
-            bail!("cargo build ({rustflags}) failed: {status}");
-        }
+        cargo_build(|cmd| {
+            cmd.args(["--release", "--target", &self.host])
+                .args(["-p", "sessiond", "-p", "sessiond-bench"])
+                .env("CARGO_TARGET_DIR", target)
+                .env("RUSTFLAGS", flags);
+        })?;
         Ok(target.join(&self.host).join("release"))
     }
 }
@@ -328,6 +315,19 @@ mod tests {
         assert_eq!(
             current_profile(&dir, &[&binary]).unwrap(),
             Some(profile.clone())
+        );
+        let other = dir.join("sessiond-bench");
+        std::fs::write(&other, b"old").unwrap();
+        set(&other, 1_500);
+        assert_eq!(
+            current_profile(&dir, &[&binary, &other]).unwrap(),
+            Some(profile.clone())
+        );
+        set(&other, 3_000);
+        assert_eq!(
+            current_profile(&dir, &[&binary, &other]).unwrap(),
+            None,
+            "the second binary rebuilt since"
         );
         set(&binary, 3_000);
         assert_eq!(

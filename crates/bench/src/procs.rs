@@ -435,22 +435,32 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// Runs `cargo build -q --locked` in the workspace, with the arguments and environment
+/// `configure` adds (the `cargo` that runs this benchmark, if it does).
+pub fn cargo_build(configure: impl FnOnce(&mut Command)) -> Result<()> {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root())
+        .args(["build", "-q", "--locked"]);
+    configure(&mut cmd);
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
 /// Builds `sessiond` with the same profile as this benchmark (release for real runs, the
 /// dev profile for a smoke pass under `cargo run` without `--release`) and returns its
 /// path. `cargo build` is a no-op when the binary is up to date. `--locked`: whatever
 /// cargo built this benchmark with is what sessiond gets.
 pub fn build_sessiond() -> Result<PathBuf> {
     let release = !cfg!(debug_assertions);
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(workspace_root())
-        .args(["build", "-q", "--locked", "-p", "sessiond"]);
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().context("running cargo build -p sessiond")?;
-    if !status.success() {
-        bail!("cargo build -p sessiond failed: {status}");
-    }
+    cargo_build(|cmd| {
+        cmd.args(["-p", "sessiond"]);
+        if release {
+            cmd.arg("--release");
+        }
+    })?;
     let bin = target_dir()
         .join(if release { "release" } else { "debug" })
         .join("sessiond");
@@ -463,6 +473,45 @@ pub fn build_sessiond() -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shell that prints `ready`, runs `on_term` on SIGTERM, and otherwise waits.
+    fn shell(on_term: &str) -> Proc {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "trap '{on_term}' TERM; echo ready; while :; do sleep 0.05; done"
+        ));
+        let mut proc = Proc::spawn("sh", cmd).unwrap();
+        proc.wait_for_line("ready", Duration::from_secs(10))
+            .unwrap();
+        proc
+    }
+
+    fn alive(pid: u32) -> bool {
+        Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn a_dropped_guard_lets_its_process_stop_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("stopped");
+        let proc = shell(&format!("echo stopped > {}; exit 0", mark.display()));
+        let pid = proc.pid;
+        drop(proc);
+        assert!(!alive(pid), "reaped");
+        assert_eq!(
+            std::fs::read_to_string(&mark).unwrap(),
+            "stopped\n",
+            "its SIGTERM handler ran, as an instrumented build's exit writes its profile"
+        );
+    }
+
+    #[test]
+    fn a_dropped_guard_kills_a_process_that_ignores_sigterm() {
+        let proc = shell("");
+        let pid = proc.pid;
+        drop(proc);
+        assert!(!alive(pid), "killed after the grace and reaped");
+    }
 
     #[test]
     fn steal_is_the_eighth_number_of_the_cpu_line() {

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -124,18 +123,18 @@ pub struct Baseline {
 }
 
 impl Baseline {
-    /// Starts this executable's `baseline-server` on `127.0.0.1:0`.
-    pub fn start() -> Result<Baseline> {
-        Baseline::start_with(None)
+    /// Starts the `baseline-server` of `exe` (a sessiond-bench binary) on `127.0.0.1:0`.
+    pub fn start(exe: &Path) -> Result<Baseline> {
+        Baseline::start_with(exe, None)
     }
 
     /// The same, answering `POST`s as durable creates group-committed to `journal`.
-    pub fn durable(journal: &Path) -> Result<Baseline> {
-        Baseline::start_with(Some(journal))
+    pub fn durable(exe: &Path, journal: &Path) -> Result<Baseline> {
+        Baseline::start_with(exe, Some(journal))
     }
 
-    fn start_with(journal: Option<&Path>) -> Result<Baseline> {
-        let (proc, addr) = own_server("baseline", |cmd| {
+    fn start_with(exe: &Path, journal: Option<&Path>) -> Result<Baseline> {
+        let (proc, addr) = own_server(exe, "baseline", |cmd| {
             if let Some(path) = journal {
                 cmd.arg("--journal").arg(path);
             }
@@ -144,23 +143,14 @@ impl Baseline {
     }
 }
 
-/// The sessiond-bench binary whose servers [`own_server`] starts, when not this one: a
-/// build made the way the measured sessiond is (`pgo.rs`). Set once, before any starts.
-static OWN_SERVERS: OnceLock<PathBuf> = OnceLock::new();
-
-/// Starts the baseline and plain servers from `exe` rather than from this executable.
-pub fn use_own_servers_from(exe: PathBuf) {
-    let _ = OWN_SERVERS.set(exe);
-}
-
-/// Starts the hidden `{name}-server` subcommand of this executable (or of the one
-/// [`use_own_servers_from`] named) on `127.0.0.1:0`, with the arguments and environment
-/// `more` adds, and waits for its `{name}: listening on` line.
-fn own_server(name: &str, more: impl FnOnce(&mut Command)) -> Result<(Proc, SocketAddr)> {
-    let exe = match OWN_SERVERS.get() {
-        Some(exe) => exe.clone(),
-        None => std::env::current_exe().context("locating the benchmark binary")?,
-    };
+/// Starts the hidden `{name}-server` subcommand of `exe` (a sessiond-bench binary:
+/// [`crate::scenarios::Ctx::servers`]) on `127.0.0.1:0`, with the arguments and
+/// environment `more` adds, and waits for its `{name}: listening on` line.
+fn own_server(
+    exe: &Path,
+    name: &str,
+    more: impl FnOnce(&mut Command),
+) -> Result<(Proc, SocketAddr)> {
     let mut cmd = Command::new(exe);
     cmd.arg(format!("{name}-server"))
         .args(["--listen", "127.0.0.1:0"]);
@@ -180,11 +170,12 @@ pub struct Plain {
 }
 
 impl Plain {
-    /// Starts this executable's `plain-server` on `127.0.0.1:0` with `sessions` sessions
-    /// (their tokens: [`crate::plain::tokens`]), and waits until they are made.
-    pub fn start(sessions: u64) -> Result<Plain> {
+    /// Starts the `plain-server` of `exe` (a sessiond-bench binary) on `127.0.0.1:0` with
+    /// `sessions` sessions (their tokens: [`crate::plain::tokens`]), and waits until they
+    /// are made.
+    pub fn start(exe: &Path, sessions: u64) -> Result<Plain> {
         let agent_key = token_secret();
-        let (proc, addr) = own_server("plain", |cmd| {
+        let (proc, addr) = own_server(exe, "plain", |cmd| {
             cmd.arg("--sessions")
                 .arg(sessions.to_string())
                 .arg("--agent-key")

@@ -136,7 +136,7 @@ async fn on_sessiond(ctx: &mut Ctx, clients: usize) -> Result<Outcome> {
 /// The same load against the floor (`baseline-server --journal`).
 async fn on_floor(ctx: &mut Ctx, clients: usize) -> Result<Outcome> {
     let dir = ctx.tempdir("floor")?;
-    let server = Baseline::durable(&dir.path().join("journal"))?;
+    let server = Baseline::durable(&ctx.servers, &dir.path().join("journal"))?;
     let to = CreatesTo {
         key: "floor",
         addr: server.addr,

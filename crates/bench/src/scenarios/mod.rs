@@ -110,6 +110,9 @@ impl Settings {
 pub struct Ctx {
     /// The `sessiond` binary under test.
     pub bin: PathBuf,
+    /// The sessiond-bench binary whose hidden `baseline-server` and `plain-server` are
+    /// started: this one, or one built the way `bin` was (`pgo.rs`).
+    pub servers: PathBuf,
     pub settings: Settings,
     /// Where data dirs go (under the target dir: the same filesystem for every engine).
     pub tmp: PathBuf,

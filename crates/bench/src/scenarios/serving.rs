@@ -64,9 +64,9 @@ pub async fn run(ctx: &mut Ctx) -> Result<Serving> {
         mib(rss_full)
     ));
 
-    let baseline = Baseline::start()?;
+    let baseline = Baseline::start(&ctx.servers)?;
     ctx.phase("plain session server");
-    let plain = Plain::start(n)?;
+    let plain = Plain::start(&ctx.servers, n)?;
     let plain_tokens =
         Arc::new(tokio::task::spawn_blocking(move || crate::plain::tokens(n)).await?);
     let agent = Agent::new(server.addr, &server.agent_key)?;
