@@ -1101,3 +1101,60 @@ async fn run<T: redis::FromRedisValue>(
 ) -> T {
     cmd.query_async(con).await.unwrap()
 }
+
+/// Through Sentinel, the database the sentinels' URLs name (`/3`) is the master's: the
+/// sessions go there, as with a single Redis's `url`, and the sentinels, which have no
+/// databases and refuse `SELECT`, are asked without it. Over TLS too, where the sentinel
+/// client is built another way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_sentinel_the_urls_database_is_the_masters() {
+    if !redis_available() {
+        return;
+    }
+    /// Keys in databases 0 and 3 of the Redis on `port` (its plain port).
+    async fn keys_in_0_and_3(port: u16) -> [u64; 2] {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let mut sizes = [0; 2];
+        for (size, db) in sizes.iter_mut().zip([0, 3]) {
+            let () = redis::cmd("SELECT")
+                .arg(db)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            *size = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
+        }
+        sizes
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let plain_master = RedisServer::start(&dir.path().join("master")).await;
+    let plain = RedisSentinel::start(&dir.path().join("sentinel"), plain_master.port).await;
+    let tls_master = RedisServer::start_tls(&dir.path().join("tls-master"), &pki, false).await;
+    let tls = RedisSentinel::start_tls(&dir.path().join("tls-sentinel"), &tls_master, &pki).await;
+    for (master, sentinel, trust) in [
+        (&plain_master, &plain, RedisTls::default()),
+        (&tls_master, &tls, pki.tls(false)),
+    ] {
+        let target = RedisTarget::Sentinel {
+            master: "mymaster".into(),
+            sentinels: vec![format!("{}3", sentinel.url())],
+        };
+        sessiond_store::redis::check_target(&target, &trust).unwrap();
+        let store = open_tls(target, trust, &fresh_prefix()).await;
+        let s = conformance::session("xena", T0);
+        let made = store.create(s.clone(), UserLimit::UNLIMITED, T0).await;
+        assert!(matches!(made, Ok(Created::Created { .. })), "{made:?}");
+        assert!(matches!(
+            store.validate(s.id, &s.verifier, true, T0).await.unwrap(),
+            Lookup::Live(_)
+        ));
+        let [in_0, in_3] = keys_in_0_and_3(master.port).await;
+        assert_eq!(in_0, 0, "nothing in database 0 ({})", sentinel.url());
+        assert!(
+            in_3 > 0,
+            "the session is in database 3 ({})",
+            sentinel.url()
+        );
+    }
+}

@@ -951,6 +951,10 @@ kind = "embedded"
             "cluster = [\"rediss://127.0.0.1:7000\", \"rediss://127.0.0.1:7001\"]",
             "sentinel_master = \"m\"\nsentinels = [\"rediss://127.0.0.1:26379\"]",
             "sentinel_master = \"m\"\nsentinels = [\"redis://127.0.0.1:26379\"]\nmaster_password = \"pw\"",
+            // The master's database, named alike by every sentinel URL.
+            "sentinel_master = \"m\"\nsentinels = [\"redis://127.0.0.1:26379/3\", \"redis://127.0.0.1:26380/3\"]",
+            // Without TLS, each sentinel is logged in to with its own URL's credentials.
+            "sentinel_master = \"m\"\nsentinels = [\"redis://:a@127.0.0.1:26379\", \"redis://:b@127.0.0.1:26380\"]",
         ] {
             assert!(with(good).is_ok(), "{good}: {}", err(with(good)));
         }
@@ -989,6 +993,16 @@ kind = "embedded"
                 "sentinel_master = \"m\"\nsentinels = [\"secret\"]",
                 "store.redis.sentinels[0]:",
                 "not a Redis URL",
+            ),
+            (
+                "sentinel_master = \"m\"\nsentinels = [\"redis://:secret@127.0.0.1:26379/3\", \"redis://:secret@127.0.0.1:26380\"]",
+                "store.redis.sentinels:",
+                "different databases (/3 and /0)",
+            ),
+            (
+                "sentinel_master = \"m\"\nsentinels = [\"rediss://:secret@127.0.0.1:26379\", \"rediss://:secret2@127.0.0.1:26380\"]",
+                "store.redis.sentinels:",
+                "one user name and password",
             ),
         ] {
             let e = err(with(bad));

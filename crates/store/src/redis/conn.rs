@@ -24,8 +24,8 @@ use redis::sentinel::{
     SentinelClient, SentinelClientBuilder, SentinelNodeConnectionInfo, SentinelServerType,
 };
 use redis::{
-    Client, ClientTlsConfig, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
-    RedisError, RedisFuture, ServerErrorKind, TlsCertificates, TlsMode, Value,
+    Client, ClientTlsConfig, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline,
+    RedisConnectionInfo, RedisError, RedisFuture, ServerErrorKind, TlsCertificates, TlsMode, Value,
 };
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -243,12 +243,13 @@ impl std::fmt::Debug for MasterAuth {
 }
 
 impl MasterAuth {
-    /// As the redis crate says it, or `None` when nothing is given.
-    fn connection_info(&self) -> Option<RedisConnectionInfo> {
-        if *self == MasterAuth::default() {
+    /// As the redis crate says it, with the master's database `db`, or `None` when there
+    /// is nothing to say (no credentials, database 0).
+    fn connection_info(&self, db: i64) -> Option<RedisConnectionInfo> {
+        if *self == MasterAuth::default() && db == 0 {
             return None;
         }
-        let mut info = RedisConnectionInfo::default();
+        let mut info = RedisConnectionInfo::default().set_db(db);
         if let Some(user) = &self.username {
             info = info.set_username(user);
         }
@@ -338,6 +339,9 @@ pub fn check_target(target: &Target, tls: &Tls) -> Result<(), String> {
             "{key}: the URLs must all use `rediss://` (TLS) or all `redis://`, not both"
         ));
     }
+    if let Target::Sentinel { sentinels, .. } = target {
+        check_sentinels(sentinels, target.uses_tls())?;
+    }
     if *tls != Tls::default() && !target.uses_tls() {
         return Err(
             "tls: TLS settings are given, but the URLs do not use `rediss://`, which \
@@ -363,6 +367,43 @@ pub fn check_target(target: &Target, tls: &Tls) -> Result<(), String> {
         // The error's text could quote the key's bytes; say only what is wrong.
         PrivateKeyDer::from_pem_slice(key)
             .map_err(|_| "tls.key_file: holds no PEM private key".to_owned())?;
+    }
+    Ok(())
+}
+
+/// What the sentinels' URLs must agree on: the database (sentinels have none; it is the
+/// master's, and there is one master) and, over TLS, the credentials (the redis crate logs
+/// in to every sentinel with one set there). Never quotes a URL, which may hold a password.
+fn check_sentinels(urls: &[String], tls: bool) -> Result<(), String> {
+    let settings = urls
+        .iter()
+        .map(|u| {
+            u.as_str()
+                .into_connection_info()
+                .map(|i| i.redis_settings().clone())
+                .map_err(|_| "sentinels: not a Redis URL".to_owned())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(first) = settings.first() else {
+        return Ok(());
+    };
+    if let Some(other) = settings.iter().find(|s| s.db() != first.db()) {
+        return Err(format!(
+            "sentinels: the URLs name different databases (/{} and /{}); the database a \
+             sentinel URL names is the master's, and they must agree",
+            first.db(),
+            other.db()
+        ));
+    }
+    let same_credentials = |s: &RedisConnectionInfo| {
+        s.username() == first.username() && s.password() == first.password()
+    };
+    if tls && !settings.iter().all(same_credentials) {
+        return Err(
+            "sentinels: over TLS, every sentinel is logged in to with one user name and \
+             password; the URLs give different ones"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -413,25 +454,35 @@ pub(super) async fn connect(endpoint: &Endpoint) -> Result<(Conn, PubSubSource),
 }
 
 /// The primary of `master` as the `sentinels` name it, answers allowed `timeout`, logged
-/// in to with the endpoint's [`MasterAuth`]. Over TLS, the sentinels and the master are
-/// both reached by TLS, with the same trust, and the sentinels with the first URL's
-/// credentials.
+/// in to with the endpoint's [`MasterAuth`], in the database the sentinels' URLs name
+/// (sentinels have none of their own: asked to `SELECT` one, they refuse). Over TLS, the
+/// sentinels and the master are both reached by TLS, with the same trust, and the
+/// sentinels with the URLs' one set of credentials ([`check_target`]).
 fn sentinel(
     endpoint: &Endpoint,
     master: &str,
     sentinels: &[String],
     timeout: Duration,
 ) -> Result<Arc<SentinelConn>, StoreError> {
+    let infos = sentinels
+        .iter()
+        .map(|u| u.as_str().into_connection_info())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unavailable)?;
+    let db = infos.first().map_or(0, |i| i.redis_settings().db());
+    let infos: Vec<ConnectionInfo> = infos
+        .into_iter()
+        .map(|i| {
+            let settings = i.redis_settings().clone().set_db(0);
+            i.set_redis_settings(settings)
+        })
+        .collect();
     let client = if endpoint.target.uses_tls() {
-        let infos = sentinels
-            .iter()
-            .map(|u| u.as_str().into_connection_info())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unavailable)?;
         let addrs = infos.iter().map(|i| i.addr().clone());
         let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
             .map_err(unavailable)?
-            .set_client_to_redis_tls_mode(TlsMode::Secure);
+            .set_client_to_redis_tls_mode(TlsMode::Secure)
+            .set_client_to_redis_db(db);
         if let Some(first) = infos.first().map(|i| i.redis_settings()) {
             if let Some(user) = first.username() {
                 builder = builder.set_client_to_sentinel_username(user);
@@ -456,14 +507,9 @@ fn sentinel(
     } else {
         let master_info = endpoint
             .master_auth
-            .connection_info()
+            .connection_info(db)
             .map(|info| SentinelNodeConnectionInfo::default().set_redis_connection_info(info));
-        SentinelClient::build(
-            sentinels.iter().map(String::as_str).collect(),
-            master,
-            master_info,
-            SentinelServerType::Master,
-        )
+        SentinelClient::build(infos, master, master_info, SentinelServerType::Master)
     }
     .map_err(unavailable)?;
     Ok(Arc::new(SentinelConn::new(client, timeout)))
