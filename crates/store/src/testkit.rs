@@ -455,23 +455,8 @@ impl std::fmt::Display for Launch {
     }
 }
 
-/// Waits until the server on `port` answers PING with PONG (not LOADING), or asks for
-/// its password (`NOAUTH`), bounded.
-async fn wait_for_pong(port: u16) {
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-    for _ in 0..1000 {
-        if pong(port).await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "redis-server on port {port} did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("redis-server on port {port} did not start");
-}
-
+/// Whether the server on `port` answers PING with PONG (not LOADING), or asks for its
+/// password (`NOAUTH`), each step bounded.
 async fn pong(port: u16) -> bool {
     let Ok(Ok(mut s)) = tokio::time::timeout(
         Duration::from_millis(500),
@@ -489,6 +474,28 @@ async fn pong(port: u16) -> bool {
         tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await,
         Ok(Ok(n)) if buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH")
     )
+}
+
+/// What the server on `port` says it is (`ROLE`'s first word: `master`, `slave`,
+/// `sentinel`), or `None` while nothing answers.
+async fn role(port: u16) -> Option<String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+    let answer = tokio::time::timeout(Duration::from_millis(500), async {
+        let mut con = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("ROLE")
+            .query_async::<redis::Value>(&mut con)
+            .await
+            .ok()
+    })
+    .await
+    .ok()??;
+    match answer {
+        redis::Value::Array(items) => match items.first()? {
+            redis::Value::BulkString(word) => Some(String::from_utf8_lossy(word).into_owned()),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// The counters `INFO stats` gives for `names`, in order (`total_reads_processed`, say),
@@ -630,6 +637,29 @@ impl RedisSentinel {
         master_password: Option<&str>,
     ) -> RedisSentinel {
         std::fs::create_dir_all(dir).unwrap();
+        // Ports chosen a moment ago may be taken by another test's server by now: a
+        // sentinel that exits at start, or whose port answers as something else, is given
+        // fresh ones, twice at most.
+        for tries_left in (0..3).rev() {
+            let mut sentinel = Self::launch(dir, master_port, pki, master_password);
+            match sentinel.until_up().await {
+                Ok(()) => return sentinel,
+                Err(why) if tries_left > 0 => {
+                    eprintln!("redis sentinel: {why}; trying other ports");
+                }
+                Err(why) => panic!("redis sentinel: {why}"),
+            }
+        }
+        unreachable!("the last try panics")
+    }
+
+    /// Writes its configuration with fresh ports and starts it.
+    fn launch(
+        dir: &Path,
+        master_port: u16,
+        pki: Option<&TestPki>,
+        master_password: Option<&str>,
+    ) -> RedisSentinel {
         // Both ports at once, so the TLS one is never the plain one.
         let [port, tls_port] = free_ports();
         let conf = dir.join("sentinel.conf");
@@ -661,13 +691,41 @@ impl RedisSentinel {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let sentinel = RedisSentinel {
+        RedisSentinel {
             child: Some(child),
             port,
             tls_port,
-        };
-        wait_for_pong(port).await;
-        sentinel
+        }
+    }
+
+    /// Waits (bounded) until a sentinel answers on its port, or says why none does.
+    async fn until_up(&mut self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(format!("exited at start ({status})"));
+            }
+            match role(self.port).await {
+                Some(role) if role == "sentinel" => return Ok(()),
+                Some(other) => {
+                    return Err(format!(
+                        "port {} answers as a {other}, not a sentinel",
+                        self.port
+                    ));
+                }
+                None => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "nothing answered on port {} in {START_TIMEOUT:?}",
+                    self.port
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Its URL: `rediss://` on its TLS port when it has one.
@@ -685,5 +743,26 @@ impl Drop for RedisSentinel {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_another_server_answers_on_is_not_taken_for_a_sentinels() {
+        if !redis_available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let redis = RedisServer::start(dir.path()).await;
+        let mut posing = RedisSentinel {
+            child: None,
+            port: redis.port,
+            tls_port: None,
+        };
+        let why = posing.until_up().await.unwrap_err();
+        assert!(why.contains("answers as a master"), "{why}");
     }
 }
