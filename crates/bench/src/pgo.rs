@@ -76,8 +76,8 @@ pub fn build() -> Result<Build> {
         sessiond: use_bin.join("sessiond"),
         servers: use_bin.join("sessiond-bench"),
         description: format!(
-            "release, profile-guided: sessiond and the benchmark's baseline and plain servers \
-             alike, trained on `sessiond-bench all --smoke --sessions {TRAIN_SESSIONS} \
+            "release, profile-guided: sessiond and the benchmark's baseline, floor and plain \
+             servers alike, trained on `sessiond-bench all --smoke --sessions {TRAIN_SESSIONS} \
              --duration {TRAIN_SECONDS}` (crates/bench/src/pgo.rs)"
         ),
     })
