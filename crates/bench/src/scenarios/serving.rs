@@ -280,7 +280,7 @@ async fn compare(
     let rate = PACED_SHARE * ours.rate().min(base.rate());
     let paced = Spec {
         rate: Some(rate),
-        ..ctx.spec()
+        ..half_window(ctx)
     };
     // sessiond over whole touch-flush windows again; the runs above warmed it up.
     let paced_ours = Spec {
@@ -435,7 +435,7 @@ async fn run_plain(
 ) -> Result<Outcome> {
     let who = format!("{name}: plain session server");
     let window = format!("{name}-plain");
-    let (spec, addr, pid) = (ctx.spec(), plain.addr, plain.proc.pid);
+    let (spec, addr, pid) = (half_window(ctx), plain.addr, plain.proc.pid);
     let out = closed_loop(ctx, &who, &window, &spec, work, addr, pid).await?;
     ctx.log(format!("{who} {}", describe(&out)));
     Ok(out)
@@ -451,14 +451,21 @@ async fn run_baseline(
 ) -> Result<Outcome> {
     let who = format!("{name}: baseline ({when})");
     let window = format!("{name}-baseline-{when}");
-    // The baseline writes nothing later, so no window of its own needs to hold a flush;
-    // but its two halves together are measured as long as sessiond's window, so that a
-    // moment's drift weighs on both sides alike (10 s halves against sessiond's 60 s read
-    // 8.80 and 7.95 us a request in one run).
+    let (spec, addr, pid) = (half_window(ctx), baseline.addr, baseline.proc.pid);
+    closed_loop(ctx, &who, &window, &spec, work, addr, pid).await
+}
+
+/// The window of a server compared with sessiond that writes nothing later (the baseline,
+/// the plain server): no window of its own needs to hold a touch flush, but each is half
+/// as long as sessiond's, so that the baseline's two halves together are measured as long
+/// as sessiond, and a moment's drift weighs on every row alike. 10 s windows swung too far
+/// to read: the baseline's halves read 8.80 and 7.95 us a request in one run, and the
+/// plain server's answer alone 1.17x the baseline's CPU in one run where 30 s windows
+/// read 1.00x in another. `--smoke` keeps the short window.
+fn half_window(ctx: &Ctx) -> Spec {
     let mut spec = ctx.spec();
     spec.duration = spec.duration.max(ctx.touching_spec().duration / 2);
-    let (addr, pid) = (baseline.addr, baseline.proc.pid);
-    closed_loop(ctx, &who, &window, &spec, work, addr, pid).await
+    spec
 }
 
 fn describe(o: &Outcome) -> String {
