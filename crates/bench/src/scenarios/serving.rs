@@ -460,8 +460,8 @@ async fn run_baseline(
 /// as long as sessiond's, so that the baseline's two halves together are measured as long
 /// as sessiond, and a moment's drift weighs on every row alike. 10 s windows swung too far
 /// to read: the baseline's halves read 8.80 and 7.95 us a request in one run, and the
-/// plain server's answer alone 1.17x the baseline's CPU in one run where 30 s windows
-/// read 1.00x in another. `--smoke` keeps the short window.
+/// plain server's work without its answer 1.42x the baseline's CPU in one run where three
+/// with 30 s windows read 1.20-1.23x. `--smoke` keeps the short window.
 fn half_window(ctx: &Ctx) -> Spec {
     let mut spec = ctx.spec();
     spec.duration = spec.duration.max(ctx.touching_spec().duration / 2);
