@@ -751,7 +751,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_port_another_server_answers_on_is_not_taken_for_a_sentinels() {
+    async fn a_port_another_server_answers_on_is_not_taken_for_a_sentinel() {
         if !redis_available() {
             return;
         }
