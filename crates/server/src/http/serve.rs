@@ -16,7 +16,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 
 use super::timeouts::{self, Connections, HasProgress, Progress, Timeouts, Watched, WatchedBody};
 use super::{App, Connection, MAX_BODY_BYTES, MAX_HEADER_BYTES};
@@ -92,7 +92,7 @@ pub async fn serve(
                     );
                 }
                 tokio::select! {
-                    permit = make_room(&room, &conns, limits.timeouts.tick()) => permit,
+                    permit = conns.make_room(&room, limits.timeouts.tick()) => permit,
                     () = &mut shutdown => break,
                 }
             }
@@ -203,22 +203,6 @@ async fn answer(
     let response = served.app.handle_on(&served.conn, req).await;
     served.progress.end();
     Ok(response)
-}
-
-/// Waits for room for one more connection, closing the connection idle the longest each
-/// `tick` while there is none.
-async fn make_room<P: HasProgress>(
-    room: &Arc<Semaphore>,
-    conns: &Connections<P>,
-    tick: Duration,
-) -> OwnedSemaphorePermit {
-    loop {
-        conns.close_idlest();
-        // The semaphore is never closed: `acquire_owned` only returns a permit.
-        if let Ok(Ok(permit)) = tokio::time::timeout(tick, room.clone().acquire_owned()).await {
-            return permit;
-        }
-    }
 }
 
 /// An accept that failed for the listener, not for one connection (out of descriptors,

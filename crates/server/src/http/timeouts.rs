@@ -12,8 +12,9 @@
 //! of those that overstayed.
 //!
 //! The same registry makes room when the server holds as many connections as it may
-//! ([`Connections::close_idlest`]): the keep-alive connection idle the longest goes first,
-//! as nginx does when its `worker_connections` run out.
+//! ([`Connections::make_room`]): room that came free is taken first, and otherwise the
+//! keep-alive connection idle the longest goes ([`Connections::close_idlest`]), as nginx
+//! does when its `worker_connections` run out.
 //!
 //! A connection is in one of three stages:
 //! - **waiting** for a request head. Until its first request, and from the first byte of
@@ -39,6 +40,7 @@ use axum::body::{Bytes, HttpBody};
 use hyper::body::{Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -298,6 +300,26 @@ impl<P: HasProgress> Connections<P> {
         tracing::debug!(peer = ?c.conn.peer(), "closing an idle connection to make room");
         c.task.abort();
         true
+    }
+
+    /// Waits for room for one more connection in `room`, closing the connection idle the
+    /// longest each `tick` while there is none. Room that came free since the caller
+    /// looked (a connection that ended meanwhile) is taken before anything is closed.
+    pub(super) async fn make_room(
+        &self,
+        room: &Arc<Semaphore>,
+        tick: Duration,
+    ) -> OwnedSemaphorePermit {
+        loop {
+            if let Ok(permit) = room.clone().try_acquire_owned() {
+                return permit;
+            }
+            self.close_idlest();
+            // The semaphore is never closed: `acquire_owned` only returns a permit.
+            if let Ok(Ok(permit)) = tokio::time::timeout(tick, room.clone().acquire_owned()).await {
+                return permit;
+            }
+        }
     }
 }
 
@@ -625,6 +647,31 @@ mod tests {
         for task in [first_task, working_task, head_begun_task, late_task] {
             assert!(!task.is_finished());
         }
+    }
+
+    #[tokio::test]
+    async fn room_that_came_free_meanwhile_is_taken_and_no_connection_closed() {
+        let conns = Connections::<Conn>::new();
+        let conn = Arc::new(Conn::default());
+        let mut task = tokio::spawn(std::future::pending::<()>());
+        conns.track(conn.clone(), task.abort_handle());
+        conn.0.begin(false);
+        conn.0.end();
+        conns.sweep(Instant::now() + secs(1), &T);
+        // The accept loop found no room; a connection ended before it made some.
+        let room = Arc::new(Semaphore::new(1));
+        let _permit = conns.make_room(&room, secs(1)).await;
+        let closed = tokio::time::timeout(Duration::from_millis(100), &mut task).await;
+        assert!(
+            closed.is_err(),
+            "the idle connection was closed for nothing"
+        );
+        // With no room, the idle one goes.
+        let full = Arc::new(Semaphore::new(0));
+        let made =
+            tokio::time::timeout(Duration::from_millis(100), conns.make_room(&full, secs(1)));
+        assert!(made.await.is_err(), "no permit comes back in this test");
+        assert!(task.await.unwrap_err().is_cancelled());
     }
 
     #[test]
