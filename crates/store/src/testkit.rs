@@ -300,22 +300,15 @@ impl RedisServer {
             tls,
             password,
         };
-        // Ports chosen a moment ago may be taken by another test's server by now; a
-        // server that exits at once is given fresh ones, twice at most.
-        for tries_left in (0..3).rev() {
+        on_fresh_ports(async |first| {
             // The first try keeps a port the caller gave.
-            if tries_left < 2 || port.is_none() {
+            if !first || port.is_none() {
                 server.choose_ports();
             }
-            match server.launch().await {
-                Ok(()) => return server,
-                Err(Launch::Exited(why)) if tries_left > 0 => {
-                    eprintln!("redis-server exited at start ({why}); trying other ports");
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-        unreachable!("the last try panics")
+            server.launch().await
+        })
+        .await;
+        server
     }
 
     /// Fresh ports: the plain one, and the TLS one beside it if it speaks TLS.
@@ -391,12 +384,19 @@ impl RedisServer {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             if pong(port).await {
-                return Ok(());
+                match answering_pid(port, self.password.as_deref()).await {
+                    Some(pid) if pid == child.id() => return Ok(()),
+                    Some(pid) => return Err(Launch::taken(port, pid)),
+                    None => {}
+                }
             }
             let said = || std::fs::read_to_string(&log).unwrap_or_default();
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
-                return Err(Launch::Exited(format!("{status}: {}", said().trim())));
+                return Err(Launch::Exited(format!(
+                    "redis-server {status}: {}",
+                    said().trim()
+                )));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Launch::Silent(format!(
@@ -440,19 +440,45 @@ impl Drop for RedisServer {
 /// Why a `redis-server` did not start.
 #[derive(Debug)]
 enum Launch {
-    /// It exited (a port taken, say), with its status and log.
+    /// It exited (a port taken, say), with its status and log, or its port answers for
+    /// another process.
     Exited(String),
     /// It ran but did not answer in time.
     Silent(String),
 }
 
+impl Launch {
+    /// `port` answers for process `pid`, not the one just started: another test's server
+    /// took it first.
+    fn taken(port: u16, pid: u32) -> Launch {
+        Launch::Exited(format!("port {port} answers for another process ({pid})"))
+    }
+}
+
 impl std::fmt::Display for Launch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Launch::Exited(why) => write!(f, "redis-server exited at start: {why}"),
+            Launch::Exited(why) => write!(f, "did not start: {why}"),
             Launch::Silent(why) => f.write_str(why),
         }
     }
+}
+
+/// Starts a server with `attempt` (told whether it is the first try), on fresh ports each
+/// later try: ports chosen a moment ago may be taken by another test's server by now, and
+/// a server that exits at start over one is given fresh ones, twice at most. Panics saying
+/// why when it does not start.
+async fn on_fresh_ports<T>(mut attempt: impl AsyncFnMut(bool) -> Result<T, Launch>) -> T {
+    for tries_left in (0..3).rev() {
+        match attempt(tries_left == 2).await {
+            Ok(started) => return started,
+            Err(Launch::Exited(why)) if tries_left > 0 => {
+                eprintln!("did not start ({why}); trying other ports");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    unreachable!("the last try panics")
 }
 
 /// Whether the server on `port` answers PING with PONG (not LOADING), or asks for its
@@ -476,26 +502,27 @@ async fn pong(port: u16) -> bool {
     )
 }
 
-/// What the server on `port` says it is (`ROLE`'s first word: `master`, `slave`,
-/// `sentinel`), or `None` while nothing answers.
-async fn role(port: u16) -> Option<String> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
-    let answer = tokio::time::timeout(Duration::from_millis(500), async {
+/// The process id the server on `port` gives in `INFO server` (logged in with `password`
+/// when given), or `None` while nothing answers: so a harness knows the server answering
+/// is the one it started.
+async fn answering_pid(port: u16, password: Option<&str>) -> Option<u32> {
+    let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+    let client = redis::Client::open(format!("redis://{auth}127.0.0.1:{port}/")).ok()?;
+    let info = tokio::time::timeout(Duration::from_millis(500), async {
         let mut con = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("ROLE")
-            .query_async::<redis::Value>(&mut con)
+        redis::cmd("INFO")
+            .arg("server")
+            .query_async::<String>(&mut con)
             .await
             .ok()
     })
     .await
     .ok()??;
-    match answer {
-        redis::Value::Array(items) => match items.first()? {
-            redis::Value::BulkString(word) => Some(String::from_utf8_lossy(word).into_owned()),
-            _ => None,
-        },
-        _ => None,
-    }
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The counters `INFO stats` gives for `names`, in order (`total_reads_processed`, say),
@@ -637,20 +664,11 @@ impl RedisSentinel {
         master_password: Option<&str>,
     ) -> RedisSentinel {
         std::fs::create_dir_all(dir).unwrap();
-        // Ports chosen a moment ago may be taken by another test's server by now: a
-        // sentinel that exits at start, or whose port answers as something else, is given
-        // fresh ones, twice at most.
-        for tries_left in (0..3).rev() {
+        on_fresh_ports(async |_| {
             let mut sentinel = Self::launch(dir, master_port, pki, master_password);
-            match sentinel.until_up().await {
-                Ok(()) => return sentinel,
-                Err(why) if tries_left > 0 => {
-                    eprintln!("redis sentinel: {why}; trying other ports");
-                }
-                Err(why) => panic!("redis sentinel: {why}"),
-            }
-        }
-        unreachable!("the last try panics")
+            sentinel.until_up().await.map(|()| sentinel)
+        })
+        .await
     }
 
     /// Writes its configuration with fresh ports and starts it.
@@ -698,31 +716,28 @@ impl RedisSentinel {
         }
     }
 
-    /// Waits (bounded) until a sentinel answers on its port, or says why none does.
-    async fn until_up(&mut self) -> Result<(), String> {
+    /// Waits (bounded) until this sentinel answers on its port, or says why it does not: a
+    /// port that answers for another process was taken, as one the sentinel exited over.
+    async fn until_up(&mut self) -> Result<(), Launch> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(child) = &mut self.child
-                && let Ok(Some(status)) = child.try_wait()
-            {
+            let Some(child) = &mut self.child else {
+                unreachable!("a sentinel waited for was started");
+            };
+            if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
-                return Err(format!("exited at start ({status})"));
+                return Err(Launch::Exited(format!("redis sentinel {status}")));
             }
-            match role(self.port).await {
-                Some(role) if role == "sentinel" => return Ok(()),
-                Some(other) => {
-                    return Err(format!(
-                        "port {} answers as a {other}, not a sentinel",
-                        self.port
-                    ));
-                }
+            match answering_pid(self.port, None).await {
+                Some(pid) if pid == child.id() => return Ok(()),
+                Some(pid) => return Err(Launch::taken(self.port, pid)),
                 None => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "nothing answered on port {} in {START_TIMEOUT:?}",
+                return Err(Launch::Silent(format!(
+                    "the sentinel on port {} did not answer in {START_TIMEOUT:?}",
                     self.port
-                ));
+                )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -751,18 +766,25 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_port_another_server_answers_on_is_not_taken_for_a_sentinel() {
+    async fn a_port_another_server_answers_on_is_not_taken_for_the_one_started() {
         if !redis_available() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
         let redis = RedisServer::start(dir.path()).await;
+        // Started, but another process (the Redis above) answers on its port.
         let mut posing = RedisSentinel {
-            child: None,
+            child: Some(Command::new("sleep").arg("30").spawn().unwrap()),
             port: redis.port,
             tls_port: None,
         };
         let why = posing.until_up().await.unwrap_err();
-        assert!(why.contains("answers as a master"), "{why}");
+        assert!(
+            matches!(&why, Launch::Exited(w) if w.contains("answers for another process")),
+            "{why}"
+        );
+        // The Redis itself is its own.
+        let own = redis.child.as_ref().unwrap().id();
+        assert_eq!(answering_pid(redis.port, None).await, Some(own));
     }
 }
