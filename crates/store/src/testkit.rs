@@ -379,33 +379,15 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let child = self.child.insert(child);
-        let port = self.port;
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            if pong(port).await {
-                match answering_pid(port, self.password.as_deref()).await {
-                    Some(pid) if pid == child.id() => return Ok(()),
-                    Some(pid) => return Err(Launch::taken(port, pid)),
-                    None => {}
-                }
-            }
-            let said = || std::fs::read_to_string(&log).unwrap_or_default();
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Err(Launch::Exited(format!(
-                    "redis-server {status}: {}",
-                    said().trim()
-                )));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Launch::Silent(format!(
-                    "redis-server on port {port} did not answer in {START_TIMEOUT:?}: {}",
-                    said().trim()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.child = Some(child);
+        until_answering(
+            &mut self.child,
+            "redis-server",
+            self.port,
+            self.password.as_deref(),
+            Some(&log),
+        )
+        .await
     }
 
     /// Its URL: `rediss://` on its TLS port when it has one.
@@ -479,6 +461,48 @@ async fn on_fresh_ports<T>(mut attempt: impl AsyncFnMut(bool) -> Result<T, Launc
         }
     }
     unreachable!("the last try panics")
+}
+
+/// Waits (bounded) until the server `child` (a `what`, started a moment ago) answers on
+/// `port` as itself, logged in with `password` when given; or says why it does not: it
+/// exited (`child` is then emptied), its port answers for another process (taken, as one
+/// it exited over), or nothing answered in time. `log`, when given, is quoted in the error.
+async fn until_answering(
+    child: &mut Option<Child>,
+    what: &str,
+    port: u16,
+    password: Option<&str>,
+    log: Option<&Path>,
+) -> Result<(), Launch> {
+    let said = || {
+        log.and_then(|l| std::fs::read_to_string(l).ok())
+            .map(|s| format!(": {}", s.trim()))
+            .unwrap_or_default()
+    };
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        let Some(started) = child.as_mut() else {
+            unreachable!("a server waited for was started");
+        };
+        if pong(port).await {
+            match answering_pid(port, password).await {
+                Some(pid) if pid == started.id() => return Ok(()),
+                Some(pid) => return Err(Launch::taken(port, pid)),
+                None => {}
+            }
+        }
+        if let Ok(Some(status)) = started.try_wait() {
+            *child = None;
+            return Err(Launch::Exited(format!("{what} {status}{}", said())));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Launch::Silent(format!(
+                "{what} on port {port} did not answer in {START_TIMEOUT:?}{}",
+                said()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Whether the server on `port` answers PING with PONG (not LOADING), or asks for its
@@ -719,28 +743,7 @@ impl RedisSentinel {
     /// Waits (bounded) until this sentinel answers on its port, or says why it does not: a
     /// port that answers for another process was taken, as one the sentinel exited over.
     async fn until_up(&mut self) -> Result<(), Launch> {
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            let Some(child) = &mut self.child else {
-                unreachable!("a sentinel waited for was started");
-            };
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Err(Launch::Exited(format!("redis sentinel {status}")));
-            }
-            match answering_pid(self.port, None).await {
-                Some(pid) if pid == child.id() => return Ok(()),
-                Some(pid) => return Err(Launch::taken(self.port, pid)),
-                None => {}
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Launch::Silent(format!(
-                    "the sentinel on port {} did not answer in {START_TIMEOUT:?}",
-                    self.port
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_answering(&mut self.child, "redis sentinel", self.port, None, None).await
     }
 
     /// Its URL: `rediss://` on its TLS port when it has one.

@@ -258,11 +258,16 @@ async fn through_sentinel_the_master_gets_its_own_password() {
         password: Some("t-secret".into()),
     };
     let with = RedisStore::connect(config, OPTIONS).await.unwrap();
-    let s = conformance::session("walt", T0);
-    let made = with.create(s.clone(), UserLimit::UNLIMITED, T0).await;
+    creates_and_validates(&with, "walt").await;
+}
+
+/// A session of `user` created through `store` is created, and validates live.
+async fn creates_and_validates(store: &RedisStore, user: &str) {
+    let s = conformance::session(user, T0);
+    let made = store.create(s.clone(), UserLimit::UNLIMITED, T0).await;
     assert!(matches!(made, Ok(Created::Created { .. })), "{made:?}");
     assert!(matches!(
-        with.validate(s.id, &s.verifier, true, T0).await.unwrap(),
+        store.validate(s.id, &s.verifier, true, T0).await.unwrap(),
         Lookup::Live(_)
     ));
 }
@@ -1142,13 +1147,7 @@ async fn through_sentinel_the_urls_database_is_the_masters() {
         };
         sessiond_store::redis::check_target(&target, &trust).unwrap();
         let store = open_tls(target, trust, &fresh_prefix()).await;
-        let s = conformance::session("xena", T0);
-        let made = store.create(s.clone(), UserLimit::UNLIMITED, T0).await;
-        assert!(matches!(made, Ok(Created::Created { .. })), "{made:?}");
-        assert!(matches!(
-            store.validate(s.id, &s.verifier, true, T0).await.unwrap(),
-            Lookup::Live(_)
-        ));
+        creates_and_validates(&store, "xena").await;
         let [in_0, in_3] = keys_in_0_and_3(master.port).await;
         assert_eq!(in_0, 0, "nothing in database 0 ({})", sentinel.url());
         assert!(
