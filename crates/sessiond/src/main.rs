@@ -3,6 +3,7 @@
 
 mod cli;
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -160,14 +161,21 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SESSIOND_LOG").unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn")
             }),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    // Colours only for a person at a terminal (who can still turn them off with NO_COLOR):
+    // under systemd, in a container or in a file, escape codes are noise in every line.
+    let log = if std::io::stderr().is_terminal() {
+        log
+    } else {
+        log.with_ansi(false)
+    };
+    log.init();
     let env = config::environment(std::env::vars_os())?;
     let flags = Overrides {
         listen: args.listen,

@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test module uses a different part
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -62,6 +62,27 @@ impl Server {
             move || child.wait_with_output(),
             "when it should refuse to start",
         )
+    }
+
+    /// What `sessiond serve` with `env` added logged (its stderr, a pipe as under systemd)
+    /// from its start until it stopped on SIGTERM once listening.
+    pub fn log_of_a_run(data_dir: &Path, env: &[(OsString, OsString)]) -> String {
+        let mut cmd = Server::command(&[], data_dir, None);
+        cmd.envs(env.iter().cloned()).stderr(Stdio::piped());
+        let mut server = Server::launch(cmd, data_dir);
+        let mut stderr = server
+            .child
+            .as_mut()
+            .and_then(|c| c.stderr.take())
+            .expect("stderr");
+        // Read on a thread of its own, so that a full pipe never holds the server up.
+        let log = std::thread::spawn(move || {
+            let mut log = String::new();
+            let _ = stderr.read_to_string(&mut log);
+            log
+        });
+        assert!(server.terminate().success(), "a clean stop");
+        log.join().expect("the log")
     }
 
     /// `sessiond serve` on `127.0.0.1:0` with `data_dir`, `config` and no `SESSIOND_*`

@@ -107,3 +107,14 @@ async fn create_validate_update_logout() {
     server.client("").healthz().await.expect("healthz");
     server.client("").readyz().await.expect("readyz");
 }
+
+#[test]
+fn a_log_read_through_a_pipe_has_no_terminal_colours() {
+    let (_tmp, dir) = data_dir();
+    let log = Server::log_of_a_run(&dir, &[("SESSIOND_LOG".into(), "info".into())]);
+    assert!(log.contains("loaded the embedded store"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a log that is not a terminal: {log:?}"
+    );
+}
