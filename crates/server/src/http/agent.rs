@@ -2,7 +2,7 @@
 
 use axum::body::{Bytes, HttpBody};
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{BoxError, Json};
@@ -60,10 +60,19 @@ where
         state.service.create_session(req).await
     };
     match answer.await {
-        Ok((token, session)) => json_response(StatusCode::CREATED, json::created(&token, &session)),
+        Ok((token, session)) => {
+            let mut r = json_response(StatusCode::CREATED, json::created(&token, &session));
+            r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+            r
+        }
         Err(e) => e.into_response(),
     }
 }
+
+/// On every answer that carries a token: no cache between the agent and sessiond may keep
+/// it (the rule RFC 6749 sets for answers carrying tokens, and OWASP ASVS for sensitive
+/// data).
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 /// `POST /v1/sessions/validate`: the route of every page view.
 pub(super) async fn validate<B>(state: &AppState, conn: &Connection, req: Request<B>) -> Response
@@ -136,7 +145,7 @@ pub(super) async fn login(
     _: Agent,
     State(state): State<AppState>,
     Body(req): Body<v1::LoginRequest>,
-) -> Result<(StatusCode, Json<v1::CreatedSession>), ApiError> {
+) -> Result<Response, ApiError> {
     let logged_in = state
         .web
         .login
@@ -148,5 +157,7 @@ pub(super) async fn login(
             req.policy,
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(logged_in.created)))
+    let mut r = (StatusCode::CREATED, Json(logged_in.created)).into_response();
+    r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+    Ok(r)
 }

@@ -457,3 +457,36 @@ async fn self_service_ends_own_sessions_only_and_logout_ends_this_one() {
         .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn answers_that_carry_a_token_may_not_be_stored_by_a_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(dir.path());
+    let post = |uri: &str, body: serde_json::Value| {
+        Request::post(uri)
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", super::AGENT_KEY),
+            )
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let login = json!({"username": "alice", "password": "alice-pw"});
+    for req in [
+        post("/v1/sessions", json!({"user": "alice"})),
+        post("/v1/login", login),
+    ] {
+        let uri = req.uri().clone();
+        let (resp, body) = h.raw(req).await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "{uri}: {body}");
+        assert!(body.contains("\"token\""), "{uri}: {body}");
+        assert_eq!(
+            resp.headers()
+                .get(header::CACHE_CONTROL)
+                .map(|v| v.as_bytes()),
+            Some(&b"no-store"[..]),
+            "{uri}"
+        );
+    }
+}
