@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use sessiond_proto::v1;
 
 use super::extract::{Agent, Body, json_bytes, parse_json};
-use super::{AppState, Connection};
+use super::{AppState, Connection, NO_STORE};
 use crate::error::ApiError;
 use crate::json;
 use crate::service::view;
@@ -68,11 +68,6 @@ where
         Err(e) => e.into_response(),
     }
 }
-
-/// On every answer that carries a token: no cache between the agent and sessiond may keep
-/// it (the rule RFC 6749 sets for answers carrying tokens, and OWASP ASVS for sensitive
-/// data).
-const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 /// `POST /v1/sessions/validate`: the route of every page view.
 pub(super) async fn validate<B>(state: &AppState, conn: &Connection, req: Request<B>) -> Response

@@ -13,7 +13,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use super::cookie::{self, Presented};
 use super::proxy::Origin;
 use super::redirect::safe_target;
-use super::{AppState, Connection};
+use super::{AppState, Connection, NO_STORE};
 use crate::error::ApiError;
 
 /// Request header by which a proxy says "this check is not user activity".
@@ -37,8 +37,7 @@ enum Check {
 
 fn unauthorized() -> Response {
     let mut r = StatusCode::UNAUTHORIZED.into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(header::CACHE_CONTROL, NO_STORE);
     r
 }
 
@@ -92,7 +91,7 @@ fn identity(state: &AppState, session: &sessiond_core::Session) -> Option<Respon
     let h = r.headers_mut();
     // Room for every header below at once, rather than growing the map as they come.
     h.reserve(6);
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::CACHE_CONTROL, NO_STORE);
     // Formatted on the stack: forward auth answers every page view.
     let hex = session.id.hex();
     let Ok(id) = std::str::from_utf8(&hex) else {
@@ -160,7 +159,6 @@ fn login_redirect(state: &AppState, origin: &Origin) -> Option<Response> {
     let mut r = StatusCode::FOUND.into_response();
     r.headers_mut()
         .insert(header::LOCATION, HeaderValue::from_str(&to).ok()?);
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(header::CACHE_CONTROL, NO_STORE);
     Some(r)
 }

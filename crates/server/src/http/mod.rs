@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{BoxError, Router};
@@ -44,6 +44,10 @@ use crate::service::Service;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Largest total of header names and values accepted, in bytes.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// `Cache-Control` of every answer no cache may keep: those that carry a token or set the
+/// session cookie (RFC 6749 asks it of answers carrying tokens, OWASP ASVS of sensitive
+/// data), the portal's pages and forward auth's verdicts.
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 /// What every handler can reach: one `Arc`, so the clone axum makes for every request is
 /// one reference count (profiled: cloning and dropping four `Arc`s per request was 2-3% of

@@ -19,12 +19,12 @@ use sessiond_core::{EndReason, Session};
 use sessiond_proto::v1;
 use subtle::ConstantTimeEq;
 
-use super::AppState;
 use super::cookie::{self, Presented};
 use super::extract::Params;
 use super::pages;
 use super::proxy::Origin;
 use super::redirect::safe_target;
+use super::{AppState, NO_STORE};
 use crate::error::ApiError;
 
 /// The session and anti-forgery cookies of a browser request. A cookie that cannot be a
@@ -71,7 +71,7 @@ impl<S: Send + Sync> FromRequestParts<S> for UserAgent {
 fn html(status: StatusCode, body: String) -> Response {
     let mut r = (status, Html(body)).into_response();
     let h = r.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::CACHE_CONTROL, NO_STORE);
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -93,8 +93,7 @@ fn redirect(to: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(to) {
         r.headers_mut().insert(header::LOCATION, v);
     }
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(header::CACHE_CONTROL, NO_STORE);
     r
 }
 

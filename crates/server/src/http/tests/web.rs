@@ -266,6 +266,11 @@ async fn forward_auth_answers_identity_or_refuses() {
         assert_eq!(hd["remote-universal-id"], "cust-1001");
         assert_eq!(hd["remote-auth-level"], "1");
         assert_eq!(hd["remote-session-id"], session.id.to_string().as_str());
+        assert_eq!(
+            hd[header::CACHE_CONTROL],
+            "no-store",
+            "a verdict is never reused"
+        );
     }
 
     let bad_cookies = [
@@ -284,6 +289,7 @@ async fn forward_auth_answers_identity_or_refuses() {
         let (resp, _) = h.raw(req.body(Body::empty()).unwrap()).await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{c}");
         assert!(resp.headers().get("remote-user").is_none());
+        assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store", "{c}");
     }
 
     // /auth/forward: a redirect to the portal with rd from the trusted proxy.
