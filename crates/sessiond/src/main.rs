@@ -161,7 +161,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let log = tracing_subscriber::fmt()
+    let mut log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SESSIOND_LOG").unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn")
@@ -170,11 +170,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr);
     // Colours only for a person at a terminal (who can still turn them off with NO_COLOR):
     // under systemd, in a container or in a file, escape codes are noise in every line.
-    let log = if std::io::stderr().is_terminal() {
-        log
-    } else {
-        log.with_ansi(false)
-    };
+    if !std::io::stderr().is_terminal() {
+        log = log.with_ansi(false);
+    }
     log.init();
     let env = config::environment(std::env::vars_os())?;
     let flags = Overrides {

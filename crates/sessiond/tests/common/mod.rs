@@ -45,17 +45,14 @@ impl Server {
     /// [`Server::start`] with `env` added to the server's environment; names and values
     /// are bytes, which need not be UTF-8.
     pub fn start_with_env(data_dir: &Path, env: &[(OsString, OsString)]) -> Server {
-        let mut cmd = Server::command(&[], data_dir, None);
-        cmd.envs(env.iter().cloned());
-        Server::launch(cmd, data_dir)
+        Server::launch(Server::command_with_env(data_dir, env), data_dir)
     }
 
     /// What `sessiond serve` with `env` added printed and how it ended, for a start that
     /// is expected to fail (waits at most 30 s, then kills).
     pub fn refused_with_env(data_dir: &Path, env: &[(OsString, OsString)]) -> Output {
-        let mut cmd = Server::command(&[], data_dir, None);
-        cmd.envs(env.iter().cloned()).stderr(Stdio::piped());
-        let child = cmd.spawn().expect("spawn sessiond");
+        let mut cmd = Server::command_with_env(data_dir, env);
+        let child = cmd.stderr(Stdio::piped()).spawn().expect("spawn sessiond");
         let pid = child.id();
         within_30s(
             pid,
@@ -67,8 +64,8 @@ impl Server {
     /// What `sessiond serve` with `env` added logged (its stderr, a pipe as under systemd)
     /// from its start until it stopped on SIGTERM once listening.
     pub fn log_of_a_run(data_dir: &Path, env: &[(OsString, OsString)]) -> String {
-        let mut cmd = Server::command(&[], data_dir, None);
-        cmd.envs(env.iter().cloned()).stderr(Stdio::piped());
+        let mut cmd = Server::command_with_env(data_dir, env);
+        cmd.stderr(Stdio::piped());
         let mut server = Server::launch(cmd, data_dir);
         let mut stderr = server
             .child
@@ -83,6 +80,13 @@ impl Server {
         });
         assert!(server.terminate().success(), "a clean stop");
         log.join().expect("the log")
+    }
+
+    /// [`Server::command`] for `data_dir` alone, with `env` added to its environment.
+    fn command_with_env(data_dir: &Path, env: &[(OsString, OsString)]) -> Command {
+        let mut cmd = Server::command(&[], data_dir, None);
+        cmd.envs(env.iter().cloned());
+        cmd
     }
 
     /// `sessiond serve` on `127.0.0.1:0` with `data_dir`, `config` and no `SESSIOND_*`
