@@ -79,6 +79,24 @@ impl Proc {
         }
     }
 
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// The last `n` stdout lines of a child that has exited, that nothing has read yet.
+    pub fn last_printed(&self, n: usize) -> Vec<String> {
+        let Some(rx) = self.lines.as_ref() else {
+            return Vec::new();
+        };
+        let mut lines = Vec::new();
+        // The pipe closed with the exit: the reader thread is passing on what was left.
+        while let Ok((_, line)) = rx.recv_timeout(Duration::from_secs(1)) {
+            lines.push(line);
+        }
+        lines.split_off(lines.len().saturating_sub(n))
+    }
+
     /// SIGTERM, then waits for the exit (at most `timeout`, then SIGKILL); returns the
     /// status and how long the orderly stop took.
     pub fn terminate(mut self, timeout: Duration) -> Result<(ExitStatus, Duration)> {

@@ -213,28 +213,48 @@ impl RedisServer {
     }
 
     /// Starts `program` on a free port with its files in `dir` (created if need be), and
-    /// waits for its `PONG`.
+    /// waits for its `PONG`. The port is free when chosen, but an outgoing connection may take
+    /// it before redis-server binds it (both come from the ephemeral range); redis-server then
+    /// exits, and is started again on a fresh port, [`REDIS_START_TRIES`] times in all.
     pub async fn start(program: &Path, dir: &Path) -> Result<RedisServer> {
+        Self::start_on(program, dir, free_port).await
+    }
+
+    /// [`RedisServer::start`] on the ports `choose` gives, one a try.
+    async fn start_on(
+        program: &Path,
+        dir: &Path,
+        mut choose: impl FnMut() -> Result<u16>,
+    ) -> Result<RedisServer> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let port = free_port()?;
-        let mut cmd = Command::new(program);
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .arg("--dir")
-            .arg(dir);
-        let server = RedisServer {
-            proc: Proc::spawn("redis-server", cmd)?,
-            port,
-        };
-        server.connect().await?;
-        Ok(server)
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let port = choose()?;
+            let mut cmd = Command::new(program);
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "yes",
+                ])
+                .arg("--dir")
+                .arg(dir);
+            let mut server = RedisServer {
+                proc: Proc::spawn("redis-server", cmd)?,
+                port,
+            };
+            match server.until_answering().await {
+                Ok(()) => return Ok(server),
+                Err(e) if tries < REDIS_START_TRIES => {
+                    println!("   redis-server did not start ({e:#}); trying another port");
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `redis://127.0.0.1:PORT/0`.
@@ -242,35 +262,112 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// A connection that has answered `PING` (tries for 10 s).
+    /// A connection that has answered `PING` (tries for [`REDIS_ANSWER_LIMIT`]).
     pub async fn connect(&self) -> Result<MultiplexedConnection> {
-        let client = redis::Client::open(self.url())?;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + REDIS_ANSWER_LIMIT;
         loop {
-            // The default 500 ms answer timeout is too short for a 1,000-session pipeline on
-            // a busy 2-core machine; a minute still bounds a stuck server.
-            let config = redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(Duration::from_secs(60)));
-            if let Ok(mut con) = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut con)
-                    .await
-                    .is_ok()
-            {
+            if let Some(con) = self.answering().await {
                 return Ok(con);
             }
             if Instant::now() >= deadline {
-                bail!("redis-server did not answer PING within 10 s");
+                bail!("redis-server did not answer PING within {REDIS_ANSWER_LIMIT:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// Waits (at most [`REDIS_ANSWER_LIMIT`]) for the first `PONG` of a server just
+    /// started; an error says why when it exits first.
+    async fn until_answering(&mut self) -> Result<()> {
+        let deadline = Instant::now() + REDIS_ANSWER_LIMIT;
+        loop {
+            if self.answering().await.is_some() {
+                return Ok(());
+            }
+            if let Some(status) = self.proc.exited() {
+                bail!(
+                    "redis-server on port {} exited ({status}): {}",
+                    self.port,
+                    self.proc.last_printed(3).join(" / ")
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!("redis-server did not answer PING within {REDIS_ANSWER_LIMIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A connection, if one connects and answers `PING` now.
+    async fn answering(&self) -> Option<MultiplexedConnection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        // The default 500 ms answer timeout is too short for a 1,000-session pipeline on a
+        // busy 2-core machine; a minute still bounds a stuck server.
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+        let mut con = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .ok()?;
+        let pong = redis::cmd("PING").query_async::<String>(&mut con).await;
+        pong.is_ok().then_some(con)
+    }
 }
+
+/// How many times [`RedisServer::start`] starts redis-server, each on a fresh port.
+const REDIS_START_TRIES: u32 = 3;
+/// How long a redis-server has to answer `PING`.
+const REDIS_ANSWER_LIMIT: Duration = Duration::from_secs(10);
 
 fn parse_url(url: &str) -> Result<SocketAddr> {
     url.strip_prefix("http://")
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| anyhow!("unexpected listening address `{url}`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// redis-server, or `None` with a loud skip (under `CI=true`, its absence fails).
+    fn redis_program() -> Option<PathBuf> {
+        let program = RedisServer::program().unwrap();
+        if program.is_none() {
+            eprintln!("\n*** SKIPPED: redis-server not found (apt-get install redis-server) ***\n");
+        }
+        program
+    }
+
+    #[tokio::test]
+    async fn a_redis_whose_port_is_taken_starts_on_another_and_says_why() {
+        let Some(program) = redis_program() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let mut ports = vec![free_port().unwrap(), taken_port];
+        let server = RedisServer::start_on(&program, dir.path(), || Ok(ports.pop().unwrap()))
+            .await
+            .unwrap();
+        assert_ne!(server.port, taken_port);
+        assert!(ports.is_empty(), "the second port was used");
+        let mut con = server.connect().await.unwrap();
+        let pong: String = redis::cmd("PING").query_async(&mut con).await.unwrap();
+        assert_eq!(pong, "PONG");
+
+        let err = RedisServer::start_on(&program, dir.path(), || Ok(taken_port))
+            .await
+            .err()
+            .expect("every try on a taken port fails");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&format!("port {taken_port} exited")),
+            "{text}"
+        );
+        assert!(
+            text.to_lowercase().contains("address already in use"),
+            "{text}"
+        );
+    }
 }
