@@ -247,8 +247,8 @@ impl RedisServer {
                 proc: Proc::spawn("redis-server", cmd)?,
                 port,
             };
-            match server.until_answering().await {
-                Ok(()) => return Ok(server),
+            match server.connect().await {
+                Ok(_) => return Ok(server),
                 Err(e) if tries < REDIS_START_TRIES => {
                     println!("   redis-server did not start ({e:#}); trying another port");
                 }
@@ -262,27 +262,13 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// A connection that has answered `PING` (tries for [`REDIS_ANSWER_LIMIT`]).
-    pub async fn connect(&self) -> Result<MultiplexedConnection> {
+    /// A connection that has answered `PING` (tries for [`REDIS_ANSWER_LIMIT`]); an error
+    /// says why when redis-server exits first.
+    pub async fn connect(&mut self) -> Result<MultiplexedConnection> {
         let deadline = Instant::now() + REDIS_ANSWER_LIMIT;
         loop {
             if let Some(con) = self.answering().await {
                 return Ok(con);
-            }
-            if Instant::now() >= deadline {
-                bail!("redis-server did not answer PING within {REDIS_ANSWER_LIMIT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits (at most [`REDIS_ANSWER_LIMIT`]) for the first `PONG` of a server just
-    /// started; an error says why when it exits first.
-    async fn until_answering(&mut self) -> Result<()> {
-        let deadline = Instant::now() + REDIS_ANSWER_LIMIT;
-        loop {
-            if self.answering().await.is_some() {
-                return Ok(());
             }
             if let Some(status) = self.proc.exited() {
                 bail!(
@@ -347,7 +333,7 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let taken_port = taken.local_addr().unwrap().port();
         let mut ports = vec![free_port().unwrap(), taken_port];
-        let server = RedisServer::start_on(&program, dir.path(), || Ok(ports.pop().unwrap()))
+        let mut server = RedisServer::start_on(&program, dir.path(), || Ok(ports.pop().unwrap()))
             .await
             .unwrap();
         assert_ne!(server.port, taken_port);

@@ -35,7 +35,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Option<RedisMemory>> {
     ctx.phase("memory: redis baseline");
     let n = ctx.settings.sessions;
     let dir = ctx.tempdir("redis")?;
-    let redis = RedisServer::start(&program, dir.path()).await?;
+    let mut redis = RedisServer::start(&program, dir.path()).await?;
     let mut con = redis.connect().await?;
     let before = info(&mut con).await?;
     let started = Instant::now();

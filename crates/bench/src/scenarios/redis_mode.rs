@@ -48,7 +48,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
 
     ctx.phase("redis mode: population");
     let dir = ctx.tempdir("redis-mode")?;
-    let redis = RedisServer::start(&program, &dir.path().join("redis")).await?;
+    let mut redis = RedisServer::start(&program, &dir.path().join("redis")).await?;
     let extra = redis_store_config(&redis.url(), &token_secret()).replace(
         "[store.redis]\n",
         &format!("[store.redis]\nnear_cache_entries = {n}\nnear_cache_max_age = \"10m\"\n"),
